@@ -1,0 +1,19 @@
+"""timm's ResNeSt, Res2Net and ResNetV2 networks in JAX/Flax, with exact checkpoint conversion.
+
+    import resnets_jax as rj
+    model, variables = rj.create_model("resnetv2_50.a1h_in1k", pretrained=True)
+    logits = model.apply(variables, x)   # x: (B, H, W, 3), normalized, NHWC
+"""
+from . import data, layers, models  # noqa: F401  (models registers every architecture)
+from .builder import create_model
+from .registry import get_pretrained_cfg, list_models, list_pretrained
+from .weights import (CheckpointError, convert_timm_state_dict, export_timm_state_dict,
+                      load_state_dict)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "create_model", "list_models", "list_pretrained", "get_pretrained_cfg",
+    "convert_timm_state_dict", "export_timm_state_dict", "load_state_dict", "CheckpointError",
+    "data", "layers", "models",
+]

@@ -1,0 +1,79 @@
+"""Convolutions with timm's (PyTorch's) explicit symmetric padding.
+
+Flax's ``'SAME'`` pads (0, 1) at stride 2 while PyTorch pads (1, 1): every convolution here
+takes an explicit, symmetric padding so that strided layers sample the same pixels as timm.
+"""
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from flax.linen.dtypes import promote_dtype
+
+Dtype = Any
+
+# timm's ResNet init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
+    """timm's symmetric padding (``timm.layers.padding.get_padding``)."""
+    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+class Conv2d(nn.Module):
+    """``torch.nn.Conv2d`` in NHWC with an HWIO ``kernel``; grouped convs use
+    ``feature_group_count`` (torch's channel blocks are the same, so OIHW->HWIO is enough)."""
+
+    features: int
+    kernel_size: int
+    stride: int = 1
+    dilation: int = 1
+    groups: int = 1
+    padding: Optional[int] = None  # None: timm's get_padding
+    use_bias: bool = False
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = kaiming_normal_fan_out
+    bias_init: Callable = nn.initializers.zeros
+
+    def standardize(self, kernel: jax.Array) -> jax.Array:
+        return kernel
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_chs = x.shape[-1]
+        if in_chs % self.groups:
+            raise ValueError(f"{self.name}: {in_chs} input channels do not split into {self.groups} groups")
+        k = self.kernel_size
+        kernel = self.param("kernel", self.kernel_init, (k, k, in_chs // self.groups, self.features),
+                            self.param_dtype)
+        kernel = self.standardize(kernel)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pad = get_padding(k, self.stride, self.dilation) if self.padding is None else self.padding
+        y = jax.lax.conv_general_dilated(
+            x, kernel,
+            window_strides=(self.stride, self.stride),
+            padding=((pad, pad), (pad, pad)),
+            rhs_dilation=(self.dilation, self.dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=self.groups,
+        )
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+class StdConv2d(Conv2d):
+    """Weight-standardized conv (timm ``StdConv2d``): each output filter is shifted to zero
+    mean and scaled by ``1/sqrt(var + eps)`` with the *biased* variance, as timm's
+    ``F.batch_norm(training=True)`` over the weight does. BiT uses ``eps=1e-8``."""
+
+    eps: float = 1e-6  # timm's StdConv2d default; BiT models bind 1e-8
+
+    def standardize(self, kernel: jax.Array) -> jax.Array:
+        w = kernel.astype(jnp.float32)
+        mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
+        var = jnp.mean(jnp.square(w - mean), axis=(0, 1, 2), keepdims=True)
+        return ((w - mean) * jax.lax.rsqrt(var + self.eps)).astype(kernel.dtype)

@@ -1,0 +1,132 @@
+"""timm's norm(+act) layers with timm's constants, NHWC.
+
+Every layer takes ``train`` at call time and ``apply_act`` at construction, like timm's
+``*Act`` layers: BatchNormAct2d and GroupNormAct apply ``act`` after the norm; EvoNorm2dS0 and
+FilterResponseNormTlu2d carry their own non-linearity. Statistics are computed in float32
+whatever the compute dtype.
+"""
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Dtype = Any
+
+TORCH_BN_MOMENTUM = 0.1  # torch's momentum weighs the *new* batch statistic (Flax's 0.9 is 1 - this)
+TORCH_NORM_EPS = 1e-5    # torch BatchNorm2d / GroupNorm default (Flax's GroupNorm default is 1e-6)
+
+
+def _affine(x, scale, bias, dtype):
+    dtype = dtype or x.dtype
+    return x.astype(dtype) * scale.astype(dtype) + bias.astype(dtype)
+
+
+class BatchNormAct2d(nn.Module):
+    """``torch.nn.BatchNorm2d`` (+ act). Running statistics live in ``batch_stats`` as ``mean``,
+    ``var`` and ``num_batches_tracked``; in training the running variance is updated with the
+    *unbiased* batch variance, as torch does, while the output uses the biased one."""
+
+    apply_act: bool = True
+    act: Callable = nn.relu
+    momentum: float = TORCH_BN_MOMENTUM
+    epsilon: float = TORCH_NORM_EPS
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
+        xf = x.astype(jnp.float32)
+        if train:
+            mean = jnp.mean(xf, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
+            if not self.is_initializing():
+                n = xf.size // c
+                m = self.momentum
+                ra_mean.value = (1 - m) * ra_mean.value + m * mean
+                ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+                count.value = count.value + 1
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
+        y = _affine(xf - mean, mul, bias.astype(jnp.float32), self.dtype or x.dtype)
+        return self.act(y) if self.apply_act else y
+
+
+class GroupNormAct(nn.Module):
+    """``timm.layers.GroupNormAct``: GroupNorm over ``num_groups`` channel blocks (+ act)."""
+
+    num_groups: int = 32
+    apply_act: bool = True
+    act: Callable = nn.relu
+    epsilon: float = TORCH_NORM_EPS
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        b, h, w, c = x.shape
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        xg = x.astype(jnp.float32).reshape(b, h, w, self.num_groups, c // self.num_groups)
+        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
+        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
+        xn = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
+        y = _affine(xn, scale, bias, self.dtype or x.dtype)
+        return self.act(y) if self.apply_act else y
+
+
+class EvoNorm2dS0(nn.Module):
+    """``timm.layers.EvoNorm2dS0``: ``x * sigmoid(v * x) / group_std(x)`` then affine, with
+    the biased group variance and ``eps`` inside the square root."""
+
+    groups: int = 32
+    apply_act: bool = True
+    epsilon: float = TORCH_NORM_EPS
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        b, h, w, c = x.shape
+        dtype = self.dtype or x.dtype
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        x = x.astype(dtype)
+        if self.apply_act:
+            v = self.param("v", nn.initializers.ones, (c,), self.param_dtype).astype(dtype)
+            xg = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
+            var = jnp.var(xg, axis=(1, 2, 4), keepdims=True)
+            std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), xg.shape).reshape(b, h, w, c)
+            x = x * nn.sigmoid(x * v) / std.astype(dtype)
+        return _affine(x, scale, bias, dtype)
+
+
+class FilterResponseNormTlu2d(nn.Module):
+    """``timm.layers.FilterResponseNormTlu2d``: ``x / sqrt(mean_hw(x^2) + eps)``, affine, then
+    the thresholded linear unit ``max(x, tau)``."""
+
+    apply_act: bool = True
+    epsilon: float = TORCH_NORM_EPS
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c = x.shape[-1]
+        dtype = self.dtype or x.dtype
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=(1, 2), keepdims=True) + self.epsilon)
+        y = _affine(x.astype(dtype) * inv_rms.astype(dtype), scale, bias, dtype)
+        if self.apply_act:
+            tau = self.param("tau", nn.initializers.zeros, (c,), self.param_dtype)
+            y = jnp.maximum(y, tau.astype(dtype))
+        return y

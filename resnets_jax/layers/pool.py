@@ -1,0 +1,84 @@
+"""PyTorch-exact pooling in NHWC: explicit padding, ``ceil_mode`` and ``count_include_pad``."""
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _out_size(size: int, k: int, s: int, pad: int, ceil_mode: bool) -> int:
+    """torch's pooling output size; in ceil mode the last window must start inside the input
+    or its left padding."""
+    span = size + 2 * pad - k
+    out = (math.ceil(span / s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + pad:
+        out -= 1
+    return out
+
+
+def _pad_hw(x: jax.Array, pads, value) -> jax.Array:
+    """Pad H and W by (low, high) with ``value``; a negative high side crops (floor mode
+    drops trailing pixels that no window reaches)."""
+    x = jnp.pad(x, ((0, 0), *((lo, max(hi, 0)) for lo, hi in pads), (0, 0)), constant_values=value)
+    return x[:, :x.shape[1] + min(pads[0][1], 0), :x.shape[2] + min(pads[1][1], 0)]
+
+
+def _window_pads(x: jax.Array, k: int, s: int, pad: int, ceil_mode: bool):
+    """(low, high) padding per spatial dim so that VALID windows give torch's output: the
+    symmetric ``pad`` plus the ceil-mode overhang (or minus the pixels floor mode drops)."""
+    return [(pad, (_out_size(n, k, s, pad, ceil_mode) - 1) * s + k - n - pad) for n in x.shape[1:3]]
+
+
+def max_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
+               ceil_mode: bool = False) -> jax.Array:
+    """``F.max_pool2d``: padding never wins the max (torch pads with -inf)."""
+    x = _pad_hw(x, _window_pads(x, kernel_size, stride, padding, ceil_mode), -jnp.inf)
+    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, kernel_size, kernel_size, 1),
+                             (1, stride, stride, 1), "VALID")
+
+
+def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
+               ceil_mode: bool = False, count_include_pad: bool = True) -> jax.Array:
+    """``F.avg_pool2d``. The divisor counts the explicit padding when ``count_include_pad``,
+    and never the ceil-mode overhang, exactly as torch does."""
+    pads = _window_pads(x, kernel_size, stride, padding, ceil_mode)
+    window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
+    zero = jnp.array(0, x.dtype)
+    total = lax.reduce_window(_pad_hw(x, pads, 0), zero, lax.add, window, strides, "VALID")
+    # The divisor: a window's count of input pixels (and of explicit padding, if counted).
+    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    if count_include_pad:
+        ones = _pad_hw(ones, [(padding, padding)] * 2, 1)
+        pads = [(0, hi - padding) for _, hi in pads]
+    count = lax.reduce_window(_pad_hw(ones, pads, 0), zero, lax.add, window, strides, "VALID")
+    return total / count
+
+
+def pad_same(x: jax.Array, kernel_size: int, stride: int, dilation: int = 1, value: float = 0.) -> jax.Array:
+    """TF 'SAME' padding as ``timm.layers.padding.pad_same`` (extra pixel on the high side)."""
+    pads = []
+    for size in x.shape[1:3]:
+        total = max((math.ceil(size / stride) - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
+
+
+GLOBAL_POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
+
+
+def global_pool_feat_mult(pool_type: str) -> int:
+    return 2 if pool_type == "catavgmax" else 1
+
+
+def select_global_pool(x: jax.Array, pool_type: str = "avg", keepdims: bool = False) -> jax.Array:
+    """timm's ``SelectAdaptivePool2d`` to 1x1: 'avg', 'max', 'avgmax' (their mean),
+    'catavgmax' (channels concatenated, avg first), '' (no pooling)."""
+    if pool_type == "":
+        return x
+    if pool_type not in GLOBAL_POOL_TYPES:
+        raise ValueError(f"global_pool must be one of {GLOBAL_POOL_TYPES}, got {pool_type!r}")
+    avg = jnp.mean(x, axis=(1, 2), keepdims=True)
+    mx = jnp.max(x, axis=(1, 2), keepdims=True)
+    y = {"avg": lambda: avg, "max": lambda: mx, "avgmax": lambda: 0.5 * (avg + mx),
+         "catavgmax": lambda: jnp.concatenate([avg, mx], axis=-1)}[pool_type]()
+    return y if keepdims else y.reshape(y.shape[0], -1)

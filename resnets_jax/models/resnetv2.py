@@ -1,0 +1,367 @@
+"""Pre-activation ResNet v2 (timm ``resnetv2.py``), with BatchNorm, GroupNorm + StdConv (BiT),
+EvoNorm-S0 and FRN variants.
+
+Papers: `Identity Mappings in Deep Residual Networks` (https://arxiv.org/abs/1603.05027);
+`Big Transfer (BiT): General Visual Representation Learning` (https://arxiv.org/abs/1912.11370);
+`Knowledge distillation: A good teacher is patient and consistent` (https://arxiv.org/abs/2106.05237).
+
+Submodules carry timm's attribute names (``stem/conv``, ``stages_2/blocks_5/norm2``, ``norm``,
+``head/fc``) so that checkpoint conversion is structural.
+"""
+from functools import partial
+from typing import Any, Callable, Optional, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2dS0,
+                      FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_pool2d, drop_path_rates,
+                      global_pool_feat_mult, max_pool2d)
+from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
+from ._common import check_input, make_divisible
+
+ModuleDef = Any
+
+BIT_STD_CONV_EPS = 1e-8  # BiT's weight standardization eps (timm's StdConv2d default is 1e-6)
+
+
+class DownsampleConv(nn.Module):
+    """1x1 (strided) projection shortcut; pre-activation blocks feed it the pre-activated input."""
+    out_chs: int
+    stride: int
+    conv_layer: ModuleDef
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        return self.conv_layer(self.out_chs, 1, stride=self.stride, name="conv")(x)
+
+
+class DownsampleAvg(nn.Module):
+    """'D' variants: 2x2 average pool (ceil mode, padding not counted) then 1x1 conv."""
+    out_chs: int
+    stride: int
+    dilation: int
+    conv_layer: ModuleDef
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if self.stride > 1:
+            x = avg_pool2d(x, 2, self.stride, ceil_mode=True, count_include_pad=False)
+        elif self.dilation > 1:
+            # timm's AvgPool2dSame(2, 1): TF-'SAME' zero padding that the average counts
+            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+            x = avg_pool2d(x, 2, 1)
+        return self.conv_layer(self.out_chs, 1, name="conv")(x)
+
+
+class PreActBasic(nn.Module):
+    """Pre-activation basic block: norm1 -> conv1 (3x3, stride) -> norm2 -> conv2 (3x3)."""
+    out_chs: int
+    conv_layer: ModuleDef
+    norm_layer: ModuleDef
+    proj_layer: Optional[ModuleDef] = None
+    bottle_ratio: float = 1.0
+    stride: int = 1
+    dilation: int = 1
+    first_dilation: int = 1
+    drop_path_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        mid_chs = make_divisible(self.out_chs * self.bottle_ratio)
+        x_preact = self.norm_layer(name="norm1")(x, train)
+        shortcut = x
+        needs_proj = (self.stride != 1 or self.first_dilation != self.dilation or x.shape[-1] != self.out_chs)
+        if self.proj_layer is not None and needs_proj:
+            shortcut = self.proj_layer(name="downsample")(x_preact, train)
+        x = self.conv_layer(mid_chs, 3, stride=self.stride, dilation=self.first_dilation, name="conv1")(x_preact)
+        x = self.conv_layer(self.out_chs, 3, dilation=self.dilation, name="conv2")(
+            self.norm_layer(name="norm2")(x, train))
+        return DropPath(self.drop_path_rate, name="drop_path")(x, train) + shortcut
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck (stride on the 3x3 conv): norm1 -> conv1 (1x1) -> norm2 ->
+    conv2 (3x3) -> norm3 -> conv3 (1x1)."""
+    out_chs: int
+    conv_layer: ModuleDef
+    norm_layer: ModuleDef
+    proj_layer: Optional[ModuleDef] = None
+    bottle_ratio: float = 0.25
+    stride: int = 1
+    dilation: int = 1
+    first_dilation: int = 1
+    drop_path_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        mid_chs = make_divisible(self.out_chs * self.bottle_ratio)
+        x_preact = self.norm_layer(name="norm1")(x, train)
+        shortcut = x
+        if self.proj_layer is not None:
+            shortcut = self.proj_layer(name="downsample")(x_preact, train)
+        x = self.conv_layer(mid_chs, 1, name="conv1")(x_preact)
+        x = self.conv_layer(mid_chs, 3, stride=self.stride, dilation=self.first_dilation, name="conv2")(
+            self.norm_layer(name="norm2")(x, train))
+        x = self.conv_layer(self.out_chs, 1, name="conv3")(self.norm_layer(name="norm3")(x, train))
+        return DropPath(self.drop_path_rate, name="drop_path")(x, train) + shortcut
+
+
+class ResNetStage(nn.Module):
+    """``blocks_0 .. blocks_{depth-1}``; only the first block strides and projects."""
+    out_chs: int
+    stride: int
+    dilation: int
+    depth: int
+    block_fn: ModuleDef
+    conv_layer: ModuleDef
+    norm_layer: ModuleDef
+    bottle_ratio: float = 0.25
+    avg_down: bool = False
+    block_dpr: Tuple[float, ...] = ()
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        first_dilation = 1 if self.dilation in (1, 2) else 2
+        if self.avg_down:
+            proj = partial(DownsampleAvg, self.out_chs, self.stride, self.dilation, self.conv_layer)
+        else:
+            proj = partial(DownsampleConv, self.out_chs, self.stride, self.conv_layer)
+        for i in range(self.depth):
+            x = self.block_fn(
+                self.out_chs, self.conv_layer, self.norm_layer,
+                proj_layer=proj if i == 0 else None,
+                bottle_ratio=self.bottle_ratio,
+                stride=self.stride if i == 0 else 1,
+                dilation=self.dilation,
+                first_dilation=first_dilation if i == 0 else self.dilation,
+                drop_path_rate=self.block_dpr[i] if self.block_dpr else 0.0,
+                name=f"blocks_{i}",
+            )(x, train)
+        return x
+
+
+def is_stem_deep(stem_type: str) -> bool:
+    return any(s in stem_type for s in ("deep", "tiered"))
+
+
+class ResNetV2Stem(nn.Module):
+    """7x7/2 conv (or the 'deep'/'tiered' 3x3 stack), then a 3x3/2 max pool. BiT's 'fixed' stem
+    zero-pads by 1 and pools unpadded; the others pad the pool with -inf."""
+    out_chs: int
+    stem_type: str
+    conv_layer: ModuleDef
+    norm_layer: ModuleDef
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        if is_stem_deep(self.stem_type):
+            if "tiered" in self.stem_type:
+                chs = (3 * self.out_chs // 8, self.out_chs // 2)  # 'T' resnets
+            else:
+                chs = (self.out_chs // 2, self.out_chs // 2)  # 'D' resnets
+            x = self.conv_layer(chs[0], 3, stride=2, name="conv1")(x)
+            x = self.norm_layer(name="norm1")(x, train)
+            x = self.conv_layer(chs[1], 3, name="conv2")(x)
+            x = self.norm_layer(name="norm2")(x, train)
+            x = self.conv_layer(self.out_chs, 3, name="conv3")(x)
+        else:
+            x = self.conv_layer(self.out_chs, 7, stride=2, name="conv")(x)
+        if "fixed" in self.stem_type:
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # nn.ConstantPad2d(1, 0.)
+            return max_pool2d(x, 3, 2)
+        return max_pool2d(x, 3, 2, padding=1)
+
+
+NORM_LAYERS = {
+    "batchnorm": BatchNormAct2d,
+    "groupnorm": partial(GroupNormAct, num_groups=32),
+    "evonorm": EvoNorm2dS0,
+    "frn": FilterResponseNormTlu2d,
+}
+
+
+class ResNetV2(nn.Module):
+    """Pre-activation ResNet v2 (timm's ``ResNetV2`` with ``preact=True``, which every
+    registered resnetv2 uses)."""
+    layers: Sequence[int]
+    channels: Sequence[int] = (256, 512, 1024, 2048)
+    num_classes: int = 1000
+    in_chans: int = 3
+    global_pool: str = "avg"
+    output_stride: int = 32
+    width_factor: int = 1
+    stem_chs: int = 64
+    stem_type: str = ""
+    avg_down: bool = False
+    basic: bool = False
+    bottle_ratio: float = 0.25
+    norm_layer: str = "groupnorm"
+    std_conv_eps: Optional[float] = 1e-6  # None: plain conv (timm's create_conv2d)
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
+
+    def setup(self):
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
+        if self.std_conv_eps is None:
+            conv = partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
+        else:
+            conv = partial(StdConv2d, eps=self.std_conv_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = partial(NORM_LAYERS[self.norm_layer], dtype=self.dtype, param_dtype=self.param_dtype)
+        wf = self.width_factor
+        self.stem = ResNetV2Stem(make_divisible(self.stem_chs * wf), self.stem_type, conv, norm)
+        curr_stride, dilation, stages = 4, 1, []
+        block_fn = PreActBasic if self.basic else PreActBottleneck
+        dprs = drop_path_rates(self.drop_path_rate, self.layers)
+        for i, (depth, chs, dpr) in enumerate(zip(self.layers, self.channels, dprs)):
+            stride = 1 if i == 0 else 2
+            if curr_stride >= self.output_stride:
+                dilation *= stride
+                stride = 1
+            stages.append(ResNetStage(
+                make_divisible(chs * wf), stride, dilation, depth, block_fn, conv, norm,
+                bottle_ratio=self.bottle_ratio, avg_down=self.avg_down, block_dpr=dpr))
+            curr_stride *= stride
+        self.stages = stages
+        self.norm = norm()
+        self.head = ClassifierHead(self.num_classes, self.global_pool, self.drop_rate, use_conv=True,
+                                   dtype=self.dtype, param_dtype=self.param_dtype)
+
+    @property
+    def num_features(self) -> int:
+        return make_divisible(self.channels[-1] * self.width_factor)
+
+    @property
+    def head_hidden_size(self) -> int:
+        return self.num_features * global_pool_feat_mult(self.global_pool)
+
+    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        check_input(x, self.in_chans)
+        x = self.stem(x, train)
+        for stage in self.stages:
+            x = stage(x, train)
+        return self.norm(x, train)
+
+    def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
+        return self.head(x, pre_logits=pre_logits, train=train)
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.forward_head(self.forward_features(x, train), train=train)
+
+
+def _cfg(**kwargs):
+    return {
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
+        "crop_pct": 0.875, "interpolation": "bilinear", "crop_mode": "center",
+        "mean": IMAGENET_INCEPTION_MEAN, "std": IMAGENET_INCEPTION_STD,
+        "first_conv": "stem.conv", "classifier": "head.fc", "license": "apache-2.0",
+        **kwargs,
+    }
+
+
+_ra4 = dict(interpolation="bicubic", crop_pct=0.9, test_input_size=(3, 288, 288), test_crop_pct=1.0)
+_a1h = dict(interpolation="bicubic", crop_pct=0.95, test_input_size=(3, 288, 288), test_crop_pct=1.0)
+_bit_448 = dict(input_size=(3, 448, 448), pool_size=(14, 14), crop_pct=1.0)
+
+default_cfgs = generate_default_cfgs({
+    # Paper: Knowledge distillation: A good teacher is patient and consistent
+    "resnetv2_50x1_bit.goog_distilled_in1k": _cfg(hf_hub_id="timm/", interpolation="bicubic"),
+    "resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k": _cfg(hf_hub_id="timm/", interpolation="bicubic"),
+    "resnetv2_152x2_bit.goog_teacher_in21k_ft_in1k_384": _cfg(
+        hf_hub_id="timm/", input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0, interpolation="bicubic"),
+    # BiT: pretrained on imagenet21k, finetuned on imagenet1k
+    "resnetv2_50x1_bit.goog_in21k_ft_in1k": _cfg(hf_hub_id="timm/", **_bit_448),
+    "resnetv2_50x3_bit.goog_in21k_ft_in1k": _cfg(hf_hub_id="timm/", **_bit_448),
+    "resnetv2_101x1_bit.goog_in21k_ft_in1k": _cfg(hf_hub_id="timm/", **_bit_448),
+    "resnetv2_101x3_bit.goog_in21k_ft_in1k": _cfg(hf_hub_id="timm/", **_bit_448),
+    "resnetv2_152x2_bit.goog_in21k_ft_in1k": _cfg(hf_hub_id="timm/", **_bit_448),
+    "resnetv2_152x4_bit.goog_in21k_ft_in1k": _cfg(
+        hf_hub_id="timm/", input_size=(3, 480, 480), pool_size=(15, 15), crop_pct=1.0),
+    # BiT: trained on imagenet-21k
+    "resnetv2_50x1_bit.goog_in21k": _cfg(hf_hub_id="timm/", num_classes=21843),
+    "resnetv2_50x3_bit.goog_in21k": _cfg(hf_hub_id="timm/", num_classes=21843),
+    "resnetv2_101x1_bit.goog_in21k": _cfg(hf_hub_id="timm/", num_classes=21843),
+    "resnetv2_101x3_bit.goog_in21k": _cfg(hf_hub_id="timm/", num_classes=21843),
+    "resnetv2_152x2_bit.goog_in21k": _cfg(hf_hub_id="timm/", num_classes=21843),
+    "resnetv2_152x4_bit.goog_in21k": _cfg(hf_hub_id="timm/", num_classes=21843),
+    "resnetv2_18.ra4_e3600_r224_in1k": _cfg(hf_hub_id="timm/", **_ra4),
+    "resnetv2_18d.ra4_e3600_r224_in1k": _cfg(hf_hub_id="timm/", first_conv="stem.conv1", **_ra4),
+    "resnetv2_34.ra4_e3600_r224_in1k": _cfg(hf_hub_id="timm/", **_ra4),
+    "resnetv2_34d.ra4_e3600_r224_in1k": _cfg(hf_hub_id="timm/", first_conv="stem.conv1", **_ra4),
+    "resnetv2_34d.ra4_e3600_r384_in1k": _cfg(
+        hf_hub_id="timm/", crop_pct=1.0, input_size=(3, 384, 384), pool_size=(12, 12),
+        test_input_size=(3, 448, 448), interpolation="bicubic", first_conv="stem.conv1"),
+    "resnetv2_50.a1h_in1k": _cfg(hf_hub_id="timm/", **_a1h),
+    "resnetv2_50d.untrained": _cfg(interpolation="bicubic", first_conv="stem.conv1"),
+    "resnetv2_50t.untrained": _cfg(interpolation="bicubic", first_conv="stem.conv1"),
+    "resnetv2_101.a1h_in1k": _cfg(hf_hub_id="timm/", **_a1h),
+    "resnetv2_101d.untrained": _cfg(interpolation="bicubic", first_conv="stem.conv1"),
+    "resnetv2_152.untrained": _cfg(interpolation="bicubic"),
+    "resnetv2_152d.untrained": _cfg(interpolation="bicubic", first_conv="stem.conv1"),
+    "resnetv2_50d_gn.ah_in1k": _cfg(hf_hub_id="timm/", first_conv="stem.conv1", **_a1h),
+    "resnetv2_50d_evos.ah_in1k": _cfg(hf_hub_id="timm/", first_conv="stem.conv1", **_a1h),
+    "resnetv2_50d_frn.untrained": _cfg(interpolation="bicubic", first_conv="stem.conv1"),
+})
+
+
+def _bit(layers, width_factor, **kwargs):
+    # BiT: StdConv2d (eps 1e-8) + GroupNorm(32), 'fixed' stem padding as in the original TF models
+    return ResNetV2(layers=layers, width_factor=width_factor, stem_type="fixed",
+                    norm_layer="groupnorm", std_conv_eps=BIT_STD_CONV_EPS, **kwargs)
+
+
+def _v2(layers, norm_layer="batchnorm", **kwargs):
+    # timm's newer ResNetV2s: plain conv (create_conv2d) with a norm+act layer
+    return ResNetV2(layers=layers, norm_layer=norm_layer, std_conv_eps=None, **kwargs)
+
+
+_basic = dict(channels=(64, 128, 256, 512), basic=True, bottle_ratio=1.0)
+_d = dict(stem_type="deep", avg_down=True)
+
+
+@register_model
+def resnetv2_50x1_bit(**kwargs): return _bit((3, 4, 6, 3), 1, **kwargs)
+@register_model
+def resnetv2_50x3_bit(**kwargs): return _bit((3, 4, 6, 3), 3, **kwargs)
+@register_model
+def resnetv2_101x1_bit(**kwargs): return _bit((3, 4, 23, 3), 1, **kwargs)
+@register_model
+def resnetv2_101x3_bit(**kwargs): return _bit((3, 4, 23, 3), 3, **kwargs)
+@register_model
+def resnetv2_152x2_bit(**kwargs): return _bit((3, 8, 36, 3), 2, **kwargs)
+@register_model
+def resnetv2_152x4_bit(**kwargs): return _bit((3, 8, 36, 3), 4, **kwargs)
+@register_model
+def resnetv2_18(**kwargs): return _v2((2, 2, 2, 2), **_basic, **kwargs)
+@register_model
+def resnetv2_18d(**kwargs): return _v2((2, 2, 2, 2), **_basic, **_d, **kwargs)
+@register_model
+def resnetv2_34(**kwargs): return _v2((3, 4, 6, 3), **_basic, **kwargs)
+@register_model
+def resnetv2_34d(**kwargs): return _v2((3, 4, 6, 3), **_basic, **_d, **kwargs)
+@register_model
+def resnetv2_50(**kwargs): return _v2((3, 4, 6, 3), **kwargs)
+@register_model
+def resnetv2_50d(**kwargs): return _v2((3, 4, 6, 3), **_d, **kwargs)
+@register_model
+def resnetv2_50t(**kwargs): return _v2((3, 4, 6, 3), stem_type="tiered", avg_down=True, **kwargs)
+@register_model
+def resnetv2_101(**kwargs): return _v2((3, 4, 23, 3), **kwargs)
+@register_model
+def resnetv2_101d(**kwargs): return _v2((3, 4, 23, 3), **_d, **kwargs)
+@register_model
+def resnetv2_152(**kwargs): return _v2((3, 8, 36, 3), **kwargs)
+@register_model
+def resnetv2_152d(**kwargs): return _v2((3, 8, 36, 3), **_d, **kwargs)
+# Experimental norm variants (timm: "may change / be removed")
+@register_model
+def resnetv2_50d_gn(**kwargs): return _v2((3, 4, 6, 3), norm_layer="groupnorm", **_d, **kwargs)
+@register_model
+def resnetv2_50d_evos(**kwargs): return _v2((3, 4, 6, 3), norm_layer="evonorm", **_d, **kwargs)
+@register_model
+def resnetv2_50d_frn(**kwargs): return _v2((3, 4, 6, 3), norm_layer="frn", **_d, **kwargs)

@@ -1,0 +1,39 @@
+"""timm reference helpers for the tests: perturbed timm models and their outputs."""
+import numpy as np
+
+
+def perturb_(model, seed: int = 0):
+    """Perturb every parameter and buffer in place. timm's init makes norms an identity
+    (weight 1, bias 0, mean 0, var 1), which would hide a mis-mapped norm."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                t.copy_(torch.randint(1, 1000, t.shape, generator=g))
+            elif name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif t.ndim <= 1:  # norm weight/bias, running_mean, conv/fc bias, EvoNorm v, FRN tau
+                t.add_(0.2 * torch.randn(t.shape, generator=g))
+            else:  # conv/linear weights: keep the init's scale, break its symmetry
+                t.mul_(1 + 0.2 * torch.randn(t.shape, generator=g)).add_(0.01 * torch.randn(t.shape, generator=g))
+    return model
+
+
+def timm_state_dict(model) -> dict:
+    return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+
+
+def timm_forward(model, x_nhwc: np.ndarray, device: str = "cpu", method: str = "forward") -> np.ndarray:
+    import torch
+    model = model.to(device).eval()
+    x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).to(device)
+    with torch.no_grad():
+        y = getattr(model, method)(x)
+    y = y.detach().cpu().numpy()
+    return y.transpose(0, 2, 3, 1) if y.ndim == 4 else y
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.abs(a - b).max() / np.abs(b).max())
