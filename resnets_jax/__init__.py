@@ -5,7 +5,7 @@
     logits = model.apply(variables, x)   # x: (B, H, W, 3), normalized, NHWC
 """
 from . import data, layers, models  # noqa: F401  (models registers every architecture)
-from .builder import create_model
+from .builder import build_model, create_model
 from .registry import get_pretrained_cfg, list_models, list_pretrained
 from .weights import (CheckpointError, convert_timm_state_dict, export_timm_state_dict,
                       load_state_dict)
@@ -13,7 +13,7 @@ from .weights import (CheckpointError, convert_timm_state_dict, export_timm_stat
 __version__ = "0.1.0"
 
 __all__ = [
-    "create_model", "list_models", "list_pretrained", "get_pretrained_cfg",
+    "create_model", "build_model", "list_models", "list_pretrained", "get_pretrained_cfg",
     "convert_timm_state_dict", "export_timm_state_dict", "load_state_dict", "CheckpointError",
     "data", "layers", "models",
 ]

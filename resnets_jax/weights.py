@@ -74,9 +74,13 @@ def _flat_variables(tree: Mapping) -> Dict[Tuple[str, Tuple[str, ...]], object]:
     return {(col, path): v for col in tree for path, v in traverse_util.flatten_dict(dict(tree[col])).items()}
 
 
-def _expected_variables(model, input_size: int = 64):
+def _example_input(model, input_size: int = 64):
+    return jax.ShapeDtypeStruct((1, input_size, input_size, model.in_chans), jnp.float32)
+
+
+def _expected_variables(model, example_input=None):
     """Shapes and dtypes of the model's variables, without computing anything."""
-    x = jax.ShapeDtypeStruct((1, input_size, input_size, model.in_chans), jnp.float32)
+    x = _example_input(model) if example_input is None else example_input
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
     return _flat_variables(jax.eval_shape(model.init, rngs, x))
 
@@ -88,13 +92,14 @@ def _fmt(keys, limit=12):
 
 
 def convert_timm_state_dict(model, state_dict: Mapping[str, np.ndarray], *,
-                            skip_missing: Tuple[str, ...] = ()) -> dict:
+                            skip_missing: Tuple[str, ...] = (), example_input=None) -> dict:
     """timm state dict (numpy arrays, NCHW) -> Flax variables ``{'params', 'batch_stats'}``.
 
     Raises ``CheckpointError`` naming every missing key, unexpected key and shape mismatch.
     ``skip_missing``: timm key prefixes (e.g. the classifier) allowed to be absent; they keep
-    a fresh initialisation."""
-    expected = _expected_variables(model)
+    a fresh initialisation. ``example_input`` (an array or ``jax.ShapeDtypeStruct``) lets any
+    Flax module named after its timm counterpart be converted, not only registered models."""
+    expected = _expected_variables(model, example_input)
     timm_names = {flax_to_timm_key(*k): k for k in expected}
     out, unexpected, mismatched = {}, [], []
     for key, value in state_dict.items():
@@ -109,7 +114,11 @@ def convert_timm_state_dict(model, state_dict: Mapping[str, np.ndarray], *,
             mismatched.append(f"{key}: checkpoint {np.shape(state_dict[key])} vs model "
                               f"{_timm_shape(flax_key, want.shape)}")
             continue
-        out[flax_key] = jnp.asarray(value, dtype=want.dtype)
+        # a copy: never alias the caller's buffers (torch trains in place; files are memory-mapped)
+        out[flax_key] = jnp.array(value, dtype=want.dtype, copy=True)
+    for n, k in timm_names.items():
+        if k not in out and n.endswith(".num_batches_tracked"):  # optional, as torch's BatchNorm loads it
+            out[k] = jnp.zeros(expected[k].shape, expected[k].dtype)
     missing = [n for n, k in timm_names.items() if k not in out and not n.startswith(skip_missing)]
     if missing or unexpected or mismatched:
         name = getattr(model, "variant", "") or type(model).__name__
@@ -123,7 +132,7 @@ def convert_timm_state_dict(model, state_dict: Mapping[str, np.ndarray], *,
             lines.append(f"  shape mismatches ({len(mismatched)}): {_fmt(mismatched, 6)}")
         raise CheckpointError("\n".join(lines))
     if len(out) < len(expected):  # skipped keys: fill from a fresh init
-        fresh = _flat_variables(_init(model))
+        fresh = _flat_variables(init_variables(model, example_input=example_input))
         out.update({k: v for k, v in fresh.items() if k not in out})
     return _unflatten(out)
 
@@ -142,9 +151,11 @@ def _unflatten(flat: Mapping) -> dict:
     return {col: traverse_util.unflatten_dict(d) for col, d in cols.items()}
 
 
-def _init(model, rng=None, input_size: int = 64):
+def init_variables(model, rng=None, example_input=None) -> dict:
+    """A random init of the model's variables (a forward pass at a small size fixes shapes)."""
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    x = jnp.zeros((1, input_size, input_size, model.in_chans), jnp.float32)
+    spec = _example_input(model) if example_input is None else example_input
+    x = jnp.zeros(spec.shape, spec.dtype)
     return jax.jit(model.init)({"params": rng, "dropout": rng}, x)
 
 

@@ -1,0 +1,121 @@
+"""Building blocks against their torch / timm counterparts."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from resnets_jax import layers
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+
+def _nchw(x):
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _nhwc(t):
+    return t.detach().numpy().transpose(0, 2, 3, 1)
+
+
+POOL_CASES = [  # kernel, stride, padding, ceil_mode, count_include_pad
+    (2, 2, 0, True, False),   # avg-down shortcut
+    (3, 2, 1, False, True),   # ResNeSt avd / Res2Net first-block pool
+    (3, 1, 1, False, True),
+    (3, 2, 1, True, True),
+    (3, 2, 1, True, False),
+    (3, 2, 0, False, True),   # floor mode dropping trailing pixels
+]
+
+
+@pytest.mark.parametrize("hw", [(7, 9), (8, 8), (13, 10), (5, 6), (3, 4), (2, 3)])
+@pytest.mark.parametrize("k, s, p, ceil_mode, count_pad", POOL_CASES)
+def test_avg_and_max_pool_match_torch(hw, k, s, p, ceil_mode, count_pad):
+    hw = tuple(max(n, k - 2 * p) for n in hw)  # the smallest inputs torch accepts for this window
+    x = np.random.default_rng(0).standard_normal((2, *hw, 3)).astype(np.float32)
+    ref = _nhwc(F.avg_pool2d(_nchw(x), k, s, p, ceil_mode, count_pad))
+    out = np.asarray(layers.avg_pool2d(jnp.asarray(x), k, s, p, ceil_mode, count_pad))
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    ref = _nhwc(F.max_pool2d(_nchw(x), k, s, p, ceil_mode=ceil_mode))
+    np.testing.assert_array_equal(np.asarray(layers.max_pool2d(jnp.asarray(x), k, s, p, ceil_mode)), ref)
+
+
+@pytest.mark.parametrize("k, s, d", [(3, 2, 1), (7, 2, 1), (1, 2, 1), (3, 1, 2), (3, 2, 2)])
+def test_conv_padding_matches_torch(k, s, d):
+    import jax
+    x = np.random.default_rng(0).standard_normal((2, 11, 10, 4)).astype(np.float32)
+    conv = layers.Conv2d(6, k, stride=s, dilation=d, groups=2, use_bias=True)
+    v = conv.init(jax.random.PRNGKey(0), x)
+    tconv = torch.nn.Conv2d(4, 6, k, s, padding=layers.get_padding(k, s, d), dilation=d, groups=2)
+    with torch.no_grad():
+        tconv.weight.copy_(torch.from_numpy(np.array(v["params"]["kernel"]).transpose(3, 2, 0, 1)))
+        tconv.bias.copy_(torch.from_numpy(np.array(v["params"]["bias"])))
+    np.testing.assert_allclose(np.asarray(conv.apply(v, x)), _nhwc(tconv(_nchw(x))), rtol=1e-5, atol=1e-5)
+
+
+def _timm_norm_cases():
+    from timm.layers import BatchNormAct2d, EvoNorm2dS0, FilterResponseNormTlu2d, GroupNormAct
+    return [
+        (layers.BatchNormAct2d(), lambda: BatchNormAct2d(64)),
+        (layers.BatchNormAct2d(apply_act=False), lambda: BatchNormAct2d(64, apply_act=False)),
+        (layers.GroupNormAct(num_groups=32), lambda: GroupNormAct(64, num_groups=32)),
+        (layers.EvoNorm2dS0(), lambda: EvoNorm2dS0(64)),
+        (layers.FilterResponseNormTlu2d(), lambda: FilterResponseNormTlu2d(64)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+@pytest.mark.parametrize("train", [False, True])
+def test_norm_layers_match_timm(case, train):
+    pytest.importorskip("timm")
+    from resnets_jax import convert_timm_state_dict
+    from timm_ref import perturb_
+    ours, make_theirs = _timm_norm_cases()[case]
+    theirs = perturb_(make_theirs(), seed=case)
+    x = 1.5 + 2 * np.random.default_rng(case).standard_normal((4, 7, 5, 64)).astype(np.float32)
+    sd = {k: v.numpy() for k, v in theirs.state_dict().items()}
+    v = convert_timm_state_dict(ours, sd, example_input=x)
+    theirs.train(train)
+    ref = _nhwc(theirs(_nchw(x)))
+    out, upd = ours.apply(v, x, train=train, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-5)
+    if train and "batch_stats" in v:  # torch: momentum 0.1, running_var from the unbiased variance
+        for ours_k, theirs_k in [("mean", "running_mean"), ("var", "running_var")]:
+            np.testing.assert_allclose(np.asarray(upd["batch_stats"][ours_k]),
+                                       theirs.state_dict()[theirs_k].numpy(), rtol=1e-5, atol=1e-6)
+        assert int(upd["batch_stats"]["num_batches_tracked"]) == int(theirs.num_batches_tracked)
+
+
+def test_std_conv_matches_timm_with_bit_eps():
+    from timm.layers import StdConv2d
+    x = np.random.default_rng(0).standard_normal((2, 9, 9, 8)).astype(np.float32)
+    theirs = StdConv2d(8, 16, 3, stride=2, eps=1e-8)
+    ours = layers.StdConv2d(16, 3, stride=2, eps=1e-8)
+    v = {"params": {"kernel": jnp.asarray(theirs.weight.detach().numpy().transpose(2, 3, 1, 0))}}
+    np.testing.assert_allclose(np.asarray(ours.apply(v, x)), _nhwc(theirs(_nchw(x))), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax", "catavgmax"])
+def test_global_pools_match_timm(pool):
+    from timm.layers import SelectAdaptivePool2d
+    x = np.random.default_rng(0).standard_normal((2, 5, 7, 6)).astype(np.float32)
+    ref = SelectAdaptivePool2d(pool_type=pool, flatten=True)(_nchw(x)).numpy()
+    np.testing.assert_allclose(np.asarray(layers.select_global_pool(jnp.asarray(x), pool)), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_drop_path_keeps_rate_and_scales():
+    x = jnp.ones((4000, 1, 1, 1))
+    y = layers.DropPath(0.25).apply({}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+    kept = np.asarray(y).ravel()
+    np.testing.assert_allclose(np.unique(kept), [0.0, 1 / 0.75], rtol=1e-6)
+    assert abs((kept > 0).mean() - 0.75) < 0.03
+    np.testing.assert_array_equal(np.asarray(layers.DropPath(0.25).apply({}, x, train=False)), np.asarray(x))
+
+
+def test_drop_path_schedule_matches_timm():
+    from timm.layers import calculate_drop_path_rates
+    ours = layers.drop_path_rates(0.2, (3, 4, 6, 3))
+    theirs = calculate_drop_path_rates(0.2, [3, 4, 6, 3], stagewise=True)
+    np.testing.assert_allclose(np.concatenate(ours), np.concatenate(theirs), rtol=1e-6)
+    assert [len(s) for s in ours] == [3, 4, 6, 3]

@@ -1,0 +1,78 @@
+"""The registry mirrors timm's: names, pretrained tags, configs, parameter counts."""
+import jax
+import numpy as np
+import pytest
+
+import resnets_jax as rj
+
+FAMILIES = ["resnetv2*"]
+CFG_FIELDS = ("input_size", "test_input_size", "crop_pct", "test_crop_pct", "crop_mode", "interpolation",
+              "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "hf_hub_id", "license")
+
+
+@pytest.fixture(scope="module")
+def timm():
+    return pytest.importorskip("timm")
+
+
+@pytest.mark.parametrize("pattern", FAMILIES)
+def test_names_and_tags_equal_timm(pattern, timm):
+    assert rj.list_models(pattern) == timm.list_models(pattern)
+    assert rj.list_pretrained(pattern) == timm.list_pretrained(pattern)
+
+
+def test_resnetv2_has_all_20():
+    assert len(rj.list_models("resnetv2*")) == 20
+
+
+def _all_tags(timm):
+    return [f"{a}.{t}" for p in FAMILIES for a in timm.list_models(p)
+            for t in timm.models.get_arch_pretrained_cfgs(a)]
+
+
+def test_every_tag_config_equals_timm(timm):
+    names = _all_tags(timm)
+    assert len(names) >= 29
+    for name in names:
+        ours = rj.get_pretrained_cfg(name)
+        theirs = timm.models.get_pretrained_cfg(name).to_dict()
+        for field in CFG_FIELDS:
+            assert ours.get(field) == theirs.get(field), (name, field, ours.get(field), theirs.get(field))
+
+
+def test_default_tag_is_timms(timm):
+    for arch in rj.list_models("resnetv2*"):
+        assert rj.get_pretrained_cfg(arch)["tag"] == timm.models.get_pretrained_cfg(arch).tag
+
+
+def _count(tree):
+    return sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(tree))
+
+
+@pytest.mark.parametrize("name", rj.list_models())
+def test_parameter_count_equals_timm(name, timm):
+    tmodel = timm.create_model(name, device="meta")
+    expected = sum(p.numel() for p in tmodel.parameters())
+    model = rj.build_model(name)
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    assert _count(shapes["params"]) == expected
+
+
+def test_resnetv2_50_parameter_count_from_model_card():
+    model = rj.build_model("resnetv2_50")
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32))
+    assert _count(shapes["params"]) == 25_549_352
+
+
+@pytest.mark.parametrize("bad, suggestion", [("resnetv2_5O", "resnetv2_50"), ("resnet_v2_50", "resnetv2_50"),
+                                             ("resnetv2_50.a1h_in1", "resnetv2_50.a1h_in1k")])
+def test_unknown_name_suggests_close_matches(bad, suggestion):
+    with pytest.raises(ValueError, match="Unknown") as e:
+        rj.create_model(bad)
+    assert suggestion in str(e.value)
+
+
+def test_unknown_name_without_close_match():
+    with pytest.raises(ValueError, match="list_models"):
+        rj.build_model("vit_base_patch16_224")

@@ -1,0 +1,209 @@
+"""Checkpoint files in every form timm users have, the hub cache, and bad input."""
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+import resnets_jax as rj
+from resnets_jax import CheckpointError
+from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+NAME = "resnetv2_18"  # the smallest architecture: these tests are about files, not numerics
+
+
+@pytest.fixture(scope="module")
+def timm_model():
+    torch.manual_seed(0)
+    return perturb_(timm.create_model(NAME), seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def x():
+    return np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
+
+
+def _save_safetensors(sd, path):
+    from safetensors.numpy import save_file
+    save_file(sd, str(path))
+
+
+def _check(model, variables, timm_model, x):
+    assert rel_err(np.asarray(model.apply(variables, x)), timm_forward(timm_model, x)) < 1e-4
+
+
+def test_safetensors_loads_without_torch_reader(tmp_path, timm_model, x):
+    path = tmp_path / "model.safetensors"
+    _save_safetensors(timm_state_dict(timm_model), path)
+    sd = rj.load_state_dict(path)
+    assert set(sd) == set(timm_model.state_dict())
+    model, variables = rj.create_model(NAME, checkpoint_path=str(path))
+    _check(model, variables, timm_model, x)
+
+
+def test_import_and_safetensors_conversion_do_not_import_torch(tmp_path, timm_model):
+    import subprocess
+    import sys
+    path = tmp_path / "model.safetensors"
+    _save_safetensors(timm_state_dict(timm_model), path)
+    code = ("import sys, resnets_jax as rj; assert 'torch' not in sys.modules; "
+            f"rj.create_model('{NAME}', checkpoint_path=r'{path}'); assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pytorch_model_bin(tmp_path, timm_model, x):
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(timm_model.state_dict(), path)
+    model, variables = rj.create_model(NAME, checkpoint_path=str(path))
+    _check(model, variables, timm_model, x)
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_timm_training_checkpoint_with_module_prefix(tmp_path, timm_model, x, use_ema):
+    sd = {f"module.{k}": v for k, v in timm_model.state_dict().items()}
+    decoy = {k: torch.zeros_like(v) for k, v in sd.items()}  # the one that must NOT be picked
+    ckpt = {"epoch": 3, "arch": NAME, "optimizer": {"state": {}, "param_groups": []},
+            "state_dict": decoy if use_ema else sd, "state_dict_ema": sd if use_ema else decoy}
+    path = tmp_path / "checkpoint-3.pth.tar"
+    torch.save(ckpt, path)
+    model, variables = rj.create_model(NAME, checkpoint_path=str(path), use_ema=use_ema)
+    _check(model, variables, timm_model, x)
+
+
+def test_bf16_safetensors(tmp_path, timm_model, x):
+    path = tmp_path / "model.safetensors"
+    from safetensors.torch import save_file
+    save_file({k: (v.bfloat16() if v.is_floating_point() else v) for k, v in timm_model.state_dict().items()}, path)
+    model, variables = rj.create_model(NAME, checkpoint_path=str(path))
+    ref = timm_model.state_dict()["stem.conv.weight"].bfloat16().float().numpy()
+    np.testing.assert_array_equal(np.asarray(variables["params"]["stem"]["conv"]["kernel"]).transpose(3, 2, 0, 1), ref)
+
+
+def test_other_architecture_names_missing_and_unexpected_keys(tmp_path, timm_model):
+    path = tmp_path / "model.safetensors"
+    _save_safetensors(timm_state_dict(timm_model), path)
+    with pytest.raises(CheckpointError) as e:
+        rj.create_model("resnetv2_50", checkpoint_path=str(path))
+    msg = str(e.value)
+    assert "resnetv2_50" in msg and "missing keys" in msg and "shape mismatches" in msg
+    assert "stages.0.blocks.0.conv3.weight" in msg  # in resnetv2_50 (bottleneck), not in 18 (basic)
+
+
+def test_shape_mismatch_lists_both_sides(timm_model):
+    sd = timm_state_dict(timm_model)
+    sd["head.fc.weight"] = sd["head.fc.weight"][:10]
+    sd["head.fc.bias"] = sd["head.fc.bias"][:10]
+    with pytest.raises(CheckpointError, match=r"head.fc.weight: checkpoint \(10, 512, 1, 1\) vs model \(1000, 512, 1, 1\)"):
+        rj.convert_timm_state_dict(rj.build_model(NAME), sd)
+
+
+def test_checkpoint_without_num_batches_tracked_loads(timm_model, x):
+    sd = {k: v for k, v in timm_state_dict(timm_model).items() if not k.endswith("num_batches_tracked")}
+    model = rj.build_model(NAME)
+    _check(model, rj.convert_timm_state_dict(model, sd), timm_model, x)
+
+
+def test_extra_key_is_unexpected(timm_model):
+    sd = dict(timm_state_dict(timm_model), **{"head.extra.weight": np.zeros(3, np.float32)})
+    with pytest.raises(CheckpointError, match="unexpected keys .*head.extra.weight"):
+        rj.convert_timm_state_dict(rj.build_model(NAME), sd)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "empty file"),
+    (b"hello, this is not a checkpoint at all", "not a safetensors file"),
+    (b"\x80\x04K\x03.", "could not be read as a PyTorch checkpoint|expected a dict of tensors"),
+])
+def test_non_checkpoint_files(tmp_path, content, match):
+    path = tmp_path / "weights.bin"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        rj.create_model(NAME, checkpoint_path=str(path))
+
+
+def test_truncated_safetensors_and_torch_files(tmp_path, timm_model):
+    good = tmp_path / "good.safetensors"
+    _save_safetensors(timm_state_dict(timm_model), good)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(good.read_bytes()[: os.path.getsize(good) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        rj.create_model(NAME, checkpoint_path=str(bad))
+    tgood = tmp_path / "good.bin"
+    torch.save(timm_model.state_dict(), tgood)
+    tbad = tmp_path / "bad.bin"
+    tbad.write_bytes(tgood.read_bytes()[: os.path.getsize(tgood) // 2])
+    with pytest.raises(CheckpointError, match="could not be read"):
+        rj.create_model(NAME, checkpoint_path=str(tbad))
+
+
+class NotWeights:
+    def __reduce__(self):
+        return (print, ("this pickle runs code",))
+
+
+def test_pickle_that_is_not_plain_weights_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": NotWeights()}, f)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        rj.load_state_dict(path)
+
+
+def test_missing_file():
+    with pytest.raises(CheckpointError, match="no such file"):
+        rj.create_model(NAME, checkpoint_path="/nonexistent/model.safetensors")
+
+
+# ----------------------------------------------------------------------------- the hub
+
+def _hub_cache(root, repo_id, files):
+    """A Hugging Face hub cache laid out as huggingface_hub writes it."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo_dir = root / f"models--{repo_id.replace('/', '--')}"
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    for name, src in files.items():
+        shutil.copy(src, snap / name)
+    return root
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "pytorch_model.bin"])
+def test_pretrained_from_offline_hub_cache(tmp_path, monkeypatch, timm_model, x, filename):
+    src = tmp_path / filename
+    if filename.endswith(".bin"):
+        torch.save(timm_model.state_dict(), src)
+    else:
+        _save_safetensors(timm_state_dict(timm_model), src)
+    cache = _hub_cache(tmp_path / "hub", f"timm/{NAME}.ra4_e3600_r224_in1k", {filename: src})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, variables = rj.create_model(f"{NAME}.ra4_e3600_r224_in1k", pretrained=True, cache_dir=str(cache))
+    _check(model, variables, timm_model, x)
+
+
+def test_pretrained_with_new_num_classes_keeps_backbone(tmp_path, monkeypatch, timm_model, x):
+    src = tmp_path / "model.safetensors"
+    _save_safetensors(timm_state_dict(timm_model), src)
+    cache = _hub_cache(tmp_path / "hub", f"timm/{NAME}.ra4_e3600_r224_in1k", {"model.safetensors": src})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, variables = rj.create_model(NAME, pretrained=True, cache_dir=str(cache), num_classes=7)
+    assert variables["params"]["head"]["fc"]["kernel"].shape == (1, 1, 512, 7)
+    feats = model.apply(variables, x, method="forward_features")
+    ref = timm_forward(timm_model, x, method="forward_features")
+    assert rel_err(np.asarray(feats), ref) < 1e-4
+
+
+def test_offline_without_cache_says_how_to_pass_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="checkpoint_path="):
+        rj.create_model(f"{NAME}.ra4_e3600_r224_in1k", pretrained=True, cache_dir=str(tmp_path))
+
+
+def test_untrained_tag_has_no_weights():
+    with pytest.raises(CheckpointError, match="no pretrained weights"):
+        rj.create_model("resnetv2_50d", pretrained=True)
