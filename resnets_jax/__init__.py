@@ -5,6 +5,7 @@
     logits = model.apply(variables, x)   # x: (B, H, W, 3), normalized, NHWC
 """
 from . import data, layers, models  # noqa: F401  (models registers every architecture)
+from . import predict  # noqa: F401
 from .builder import build_model, create_model
 from .registry import get_pretrained_cfg, list_models, list_pretrained
 from .weights import (CheckpointError, convert_timm_state_dict, export_timm_state_dict,

@@ -264,6 +264,20 @@ def load_state_dict(path: str, use_ema: bool = False) -> StateDict:
 
 # --------------------------------------------------------------------------- the hub
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint (``HF_ENDPOINT``) opens within ``timeout``."""
+    import socket
+    from urllib.parse import urlparse
+    from huggingface_hub import constants
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def download_pretrained(cfg: dict, cache_dir: Optional[str] = None) -> str:
     """Fetch ``model.safetensors`` (else ``pytorch_model.bin``) of a pretrained tag with
     huggingface_hub, honouring its cache, ``cache_dir`` and ``HF_HUB_OFFLINE``."""
@@ -274,17 +288,24 @@ def download_pretrained(cfg: dict, cache_dir: Optional[str] = None) -> str:
     name = f"{cfg['architecture']}.{cfg['tag']}"
     if not repo:
         raise CheckpointError(f"{name} has no pretrained weights; pass checkpoint_path= instead")
+    # read at call time: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported. An
+    # unreachable hub also means cache-only, instead of huggingface_hub's minute of retries.
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        offline = "HF_HUB_OFFLINE is set and there is no cached copy"
+    elif not hub_reachable():
+        offline = "the hub cannot be reached and there is no cached copy"
+    else:
+        offline = ""
     errors = []
     for filename in ("model.safetensors", "pytorch_model.bin"):
         try:
-            return hf_hub_download(repo, filename, cache_dir=cache_dir)
-        except EntryNotFoundError as e:
-            errors.append(f"{filename}: {type(e).__name__}")
-        except LocalEntryNotFoundError as e:
+            return hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=bool(offline))
+        except (EntryNotFoundError, LocalEntryNotFoundError) as e:
             errors.append(f"{filename}: {type(e).__name__}")
         except OSError as e:
             errors.append(f"{filename}: {type(e).__name__}: {e}")
     raise CheckpointError(
-        f"Could not get weights for {name} from the Hugging Face hub ({repo}): {'; '.join(errors)}. "
+        f"Could not get weights for {name} from the Hugging Face hub ({repo}): "
+        f"{offline or '; '.join(errors)}. "
         f"Without network access, download the file elsewhere and pass it as "
         f"create_model('{cfg['architecture']}', checkpoint_path='model.safetensors').")

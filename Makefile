@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine with only Python: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	touch $(STAMP)
+
+# The main job: convert resnetv2_50.a1h_in1k (hub weights, or a labelled local fallback),
+# classify the bundled photo with JAX, compare with timm.
+demo: $(STAMP)
+	$(VENV)/bin/resnets-jax demo
+
+# The suite (CI runs this). The very large variants are marked `slow`: `make test-slow`.
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=15
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow --durations=15
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

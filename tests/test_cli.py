@@ -1,0 +1,73 @@
+"""The command line and the demo, run as a user runs them."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import resnets_jax as rj
+from resnets_jax import cli
+from resnets_jax.data import sample_image_path
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+
+def test_list_matches_registry(capsys):
+    assert cli.main(["list", "resnetv2_50*"]) == 0
+    assert capsys.readouterr().out.split() == rj.list_models("resnetv2_50*")
+    assert cli.main(["list", "--pretrained", "resnetv2_50x1*"]) == 0
+    assert capsys.readouterr().out.split() == rj.list_pretrained("resnetv2_50x1*")
+
+
+def test_info(capsys):
+    assert cli.main(["info", "resnetv2_50"]) == 0
+    out = capsys.readouterr().out
+    assert "25,549,352" in out and "timm/resnetv2_50.a1h_in1k" in out
+
+
+def test_unknown_model_exits_nonzero_with_suggestion(capsys):
+    assert cli.main(["info", "resnetv2_5"]) == 2
+    assert "Did you mean: resnetv2_50" in capsys.readouterr().err
+
+
+def test_predict_json_matches_timm(tmp_path, capsys):
+    from safetensors.torch import save_file
+    from timm_ref import perturb_
+    torch.manual_seed(0)
+    tmodel = perturb_(timm.create_model("resnetv2_18"), seed=5).eval()
+    path = tmp_path / "model.safetensors"
+    save_file(tmodel.state_dict(), str(path))
+    assert cli.main(["predict", "resnetv2_18", sample_image_path(), "--weights", str(path),
+                     "--top-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 1 and len(out[0]["top_k"]) == 3
+    x = rj.predict.load_images(rj.build_model("resnetv2_18"), [sample_image_path()])
+    with torch.no_grad():
+        ref = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).softmax(-1).numpy()[0]
+    assert [r["index"] for r in out[0]["top_k"]] == list(np.argsort(-ref)[:3])
+    np.testing.assert_allclose([r["probability"] for r in out[0]["top_k"]], np.sort(ref)[::-1][:3], rtol=1e-4)
+
+
+def test_predict_rejects_a_file_that_is_not_an_image(tmp_path, capsys):
+    from safetensors.torch import save_file
+    path = tmp_path / "model.safetensors"
+    save_file(timm.create_model("resnetv2_18").state_dict(), str(path))
+    bad = tmp_path / "cat.png"
+    bad.write_text("not an image")
+    assert cli.main(["predict", "resnetv2_18", str(bad), "--weights", str(path)]) == 2
+    assert "not an image" in capsys.readouterr().err
+
+
+def test_demo_falls_back_to_a_labelled_local_checkpoint(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-m", "resnets_jax.demo"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("HUB UNREACHABLE - LOCAL FALLBACK") and "RANDOM-INIT" in lines[0]
+    assert (tmp_path / "demo_out" / "resnetv2_50_a1h_in1k_timm_random_init.safetensors").exists()
+    diff = float(next(l for l in lines if l.startswith("max |logit difference|")).split(":")[1].split()[0])
+    assert diff < 1e-3
+    assert sum("Top-5" in l for l in lines) == 2
