@@ -387,6 +387,22 @@ def _is_msgpack_map(magic: bytes) -> bool:
     return 0x81 <= magic[0] <= 0x8F or magic[0] in (0xDE, 0xDF)
 
 
+def _file_kind(path: str) -> str:
+    """'torch', 'msgpack' or 'safetensors' (anything else), from the first bytes."""
+    with open(path, "rb") as f:
+        magic = f.read(8)
+    if magic[:4] == b"PK\x03\x04" or magic[:1] == b"\x80":  # torch zip archive / legacy pickle
+        return "torch"
+    return "msgpack" if magic and _is_msgpack_map(magic) else "safetensors"
+
+
+def is_flax_checkpoint(path: str) -> bool:
+    """Whether ``path`` holds Flax variables (as ``save_checkpoint`` writes) rather than timm's
+    state dict; reads only a safetensors header, never a whole pickle."""
+    kind = _file_kind(path)
+    return kind == "msgpack" or kind == "safetensors" and is_flax_layout(read_safetensors(path))
+
+
 def load_state_dict(path: str, use_ema: bool = False) -> Mapping[str, np.ndarray]:
     """Any checkpoint file -> a ``key -> numpy array`` mapping, telling formats apart by content:
     timm's ``.safetensors`` (a lazy ``SafetensorsFile``), PyTorch pickles (``.bin``/``.pth``,
@@ -399,11 +415,10 @@ def load_state_dict(path: str, use_ema: bool = False) -> Mapping[str, np.ndarray
                                              else "no such file"))
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{path}: empty file, expected a .safetensors, PyTorch or resnets_jax checkpoint")
-    with open(path, "rb") as f:
-        magic = f.read(8)
-    if magic[:4] == b"PK\x03\x04" or magic[:1] == b"\x80":  # torch zip archive / legacy pickle
+    kind = _file_kind(path)
+    if kind == "torch":
         return read_torch_checkpoint(path, use_ema=use_ema)
-    if _is_msgpack_map(magic):
+    if kind == "msgpack":
         return read_flax_msgpack(path)
     return read_safetensors(path)
 
