@@ -167,7 +167,7 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
         parity = None
         if verify and not verify_note:
             log(f"verifying {name} against timm")
-            model, variables = create_model(name, checkpoint_path=tmp)
+            model, variables = create_model(name, checkpoint_path=tmp, cache_dir=cache_dir)
             parity = verify_with_timm(model, variables, checkpoint_path, use_ema=use_ema)
             if not parity <= verify_tol:
                 raise weights.CheckpointError(

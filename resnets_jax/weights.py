@@ -687,8 +687,9 @@ def hf_hub_config(name: str, cache_dir: Optional[str] = None) -> dict:
         raise ValueError(f"{name} is a timm {arch!r} model, which resnets_jax does not implement. {e}") from None
     model_args = dict(raw.get("model_args") or {})
     pcfg.setdefault("classifier", get_pretrained_cfg(arch).get("classifier"))
-    if "num_classes" in raw:
-        pcfg["num_classes"] = raw["num_classes"]
+    for k in ("num_classes", "label_names", "label_descriptions"):  # top-level overrides, as timm
+        if k in raw:
+            pcfg[k] = raw[k]
     if model_args.get("in_chans") is not None and pcfg.get("input_size"):
         pcfg["input_size"] = (model_args["in_chans"], *pcfg["input_size"][1:])
     cfg = dict(pcfg, architecture=arch, tag="", hf_hub_id=repo, hf_hub_revision=revision or None,
