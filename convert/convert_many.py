@@ -67,7 +67,8 @@ def main(argv=None) -> int:
             errors.append(f"{name}: {type(e).__name__}: {e}")
             continue
         parity = f"{res.parity:.2e}" if res.parity is not None else ("-" if not verify else res.note)
-        rows.append((name, "ok", f"{res.num_params:,}", f"{res.file_bytes / 2**20:.1f}", parity, f"{res.seconds:.1f}"))
+        rows.append((name, "ok", f"{res.num_params:,}", f"{res.file_bytes / 2**20:.1f}", parity,
+                     f"{res.seconds:.1f}"))
     bar.close()
 
     header = ("model", "status", "params", "MiB", "vs timm", "seconds")
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(line(r))
     n_ok = sum(r[1] == "ok" for r in rows)
-    print(f"\n{n_ok}/{len(rows)} converted into {os.path.abspath(args.output_dir)} in {time.perf_counter() - start:.1f}s"
+    elapsed = time.perf_counter() - start
+    print(f"\n{n_ok}/{len(rows)} converted into {os.path.abspath(args.output_dir)} in {elapsed:.1f}s"
           + ("" if verify else " (not verified against timm: " + ("--no-verify)" if args.no_verify
                                                                    else "timm is not installed)")))
     if errors:

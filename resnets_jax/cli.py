@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .registry import get_pretrained_cfg, list_models, list_pretrained
+from .registry import list_models, list_pretrained
 
 
 def _cmd_list(args):

@@ -461,7 +461,7 @@ def is_flax_layout(state_dict: Mapping) -> bool:
     return len(state_dict) > 0 and all(k.split("/", 1)[0] in _FLAX_COLLECTIONS and "/" in k for k in state_dict)
 
 
-def checkpoint_metadata(model, variables: Optional[Mapping] = None) -> Dict[str, str]:
+def checkpoint_metadata(model) -> Dict[str, str]:
     """What ``save_checkpoint`` records beside the weights (all strings, as safetensors wants)."""
     from . import __version__
     from .registry import get_pretrained_cfg, parse_hf_hub_name
@@ -513,7 +513,7 @@ def write_flax_checkpoint(path: str, model, variables: Mapping, format: str = "s
     no-clobber way). ``format``: ``'safetensors'`` (flattened keys ``params/stem/conv/kernel``,
     metadata in the header) or ``'msgpack'`` (``flax.serialization``, the nested tree plus a
     ``__resnets_jax__`` entry)."""
-    meta = checkpoint_metadata(model, variables)
+    meta = checkpoint_metadata(model)
     if format == "safetensors":
         write_safetensors(path, flatten_variables({c: variables[c] for c in variables}), meta)
     elif format == "msgpack":

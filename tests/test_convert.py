@@ -158,7 +158,7 @@ def test_checkpoint_of_another_architecture(tmp_path, capsys, ckpt):
     assert re.search(r"unexpected keys \(\d+\), in the checkpoint but not the model: stem\.conv\.weight", err)
 
 
-def _truncated(ckpt, tmp_path, name):
+def _truncated(ckpt, name):
     data = (ckpt / name).read_bytes()
     return data[: len(data) // 2]
 
@@ -181,9 +181,9 @@ def test_not_a_checkpoint(tmp_path, capsys, ckpt, kind, match):
     elif kind == "json":
         src.write_text(json.dumps({"architecture": NAME}))
     elif kind == "truncated-safetensors":
-        src.write_bytes(_truncated(ckpt, tmp_path, "model.safetensors"))
+        src.write_bytes(_truncated(ckpt, "model.safetensors"))
     elif kind == "truncated-bin":
-        src.write_bytes(_truncated(ckpt, tmp_path, "pytorch_model.bin"))
+        src.write_bytes(_truncated(ckpt, "pytorch_model.bin"))
     elif kind == "directory":
         src.mkdir()
     out = tmp_path / "out" / "r18.safetensors"
