@@ -26,8 +26,8 @@ def test_resnetv2_has_all_20():
 
 
 def _all_tags(timm):
-    return [f"{a}.{t}" for p in FAMILIES for a in timm.list_models(p)
-            for t in timm.models.get_arch_pretrained_cfgs(a)]
+    # get_arch_pretrained_cfgs is keyed by the full 'arch.tag' name
+    return [n for p in FAMILIES for a in timm.list_models(p) for n in timm.models.get_arch_pretrained_cfgs(a)]
 
 
 def test_every_tag_config_equals_timm(timm):
