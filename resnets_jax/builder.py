@@ -5,22 +5,31 @@ import jax
 import jax.numpy as jnp
 
 from . import weights
-from .registry import get_pretrained_cfg, model_entrypoint, split_model_name
+from .registry import HF_HUB_PREFIX, get_pretrained_cfg, model_entrypoint, parse_hf_hub_name, split_model_name
 
 
 def build_model(model_name: str, *, num_classes: Optional[int] = None, in_chans: int = 3,
                 global_pool: Optional[str] = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                 dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, **kwargs):
-    """The Flax module of ``model_name`` (``'arch'`` or ``'arch.tag'``), without variables.
-    Keyword arguments have timm's meaning; ``num_classes`` defaults to the tag's config."""
+    """The Flax module of ``model_name`` (``'arch'``, ``'arch.tag'`` or ``'hf-hub:org/repo'``),
+    without variables. Keyword arguments have timm's meaning; ``num_classes`` defaults to the
+    tag's config (an hf-hub model's: its ``config.json``, ``model_args`` included)."""
     entrypoint = model_entrypoint(model_name)
     cfg = get_pretrained_cfg(model_name)
     arch, _ = split_model_name(model_name)
+    hub_id = parse_hf_hub_name(model_name)
+    saved = dict(cfg.get("model_args", {}))  # an hf-hub model's saved arguments: defaults, as in timm
+    saved.pop("num_classes", None)  # already cfg["num_classes"]
+    in_chans = saved.pop("in_chans", in_chans) if in_chans == 3 else in_chans
+    global_pool = saved.pop("global_pool", None) if global_pool is None else global_pool
+    for k, v in saved.items():
+        kwargs.setdefault(k, v)
     if global_pool is not None:
         kwargs["global_pool"] = global_pool
     return entrypoint(num_classes=cfg["num_classes"] if num_classes is None else num_classes,
                       in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                      dtype=dtype, param_dtype=param_dtype, variant=f"{arch}.{cfg['tag']}", **kwargs)
+                      dtype=dtype, param_dtype=param_dtype,
+                      variant=HF_HUB_PREFIX + hub_id if hub_id else f"{arch}.{cfg['tag']}", **kwargs)
 
 
 def create_model(
@@ -33,27 +42,38 @@ def create_model(
         use_ema: bool = False,
         **kwargs,
 ) -> Tuple[Any, dict]:
-    """Build ``model_name`` (``'arch'`` or ``'arch.tag'``, timm's spelling) and its variables.
+    """Build ``model_name`` (``'arch'``, ``'arch.tag'`` as timm spells them, or
+    ``'hf-hub:<org>/<repo>'``: a timm model on the hub, built from its ``config.json``) and its
+    variables.
 
-    Weights come from ``checkpoint_path`` (any timm checkpoint file; ``use_ema`` picks a
-    training checkpoint's EMA weights) if given, else from the hub when ``pretrained``
-    (``cache_dir`` as huggingface_hub's), else from a random init with ``rng``. Other keyword
-    arguments go to ``build_model`` (timm's meaning: ``num_classes``, ``in_chans``,
-    ``global_pool``, ``drop_rate``, ``drop_path_rate``, ... and ``dtype``/``param_dtype``).
+    Weights come from ``checkpoint_path`` if given (a timm checkpoint file of any kind, or a
+    Flax checkpoint written by ``save_checkpoint`` / ``resnets-jax convert``, whose recorded
+    ``num_classes``/``in_chans`` are the defaults; ``use_ema`` picks a training checkpoint's EMA
+    weights), else from the hub when ``pretrained`` (``cache_dir`` as huggingface_hub's), else
+    from a random init with ``rng``. Other keyword arguments go to ``build_model`` (timm's
+    meaning: ``num_classes``, ``in_chans``, ``global_pool``, ``drop_rate``, ``drop_path_rate``,
+    ... and ``dtype``/``param_dtype``).
     Returns ``(model, variables)``; ``model.apply(variables, x)`` gives logits in eval mode.
     """
-    model = build_model(model_name, **kwargs)
+    if parse_hf_hub_name(model_name):  # read its config.json now, so that cache_dir applies
+        weights.hf_hub_config(model_name, cache_dir=cache_dir)
     if checkpoint_path is not None:
         state_dict = weights.load_state_dict(checkpoint_path, use_ema=use_ema)
-        return model, weights.convert_timm_state_dict(model, state_dict)
+        if weights.is_flax_layout(state_dict):  # our own checkpoints say what they hold
+            meta = getattr(state_dict, "metadata", None) or {}
+            for k in ("num_classes", "in_chans"):
+                if meta.get(k, "").isdigit():
+                    kwargs.setdefault(k, int(meta[k]))
+        model = build_model(model_name, **kwargs)
+        return model, weights.load_variables(model, state_dict)
+    model = build_model(model_name, **kwargs)
     if pretrained:
         cfg = get_pretrained_cfg(model_name)
         state_dict = weights.load_state_dict(weights.download_pretrained(cfg, cache_dir=cache_dir))
         skip = ()
         if model.num_classes != cfg["num_classes"]:
             # as timm: a new classifier, freshly initialised; everything else from the checkpoint
-            prefix = cfg["classifier"] + "."
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(prefix)}
-            skip = (prefix,)
-        return model, weights.convert_timm_state_dict(model, state_dict, skip_missing=skip)
+            skip = (cfg["classifier"] + ".",)
+            state_dict = weights.without_keys(state_dict, skip)
+        return model, weights.load_variables(model, state_dict, skip_missing=skip)
     return model, weights.init_variables(model, rng)

@@ -2,15 +2,18 @@
 
     resnets-jax list [PATTERN] [--pretrained]
     resnets-jax info NAME
+    resnets-jax convert NAME (--checkpoint PATH | --from-hub) --output PATH [--format F] [--force] [--verify]
     resnets-jax predict NAME IMAGE... [--weights PATH] [--top-k K] [--json]
     resnets-jax demo [NAME]
+
+NAME is timm's ``arch`` or ``arch.tag``, or ``hf-hub:<org>/<repo>`` for a timm model on the hub.
+Errors print ``error: ...`` on stderr and exit with status 2.
 """
 import argparse
 import json
 import sys
 
-from . import weights
-from .registry import get_pretrained_cfg, list_models, list_pretrained
+from .registry import list_models, list_pretrained
 
 
 def _cmd_list(args):
@@ -19,18 +22,34 @@ def _cmd_list(args):
 
 
 def _cmd_info(args):
-    import jax
-    import numpy as np
-    from .builder import build_model
-    from .data import resolve_data_config
-    model = build_model(args.name)
-    spec = jax.ShapeDtypeStruct((1, 64, 64, model.in_chans), np.float32)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), spec)
-    n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes["params"]))
-    cfg = get_pretrained_cfg(args.name)
-    print(f"{model.variant}\n  parameters: {n:,}\n  num_classes: {model.num_classes}\n"
-          f"  hub: {cfg.get('hf_hub_id') or '(no pretrained weights)'}\n"
-          f"  data config: {resolve_data_config(model)}")
+    from .info import model_info
+    info = model_info(args.name)
+    d = info["data_config"]
+    print(f"{info['name']}\n"
+          f"  architecture: {info['architecture']}\n"
+          f"  parameters: {info['parameters']:,}\n"
+          f"  GMACs: {info['gmacs']:.3f} at {'x'.join(map(str, info['gmacs_input_size'][1:]))} "
+          f"(XLA cost analysis)\n"
+          f"  num_classes: {info['num_classes']}\n"
+          f"  num_features: {info['num_features']}\n"
+          f"  hub: {info['hub'] or '(no pretrained weights)'}\n"
+          f"  data config: input_size={d['input_size']} interpolation={d['interpolation']} "
+          f"crop_pct={d['crop_pct']} crop_mode={d['crop_mode']} mean={d['mean']} std={d['std']}")
+
+
+def _cmd_convert(args):
+    from .conversion import convert_checkpoint
+    res = convert_checkpoint(args.name, args.output, checkpoint_path=args.checkpoint, from_hub=args.from_hub,
+                             format=args.format, force=args.force, verify=args.verify,
+                             cache_dir=args.cache_dir, use_ema=args.use_ema,
+                             log=lambda m: print(m, file=sys.stderr))
+    print(f"wrote {res.output} ({res.format}, {res.num_params:,} parameters, "
+          f"{res.file_bytes / 2**20:.1f} MiB) in {res.seconds:.1f}s")
+    if args.verify:
+        if res.parity is None:
+            print(f"verification skipped: {res.note}")
+        else:
+            print(f"verified against timm: max |logit difference| / max |logit| = {res.parity:.2e}")
 
 
 def _cmd_predict(args):
@@ -40,7 +59,7 @@ def _cmd_predict(args):
         model, variables = create_model(args.name, checkpoint_path=args.weights)
     else:
         model, variables = create_model(args.name, pretrained=True)
-    results = predict(model, variables, args.images, k=args.top_k)
+    results = predict(model, variables, args.images, k=args.top_k, exif_transpose=args.exif_transpose)
     if args.json:
         print(json.dumps([{"image": p, "top_k": r} for p, r in zip(args.images, results)], indent=2))
         return
@@ -65,12 +84,27 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("info", help="parameters and data config of a model")
     s.add_argument("name")
     s.set_defaults(fn=_cmd_info)
+    s = sub.add_parser("convert", help="convert a timm checkpoint into a Flax checkpoint file")
+    s.add_argument("name", help="arch, arch.tag or hf-hub:<org>/<repo>")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="PATH", help="a timm checkpoint file (.safetensors, .bin, .pth)")
+    src.add_argument("--from-hub", action="store_true", help="the tag's weights on the Hugging Face hub")
+    s.add_argument("--output", "-o", required=True, metavar="PATH")
+    s.add_argument("--format", choices=["safetensors", "msgpack"],
+                   help="default: msgpack for a .msgpack output, else safetensors")
+    s.add_argument("--force", action="store_true", help="overwrite an existing output")
+    s.add_argument("--verify", action="store_true", help="check the written file against timm (when installed)")
+    s.add_argument("--use-ema", action="store_true", help="a training checkpoint's EMA weights")
+    s.add_argument("--cache-dir", help="huggingface_hub cache directory")
+    s.set_defaults(fn=_cmd_convert)
     s = sub.add_parser("predict", help="classify images")
     s.add_argument("name")
     s.add_argument("images", nargs="+")
-    s.add_argument("--weights", help="a timm checkpoint file (default: the tag's hub weights)")
+    s.add_argument("--weights", help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
     s.add_argument("--top-k", type=int, default=5)
     s.add_argument("--json", action="store_true")
+    s.add_argument("--exif-transpose", action="store_true",
+                   help="rotate photos as their EXIF orientation says (timm does not, nor do we by default)")
     s.set_defaults(fn=_cmd_predict)
     s = sub.add_parser("demo", help="convert a checkpoint, classify a photo, compare with timm")
     s.add_argument("name", nargs="?", default="resnetv2_50.a1h_in1k")
@@ -82,7 +116,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, weights.CheckpointError) as e:  # CheckpointError is a ValueError
+    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,35 +1,59 @@
 """Classify images: preprocessing from the model's data config, jitted forward, top-k labels."""
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import jax
 import numpy as np
 from PIL import Image
 
-from .data import create_transform, imagenet_class_names, resolve_data_config
+from .data import create_transform, imagenet_class_names, resolve_data_config, synset_lemmas
+from .registry import get_pretrained_cfg
 
 
-def load_images(model, paths: Sequence[str], use_test_size: bool = False) -> np.ndarray:
+def load_images(model, paths: Sequence[str], use_test_size: bool = False, exif_transpose: bool = False) -> np.ndarray:
     """Images -> a normalized NHWC batch, with the eval transform of the model's tag."""
-    transform = create_transform(**resolve_data_config(model, use_test_size=use_test_size))
+    import os
+    transform = create_transform(**resolve_data_config(model, use_test_size=use_test_size),
+                                 exif_transpose=exif_transpose)
     batch = []
     for p in paths:
+        if not os.path.isfile(p):
+            raise ValueError(f"{p}: no such image file")
         try:
             with Image.open(p) as img:
                 batch.append(transform(img))
-        except (OSError, SyntaxError) as e:
+        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
             raise ValueError(f"{p}: not an image PIL can read ({e})") from None
     return np.stack(batch)
 
 
-def top_k(logits: np.ndarray, k: int = 5) -> List[List[dict]]:
-    """Per image, the k most probable classes: index, label (when known), probability."""
+def class_names(model) -> Optional[List[str]]:
+    """The labels of the model's classes: an hf-hub model's own ``label_names`` when its
+    config has them, else ImageNet-1k / ImageNet-21k names by class count, else None."""
+    n = model.num_classes
+    cfg = get_pretrained_cfg(model.variant) if getattr(model, "variant", "") else {}
+    labels, descriptions = cfg.get("label_names"), cfg.get("label_descriptions") or {}
+    if isinstance(labels, dict):  # class index -> name where there are gaps
+        labels = [labels.get(str(i), labels.get(i, str(i))) for i in range(n)]
+    if isinstance(labels, list) and len(labels) == n:
+        descriptions = descriptions or synset_lemmas()  # ImageNet synsets ('n01440764') read as words
+        return [str(descriptions.get(x, x)) for x in labels]
+    try:
+        return imagenet_class_names(n)
+    except ValueError:
+        return None
+
+
+def top_k(logits: np.ndarray, k: int = 5, names: Optional[Sequence[str]] = None) -> List[List[dict]]:
+    """Per image, the k most probable classes: index, label (``names``, else ImageNet's when the
+    class count says so, else the index), probability."""
     logits = np.asarray(logits, np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    try:
-        names = imagenet_class_names(logits.shape[-1])
-    except ValueError:
-        names = None
+    if names is None:
+        try:
+            names = imagenet_class_names(logits.shape[-1])
+        except ValueError:
+            names = None
     out = []
     for p in probs:
         idx = np.argsort(-p)[:k]
@@ -38,6 +62,6 @@ def top_k(logits: np.ndarray, k: int = 5) -> List[List[dict]]:
     return out
 
 
-def predict(model, variables, paths: Sequence[str], k: int = 5) -> List[List[dict]]:
-    logits = jax.jit(model.apply)(variables, load_images(model, paths))
-    return top_k(np.asarray(logits), k)
+def predict(model, variables, paths: Sequence[str], k: int = 5, exif_transpose: bool = False) -> List[List[dict]]:
+    logits = jax.jit(model.apply)(variables, load_images(model, paths, exif_transpose=exif_transpose))
+    return top_k(np.asarray(logits), k, names=class_names(model))

@@ -16,6 +16,9 @@ IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 
 _model_entrypoints: Dict[str, Callable] = {}
 _pretrained_cfgs: Dict[str, Dict[str, dict]] = {}  # arch -> {tag: cfg}, default tag first
+_hf_hub_cfgs: Dict[str, dict] = {}  # '<org>/<repo>[@rev]' -> cfg from its config.json, once read
+
+HF_HUB_PREFIX = "hf-hub:"
 
 
 def generate_default_cfgs(cfgs: Dict[str, dict]) -> Dict[str, dict]:
@@ -40,7 +43,27 @@ def register_model(fn: Callable) -> Callable:
     return fn
 
 
+def parse_hf_hub_name(name: str) -> Optional[str]:
+    """``'hf-hub:org/repo[@rev]'`` (or timm's older ``'hf_hub:'``) -> ``'org/repo[@rev]'``; else None."""
+    for prefix in (HF_HUB_PREFIX, "hf_hub:"):
+        if name.startswith(prefix):
+            model_id = name[len(prefix):]
+            if "/" not in model_id.partition("@")[0]:
+                raise ValueError(f"{name!r}: expected 'hf-hub:<org>/<repo>', e.g. 'hf-hub:timm/resnetv2_50.a1h_in1k'")
+            return model_id
+    return None
+
+
+def register_hf_hub_cfg(model_id: str, cfg: dict) -> dict:
+    """Remember the config of ``hf-hub:<model_id>`` (read by ``weights.hf_hub_config``)."""
+    _hf_hub_cfgs[model_id] = cfg
+    return cfg
+
+
 def split_model_name(name: str) -> Tuple[str, str]:
+    """``'arch.tag'`` -> ``('arch', 'tag')``; ``'hf-hub:org/repo'`` -> (its architecture, '')."""
+    if parse_hf_hub_name(name):
+        return get_pretrained_cfg(name)["architecture"], ""
     arch, _, tag = name.partition(".")
     return arch, tag
 
@@ -59,7 +82,14 @@ def model_entrypoint(name: str) -> Callable:
 
 
 def get_pretrained_cfg(name: str) -> dict:
-    """The config of ``arch.tag`` (or of the architecture's default tag)."""
+    """The config of ``arch.tag`` (or of the architecture's default tag), or of
+    ``hf-hub:<org>/<repo>`` (its ``config.json``, fetched with huggingface_hub on first use)."""
+    model_id = parse_hf_hub_name(name)
+    if model_id:
+        if model_id not in _hf_hub_cfgs:
+            from .weights import hf_hub_config
+            hf_hub_config(name)
+        return _hf_hub_cfgs[model_id]
     arch, tag = split_model_name(name)
     model_entrypoint(arch)
     cfgs = _pretrained_cfgs[arch]

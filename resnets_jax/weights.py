@@ -14,6 +14,8 @@ is named after the timm attribute it mirrors:
 The result is checked against ``jax.eval_shape(model.init, ...)``: missing keys, unexpected
 keys and shape mismatches are all reported at once, in timm's names.
 """
+import collections.abc
+import functools
 import json
 import os
 import re
@@ -79,16 +81,103 @@ def _example_input(model, input_size: int = 64):
 
 
 def _expected_variables(model, example_input=None):
-    """Shapes and dtypes of the model's variables, without computing anything."""
+    """Shapes and dtypes of the model's variables, without computing anything. Remembered per
+    model configuration (equal Flax modules are equal dataclasses): tracing a 100-layer network
+    takes about half a second, and loading the same architecture twice should not pay it twice."""
     x = _example_input(model) if example_input is None else example_input
+    try:
+        return dict(_traced_variables(model, tuple(x.shape), np.dtype(x.dtype)))
+    except TypeError:  # an unhashable module (e.g. holding a list): trace every time
+        return _trace_variables(model, tuple(x.shape), np.dtype(x.dtype))
+
+
+def _trace_variables(model, shape, dtype):
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
-    return _flat_variables(jax.eval_shape(model.init, rngs, x))
+    return _flat_variables(jax.eval_shape(model.init, rngs, jax.ShapeDtypeStruct(shape, dtype)))
+
+
+_traced_variables = functools.lru_cache(maxsize=64)(_trace_variables)
 
 
 def _fmt(keys, limit=12):
     keys = sorted(keys)
     more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
+
+
+_ALIGN = 64  # XLA's CPU client adopts a numpy buffer without copying when it is 64-byte aligned
+
+
+def _empty_aligned(shape, dtype) -> np.ndarray:
+    """``np.empty`` on a 64-byte boundary, so that ``jax.device_put`` on CPU takes it as is
+    (numpy's own allocations are 16-byte aligned, and JAX then copies every array)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    buf = np.empty(nbytes + _ALIGN, np.uint8)
+    start = -buf.ctypes.data % _ALIGN
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _fresh_copy(value: np.ndarray, dtype=None) -> np.ndarray:
+    """A C-contiguous, aligned copy of ``value`` (any strides), cast to ``dtype``."""
+    out = _empty_aligned(value.shape, value.dtype if dtype is None else dtype)
+    np.copyto(out, value, casting="unsafe")
+    return out
+
+
+def _timm_item(state_dict: Mapping[str, np.ndarray], key: str) -> Tuple[tuple, np.ndarray]:
+    """timm key -> (Flax key, contiguous numpy array in Flax's layout). Structural only (no model
+    needed), and the array is one the caller does not hold: the result never aliases the
+    caller's buffers (torch trains in place, and JAX on CPU may adopt a numpy buffer)."""
+    value = np.asarray(state_dict[key])  # a lazy file mapping reads the tensor here
+    flax_key = timm_to_flax_key(key, value.ndim)
+    if flax_key[1][-1] == "kernel":
+        return flax_key, _fresh_copy(value.transpose(_TO_FLAX_PERM[value.ndim]))
+    # a SafetensorsFile's lookups are new arrays already
+    return flax_key, value if getattr(state_dict, "fresh_arrays", False) else _fresh_copy(value)
+
+
+def _workers() -> int:
+    try:
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+    except AttributeError:  # not on Linux
+        return max(1, min(8, os.cpu_count() or 1))
+
+
+def _expected_and_layout(model, example_input, item_fn, state_dict):
+    """``(expected variables, {key: item_fn(state_dict, key)})``, computed at the same time:
+    tracing the model is Python-bound (about 0.4 s for a 100-layer network, once per
+    architecture) while reading and transposing tensors is file I/O and numpy copies, which
+    release the GIL, so worker threads do those, several tensors at once."""
+    from concurrent.futures import ThreadPoolExecutor
+    keys = list(state_dict)
+    with ThreadPoolExecutor(_workers()) as pool:
+        items = pool.map(lambda k: item_fn(state_dict, k), keys)
+        expected = _expected_variables(model, example_input)
+        return expected, dict(zip(keys, items))
+
+
+def _to_device(arrays: Dict[tuple, np.ndarray], expected) -> Dict[tuple, jax.Array]:
+    """numpy -> JAX arrays of the model's dtypes, in one ``device_put`` (one call, not one per
+    array). On CPU, JAX adopts the fresh, aligned numpy buffers without copying them."""
+    keys = list(arrays)
+    values = [arrays[k] if arrays[k].dtype == expected[k].dtype else _fresh_copy(arrays[k], expected[k].dtype)
+              for k in keys]
+    arrays.clear()
+    return dict(zip(keys, jax.device_put(values)))
+
+
+def _mismatch_error(model, missing, unexpected, mismatched, note: str = "") -> "CheckpointError":
+    name = getattr(model, "variant", "") or type(model).__name__
+    lines = [f"Checkpoint does not match {name}{note}:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}), in the model but not the checkpoint: {_fmt(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected keys ({len(unexpected)}), in the checkpoint but not the model: "
+                     f"{_fmt(unexpected)}")
+    if mismatched:
+        lines.append(f"  shape mismatches ({len(mismatched)}): {_fmt(mismatched, 6)}")
+    return CheckpointError("\n".join(lines))
 
 
 def convert_timm_state_dict(model, state_dict: Mapping[str, np.ndarray], *,
@@ -98,39 +187,30 @@ def convert_timm_state_dict(model, state_dict: Mapping[str, np.ndarray], *,
     Raises ``CheckpointError`` naming every missing key, unexpected key and shape mismatch.
     ``skip_missing``: timm key prefixes (e.g. the classifier) allowed to be absent; they keep
     a fresh initialisation. ``example_input`` (an array or ``jax.ShapeDtypeStruct``) lets any
-    Flax module named after its timm counterpart be converted, not only registered models."""
-    expected = _expected_variables(model, example_input)
+    Flax module named after its timm counterpart be converted, not only registered models.
+
+    Memory: each tensor is read (from a lazy file mapping, see ``read_safetensors``), put in
+    Flax's layout and handed to JAX one at a time, so the peak is about one copy of the
+    weights, not a numpy and a JAX copy of everything."""
+    expected, layout = _expected_and_layout(model, example_input, _timm_item, state_dict)
     timm_names = {flax_to_timm_key(*k): k for k in expected}
     out, unexpected, mismatched = {}, [], []
-    for key, value in state_dict.items():
-        value = np.asarray(value)
-        flax_key = timm_to_flax_key(key, value.ndim)
+    for key, (flax_key, value) in layout.items():
         if flax_key not in expected:
             unexpected.append(key)
-            continue
-        value = value.transpose(_TO_FLAX_PERM[value.ndim]) if flax_key[1][-1] == "kernel" else value
-        want = expected[flax_key]
-        if value.shape != want.shape:
-            mismatched.append(f"{key}: checkpoint {np.shape(state_dict[key])} vs model "
-                              f"{_timm_shape(flax_key, want.shape)}")
-            continue
-        # a copy: never alias the caller's buffers (torch trains in place; files are memory-mapped)
-        out[flax_key] = jnp.array(value, dtype=want.dtype, copy=True)
+        elif value.shape != expected[flax_key].shape:
+            mismatched.append(f"{key}: checkpoint {_timm_shape(flax_key, value.shape)} vs model "
+                              f"{_timm_shape(flax_key, expected[flax_key].shape)}")
+        else:
+            out[flax_key] = value
+    del layout
+    out = _to_device(out, expected)
     for n, k in timm_names.items():
         if k not in out and n.endswith(".num_batches_tracked"):  # optional, as torch's BatchNorm loads it
             out[k] = jnp.zeros(expected[k].shape, expected[k].dtype)
     missing = [n for n, k in timm_names.items() if k not in out and not n.startswith(skip_missing)]
     if missing or unexpected or mismatched:
-        name = getattr(model, "variant", "") or type(model).__name__
-        lines = [f"Checkpoint does not match {name}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}), in the model but not the checkpoint: {_fmt(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}), in the checkpoint but not the model: "
-                         f"{_fmt(unexpected)}")
-        if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): {_fmt(mismatched, 6)}")
-        raise CheckpointError("\n".join(lines))
+        raise _mismatch_error(model, missing, unexpected, mismatched)
     if len(out) < len(expected):  # skipped keys: fill from a fresh init
         fresh = _flat_variables(init_variables(model, example_input=example_input))
         out.update({k: v for k, v in fresh.items() if k not in out})
@@ -180,31 +260,100 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-def read_safetensors(path: str) -> StateDict:
-    """Read a ``.safetensors`` file into numpy arrays (memory-mapped, no torch), checking
-    the header against the file size so a truncated file fails clearly."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path}: {size} bytes is too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > size - 8:
-            raise CheckpointError(f"{path}: not a safetensors file (header claims {n} bytes, file has {size})")
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: not a safetensors file (bad header: {e})") from None
-    header.pop("__metadata__", None)
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
-    out = {}
-    for key, info in header.items():
-        start, end = info["data_offsets"]
-        if end > data.size:
-            raise CheckpointError(f"{path}: truncated ({key} needs bytes up to {end + 8 + n}, file has {size})")
-        dtype = _safetensors_dtype(info["dtype"])
-        out[key] = data[start:end].view(dtype).reshape(info["shape"])
-    return out
+class SafetensorsFile(collections.abc.Mapping):
+    """A ``.safetensors`` file as a read-only mapping ``key -> numpy array``, without torch.
+
+    The header is read and checked against the file size up front (a truncated file fails
+    here, naming the first tensor that does not fit); each tensor is read from the file when it
+    is looked up, into a fresh array the caller owns. So a conversion holds one tensor of the
+    file at a time instead of the whole file (memory-mapped pages count as resident memory).
+    ``metadata``: the header's ``__metadata__`` (strings)."""
+
+    fresh_arrays = True  # each lookup is a new array: converters need not copy it again
+
+    def __init__(self, path: str):
+        self.path = os.fspath(path)
+        size = os.path.getsize(self.path)
+        with open(self.path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{self.path}: {size} bytes is too short to be a safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise CheckpointError(f"{self.path}: not a safetensors file (header claims {n} bytes, "
+                                      f"file has {size})")
+            try:
+                header = json.loads(f.read(n))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointError(f"{self.path}: not a safetensors file (bad header: {e})") from None
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path}: not a safetensors file (header is not a JSON object)")
+        self.metadata = dict(header.pop("__metadata__", None) or {})
+        self._start = 8 + n
+        self._entries = {}
+        for key, info in header.items():
+            try:
+                dtype = _safetensors_dtype(info["dtype"])
+                shape = tuple(int(d) for d in info["shape"])
+                start, end = (int(o) for o in info["data_offsets"])
+            except (TypeError, KeyError, ValueError) as e:
+                raise CheckpointError(f"{self.path}: not a safetensors file (bad entry {key!r}: {e})") from None
+            if self._start + end > size:
+                raise CheckpointError(f"{self.path}: truncated ({key} needs bytes up to {self._start + end}, "
+                                      f"file has {size})")
+            if end - start != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+                raise CheckpointError(f"{self.path}: corrupt header ({key}: {end - start} bytes for shape "
+                                      f"{shape} of {info['dtype']})")
+            self._entries[key] = (dtype, shape, start)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        dtype, shape, start = self._entries[key]
+        out = _empty_aligned(shape, dtype)
+        with open(self.path, "rb") as f:
+            f.seek(self._start + start)
+            if out.nbytes and f.readinto(memoryview(out.reshape(-1).view(np.uint8))) != out.nbytes:
+                raise CheckpointError(f"{self.path}: truncated while reading {key}")
+        return out
+
+    def shape(self, key: str) -> tuple:
+        return self._entries[key][1]
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"SafetensorsFile({self.path!r}, {len(self)} tensors)"
+
+
+class _Without(collections.abc.Mapping):
+    def __init__(self, base: Mapping, prefixes: Tuple[str, ...]):
+        self._base, self._keys = base, {k: None for k in base if not k.startswith(prefixes)}  # ordered set
+        self.fresh_arrays = getattr(base, "fresh_arrays", False)
+        self.metadata = getattr(base, "metadata", {})
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._base[key]
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def without_keys(state_dict: Mapping, prefixes: Tuple[str, ...]) -> Mapping:
+    """A lazy view of ``state_dict`` without the keys starting with ``prefixes``."""
+    return _Without(state_dict, tuple(prefixes))
+
+
+def read_safetensors(path: str) -> SafetensorsFile:
+    """A ``.safetensors`` file as a lazy ``key -> numpy array`` mapping (see ``SafetensorsFile``)."""
+    return SafetensorsFile(path)
 
 
 def _safetensors_dtype(name: str):
@@ -248,18 +397,210 @@ def read_torch_checkpoint(path: str, use_ema: bool = False) -> StateDict:
     return out
 
 
-def load_state_dict(path: str, use_ema: bool = False) -> StateDict:
-    """Any timm checkpoint file -> numpy state dict, telling formats apart by content."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such file")
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: empty file, expected a .safetensors or PyTorch checkpoint")
+def _is_msgpack_map(magic: bytes) -> bool:
+    # a msgpack map: fixmap 0x81-0x8f, map16 0xde, map32 0xdf. (0x80, an empty fixmap, is also
+    # pickle's PROTO opcode: every pickle since protocol 2 starts with it.)
+    return 0x81 <= magic[0] <= 0x8F or magic[0] in (0xDE, 0xDF)
+
+
+def _file_kind(path: str) -> str:
+    """'torch', 'msgpack' or 'safetensors' (anything else), from the first bytes."""
     with open(path, "rb") as f:
         magic = f.read(8)
     if magic[:4] == b"PK\x03\x04" or magic[:1] == b"\x80":  # torch zip archive / legacy pickle
+        return "torch"
+    return "msgpack" if magic and _is_msgpack_map(magic) else "safetensors"
+
+
+def is_flax_checkpoint(path: str) -> bool:
+    """Whether ``path`` holds Flax variables (as ``save_checkpoint`` writes) rather than timm's
+    state dict; reads only a safetensors header, never a whole pickle."""
+    kind = _file_kind(path)
+    return kind == "msgpack" or kind == "safetensors" and is_flax_layout(read_safetensors(path))
+
+
+def load_state_dict(path: str, use_ema: bool = False) -> Mapping[str, np.ndarray]:
+    """Any checkpoint file -> a ``key -> numpy array`` mapping, telling formats apart by content:
+    timm's ``.safetensors`` (a lazy ``SafetensorsFile``), PyTorch pickles (``.bin``/``.pth``,
+    with torch) and the Flax checkpoints ``save_checkpoint`` writes (safetensors or msgpack,
+    keys ``params/...`` and ``batch_stats/...``). ``load_variables`` turns either layout into
+    a model's variables."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: " + ("a directory, expected a checkpoint file" if os.path.isdir(path)
+                                             else "no such file"))
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file, expected a .safetensors, PyTorch or resnets_jax checkpoint")
+    kind = _file_kind(path)
+    if kind == "torch":
         return read_torch_checkpoint(path, use_ema=use_ema)
+    if kind == "msgpack":
+        return read_flax_msgpack(path)
     return read_safetensors(path)
+
+
+# --------------------------------------------------------------------------- Flax checkpoints
+
+FLAX_FORMAT = "resnets_jax"  # the ``format`` metadata of the checkpoints save_checkpoint writes
+_FLAX_METADATA_KEY = "__resnets_jax__"  # where msgpack files keep the metadata
+_FLAX_COLLECTIONS = ("params", "batch_stats")
+
+
+class FlaxStateDict(dict):
+    """A flattened Flax checkpoint read from msgpack: ``'params/stem/conv/kernel' -> array``."""
+    metadata: Dict[str, str] = {}
+
+
+def flatten_variables(variables: Mapping) -> Dict[str, np.ndarray]:
+    """``{'params': {'stem': {'conv': {'kernel': x}}}}`` -> ``{'params/stem/conv/kernel': x}`` (numpy)."""
+    return {"/".join((col, *path)): np.asarray(v) for (col, path), v in _flat_variables(variables).items()}
+
+
+def is_flax_layout(state_dict: Mapping) -> bool:
+    """Whether a checkpoint holds Flax variables (``params/...``) rather than timm's keys."""
+    return len(state_dict) > 0 and all(k.split("/", 1)[0] in _FLAX_COLLECTIONS and "/" in k for k in state_dict)
+
+
+def checkpoint_metadata(model) -> Dict[str, str]:
+    """What ``save_checkpoint`` records beside the weights (all strings, as safetensors wants)."""
+    from . import __version__
+    from .registry import get_pretrained_cfg, parse_hf_hub_name
+    meta = {"format": FLAX_FORMAT, "format_version": "1", "resnets_jax_version": __version__,
+            "num_classes": str(model.num_classes), "in_chans": str(model.in_chans)}
+    variant = getattr(model, "variant", "")
+    if variant:
+        if parse_hf_hub_name(variant):
+            meta["architecture"] = get_pretrained_cfg(variant)["architecture"]
+            meta["source"] = variant
+        else:
+            meta["architecture"] = variant
+    return meta
+
+
+_SAFETENSORS_NAMES = {np.dtype(v): k for k, v in _SAFETENSORS_DTYPES.items()}
+
+
+def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Optional[Mapping[str, str]] = None):
+    """Write a ``.safetensors`` file streaming one tensor at a time (no second copy in memory),
+    in the layout the ``safetensors`` library reads: sorted keys, an 8-byte-aligned header."""
+    header, offset, order = {}, 0, sorted(tensors)
+    for key in order:
+        arr = tensors[key]
+        header[key] = {"dtype": _safetensors_name(arr.dtype), "shape": list(arr.shape),
+                       "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for key in order:
+            f.write(np.ascontiguousarray(tensors[key]).reshape(-1).view(np.uint8).data)
+
+
+def _safetensors_name(dtype) -> str:
+    if dtype.name == "bfloat16":
+        return "BF16"
+    if np.dtype(dtype) not in _SAFETENSORS_NAMES:
+        raise CheckpointError(f"cannot write dtype {dtype} to safetensors")
+    return _SAFETENSORS_NAMES[np.dtype(dtype)]
+
+
+def write_flax_checkpoint(path: str, model, variables: Mapping, format: str = "safetensors") -> None:
+    """Write ``variables`` to ``path`` as is (no temp file: ``save_checkpoint`` is the atomic,
+    no-clobber way). ``format``: ``'safetensors'`` (flattened keys ``params/stem/conv/kernel``,
+    metadata in the header) or ``'msgpack'`` (``flax.serialization``, the nested tree plus a
+    ``__resnets_jax__`` entry)."""
+    meta = checkpoint_metadata(model)
+    if format == "safetensors":
+        write_safetensors(path, flatten_variables({c: variables[c] for c in variables}), meta)
+    elif format == "msgpack":
+        from flax import serialization
+        tree = {col: jax.tree_util.tree_map(np.asarray, dict(variables[col])) for col in variables}
+        tree[_FLAX_METADATA_KEY] = meta
+        with open(path, "wb") as f:
+            f.write(serialization.msgpack_serialize(tree))
+    else:
+        raise ValueError(f"Unknown checkpoint format {format!r}: expected 'safetensors' or 'msgpack'")
+
+
+def read_flax_msgpack(path: str) -> FlaxStateDict:
+    """A msgpack Flax checkpoint (``flax.serialization``) -> flattened ``params/...`` keys."""
+    from flax import serialization
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        tree = serialization.msgpack_restore(data)
+    except Exception as e:  # msgpack raises several types on bad input; one clear error
+        raise CheckpointError(f"{path}: not a msgpack Flax checkpoint ({type(e).__name__}: {e})") from None
+    del data
+    if not isinstance(tree, dict):
+        raise CheckpointError(f"{path}: not a Flax checkpoint (a msgpack {type(tree).__name__}, expected a map)")
+    meta = tree.pop(_FLAX_METADATA_KEY, None) or {}
+    out = FlaxStateDict()
+    out.metadata = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+    for path_, v in traverse_util.flatten_dict(tree, sep="/").items():
+        if not isinstance(v, np.ndarray) and not np.isscalar(v):
+            raise CheckpointError(f"{path}: not a Flax checkpoint ({path_} is a {type(v).__name__}, not an array)")
+        out[path_] = np.asarray(v)
+    return out
+
+
+def _flax_item(state_dict: Mapping[str, np.ndarray], key: str) -> Tuple[tuple, np.ndarray]:
+    col, _, rest = key.partition("/")
+    value = state_dict[key]
+    return (col, tuple(rest.split("/"))), value if getattr(state_dict, "fresh_arrays", False) \
+        else _fresh_copy(np.asarray(value))
+
+
+def _model_architecture(model) -> str:
+    from .registry import get_pretrained_cfg
+    variant = getattr(model, "variant", "")
+    return get_pretrained_cfg(variant)["architecture"] if variant else ""
+
+
+def load_flax_state_dict(model, state_dict: Mapping[str, np.ndarray], *, example_input=None) -> dict:
+    """A flattened Flax checkpoint (``params/...``) -> the model's variables, checked against
+    ``jax.eval_shape(model.init, ...)`` like ``convert_timm_state_dict`` (same errors, in the
+    file's own key names), and against the architecture recorded in its metadata."""
+    meta = getattr(state_dict, "metadata", None) or {}
+    expected, layout = _expected_and_layout(model, example_input, _flax_item, state_dict)
+    names = {"/".join((col, *path)): (col, path) for col, path in expected}
+    out, unexpected, mismatched = {}, [], []
+    for key, (flax_key, value) in layout.items():
+        if flax_key not in expected:
+            unexpected.append(key)
+        elif value.shape != expected[flax_key].shape:
+            mismatched.append(f"{key}: checkpoint {value.shape} vs model {tuple(expected[flax_key].shape)}")
+        else:
+            out[flax_key] = value
+    del layout
+    out = _to_device(out, expected)
+    for n, k in names.items():
+        if k not in out and n.endswith("/num_batches_tracked"):
+            out[k] = jnp.zeros(expected[k].shape, expected[k].dtype)
+    missing = [n for n, k in names.items() if k not in out]
+    written_for = meta.get("architecture", "")
+    if missing or unexpected or mismatched:
+        note = f" (the checkpoint was written for {written_for})" if written_for else ""
+        raise _mismatch_error(model, missing, unexpected, mismatched, note)
+    arch = _model_architecture(model)
+    if written_for and arch and written_for.partition(".")[0] != arch:
+        raise CheckpointError(f"Checkpoint was written for {written_for}, not {arch}: the variables have the "
+                              f"same names and shapes but the architectures differ. Load it with "
+                              f"create_model('{written_for}', checkpoint_path=...).")
+    return _unflatten(out)
+
+
+def load_variables(model, state_dict: Mapping[str, np.ndarray], *, skip_missing: Tuple[str, ...] = (),
+                   example_input=None) -> dict:
+    """The variables of ``model`` from what ``load_state_dict`` read: a Flax checkpoint's
+    ``params/...`` keys as they are, timm's keys through ``convert_timm_state_dict``."""
+    if is_flax_layout(state_dict):
+        return load_flax_state_dict(model, state_dict, example_input=example_input)
+    return convert_timm_state_dict(model, state_dict, skip_missing=skip_missing, example_input=example_input)
 
 
 # --------------------------------------------------------------------------- the hub
@@ -278,34 +619,93 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def download_pretrained(cfg: dict, cache_dir: Optional[str] = None) -> str:
-    """Fetch ``model.safetensors`` (else ``pytorch_model.bin``) of a pretrained tag with
-    huggingface_hub, honouring its cache, ``cache_dir`` and ``HF_HUB_OFFLINE``."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
-
-    repo = cfg.get("hf_hub_id")
-    name = f"{cfg['architecture']}.{cfg['tag']}"
-    if not repo:
-        raise CheckpointError(f"{name} has no pretrained weights; pass checkpoint_path= instead")
+def _offline_reason() -> str:
     # read at call time: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported. An
     # unreachable hub also means cache-only, instead of huggingface_hub's minute of retries.
     if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
-        offline = "HF_HUB_OFFLINE is set and there is no cached copy"
-    elif not hub_reachable():
-        offline = "the hub cannot be reached and there is no cached copy"
-    else:
-        offline = ""
+        return "HF_HUB_OFFLINE is set and there is no cached copy"
+    if not hub_reachable():
+        return "the hub cannot be reached and there is no cached copy"
+    return ""
+
+
+def _hub_download(repo: str, filenames: Tuple[str, ...], cache_dir: Optional[str], revision: Optional[str],
+                  what: str, instead: str) -> str:
+    """The first of ``filenames`` that ``repo`` has (cache first when offline); else one error
+    saying why and what to do ``instead``."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = _offline_reason()
     errors = []
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    for filename in filenames:
         try:
-            return hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=bool(offline))
+            return hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=bool(offline))
+        except RepositoryNotFoundError:
+            errors.append(f"no repository {repo} (or it is private: log in with `hf auth login`)")
+            break
         except (EntryNotFoundError, LocalEntryNotFoundError) as e:
             errors.append(f"{filename}: {type(e).__name__}")
         except OSError as e:
             errors.append(f"{filename}: {type(e).__name__}: {e}")
-    raise CheckpointError(
-        f"Could not get weights for {name} from the Hugging Face hub ({repo}): "
-        f"{offline or '; '.join(errors)}. "
+    raise CheckpointError(f"Could not get {what} from the Hugging Face hub ({repo}): "
+                          f"{offline or '; '.join(errors)}. {instead}")
+
+
+def download_pretrained(cfg: dict, cache_dir: Optional[str] = None) -> str:
+    """Fetch ``model.safetensors`` (else ``pytorch_model.bin``) of a pretrained tag with
+    huggingface_hub, honouring its cache, ``cache_dir`` and ``HF_HUB_OFFLINE``."""
+    repo = cfg.get("hf_hub_id")
+    source = cfg.get("source") or f"{cfg['architecture']}.{cfg['tag']}"
+    if not repo:
+        raise CheckpointError(f"{source} has no pretrained weights; pass checkpoint_path= instead")
+    extra = f", num_classes={cfg['num_classes']}" if cfg.get("source") else ""
+    return _hub_download(
+        repo, ("model.safetensors", "pytorch_model.bin"), cache_dir, cfg.get("hf_hub_revision"),
+        f"weights for {source}",
         f"Without network access, download the file elsewhere and pass it as "
-        f"create_model('{cfg['architecture']}', checkpoint_path='model.safetensors').")
+        f"create_model('{cfg['architecture']}', checkpoint_path='model.safetensors'{extra}).")
+
+
+def hf_hub_config(name: str, cache_dir: Optional[str] = None) -> dict:
+    """The pretrained config of ``hf-hub:<org>/<repo>[@revision]``: a timm model on the hub,
+    described by its ``config.json`` (as ``timm.models.push_to_hub`` writes it: ``architecture``,
+    ``num_classes``, ``model_args``, ``pretrained_cfg``). Cached in the registry, so that
+    ``get_pretrained_cfg`` / ``resolve_data_config`` of the same name find it."""
+    from .registry import get_pretrained_cfg, model_entrypoint, parse_hf_hub_name, register_hf_hub_cfg
+    model_id = parse_hf_hub_name(name)
+    if not model_id:
+        raise ValueError(f"{name!r} is not an hf-hub: name (expected 'hf-hub:<org>/<repo>')")
+    repo, _, revision = model_id.partition("@")
+    path = _hub_download(repo, ("config.json",), cache_dir, revision or None, f"config.json of {name}",
+                         "Without network access, download the repository's model.safetensors elsewhere and "
+                         "pass it as create_model('<architecture>', checkpoint_path='model.safetensors', "
+                         "num_classes=<its number of classes>).")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+        if not isinstance(raw, dict) or "architecture" not in raw:
+            raise ValueError("no 'architecture' field")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{name}: config.json is not a timm model config ({e})") from None
+    if "pretrained_cfg" in raw:
+        pcfg = dict(raw["pretrained_cfg"])
+    else:  # timm's legacy single-dict config
+        pcfg = {k: v for k, v in raw.items() if k not in ("architecture", "num_features")}
+    arch = raw["architecture"]
+    try:
+        model_entrypoint(arch)
+    except ValueError as e:
+        raise ValueError(f"{name} is a timm {arch!r} model, which resnets_jax does not implement. {e}") from None
+    model_args = dict(raw.get("model_args") or {})
+    pcfg.setdefault("classifier", get_pretrained_cfg(arch).get("classifier"))
+    for k in ("num_classes", "label_names", "label_descriptions"):  # top-level overrides, as timm
+        if k in raw:
+            pcfg[k] = raw[k]
+    if model_args.get("in_chans") is not None and pcfg.get("input_size"):
+        pcfg["input_size"] = (model_args["in_chans"], *pcfg["input_size"][1:])
+    cfg = dict(pcfg, architecture=arch, tag="", hf_hub_id=repo, hf_hub_revision=revision or None,
+               source=f"hf-hub:{model_id}", model_args=model_args)
+    cfg.setdefault("num_classes", model_args.get("num_classes", 1000))
+    return register_hf_hub_cfg(model_id, cfg)

@@ -26,6 +26,7 @@ def test_resnetv2_has_all_20():
 
 
 def _all_tags(timm):
+    # get_arch_pretrained_cfgs is keyed by the full 'arch.tag' name
     return [n for p in FAMILIES for a in timm.list_models(p) for n in timm.models.get_arch_pretrained_cfgs(a)]
 
 

@@ -1,13 +1,13 @@
 """Checkpoint files in every form timm users have, the hub cache, and bad input."""
 import os
 import pickle
-import shutil
 
 import numpy as np
 import pytest
 
 import resnets_jax as rj
 from resnets_jax import CheckpointError
+from hub_cache import hub_cache
 from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
 
 torch = pytest.importorskip("torch")
@@ -160,19 +160,6 @@ def test_missing_file():
 
 # ----------------------------------------------------------------------------- the hub
 
-def _hub_cache(root, repo_id, files):
-    """A Hugging Face hub cache laid out as huggingface_hub writes it."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo_dir = root / f"models--{repo_id.replace('/', '--')}"
-    snap = repo_dir / "snapshots" / commit
-    snap.mkdir(parents=True)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(commit)
-    for name, src in files.items():
-        shutil.copy(src, snap / name)
-    return root
-
-
 @pytest.mark.parametrize("filename", ["model.safetensors", "pytorch_model.bin"])
 def test_pretrained_from_offline_hub_cache(tmp_path, monkeypatch, timm_model, x, filename):
     src = tmp_path / filename
@@ -180,7 +167,7 @@ def test_pretrained_from_offline_hub_cache(tmp_path, monkeypatch, timm_model, x,
         torch.save(timm_model.state_dict(), src)
     else:
         _save_safetensors(timm_state_dict(timm_model), src)
-    cache = _hub_cache(tmp_path / "hub", f"timm/{NAME}.ra4_e3600_r224_in1k", {filename: src})
+    cache = hub_cache(tmp_path / "hub", f"timm/{NAME}.ra4_e3600_r224_in1k", {filename: src})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, variables = rj.create_model(f"{NAME}.ra4_e3600_r224_in1k", pretrained=True, cache_dir=str(cache))
     _check(model, variables, timm_model, x)
@@ -189,7 +176,7 @@ def test_pretrained_from_offline_hub_cache(tmp_path, monkeypatch, timm_model, x,
 def test_pretrained_with_new_num_classes_keeps_backbone(tmp_path, monkeypatch, timm_model, x):
     src = tmp_path / "model.safetensors"
     _save_safetensors(timm_state_dict(timm_model), src)
-    cache = _hub_cache(tmp_path / "hub", f"timm/{NAME}.ra4_e3600_r224_in1k", {"model.safetensors": src})
+    cache = hub_cache(tmp_path / "hub", f"timm/{NAME}.ra4_e3600_r224_in1k", {"model.safetensors": src})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model, variables = rj.create_model(NAME, pretrained=True, cache_dir=str(cache), num_classes=7)
     assert variables["params"]["head"]["fc"]["kernel"].shape == (1, 1, 512, 7)

@@ -1,0 +1,183 @@
+"""Flax checkpoint files: write them safely, convert timm checkpoints into them, verify them.
+
+What ``resnets-jax convert`` and ``convert/convert_many.py`` run. A checkpoint is written to a
+temporary file in the output's directory and moved into place with ``os.replace`` only once it
+is complete (and, with ``verify``, loaded back and checked against timm): a failed conversion
+leaves no file behind and never touches an existing one, and an existing output is replaced
+only with ``force``.
+"""
+import dataclasses
+import os
+import tempfile
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from . import weights
+from .registry import get_pretrained_cfg, parse_hf_hub_name
+
+FORMATS = ("safetensors", "msgpack")
+VERIFY_TOL = 1e-4  # max |Δlogit| / max |logit| against timm, fp32: the parity suite's bound
+
+
+def resolve_format(output: str, format: Optional[str] = None) -> str:
+    """``format`` if given, else from the file name: ``.msgpack`` is msgpack, anything else safetensors."""
+    if format is None:
+        return "msgpack" if os.fspath(output).endswith(".msgpack") else "safetensors"
+    if format not in FORMATS:
+        raise ValueError(f"Unknown checkpoint format {format!r}: expected one of {', '.join(FORMATS)}")
+    return format
+
+
+def check_output(output: str, force: bool = False) -> str:
+    """The absolute output path, after the checks a write must pass: its directory exists, it is
+    not a directory, and it does not exist unless ``force``."""
+    output = os.path.abspath(os.fspath(output))
+    directory = os.path.dirname(output)
+    if not os.path.isdir(directory):
+        raise ValueError(f"{output}: the output directory {directory} does not exist")
+    if os.path.isdir(output):
+        raise ValueError(f"{output} is a directory, expected a file name")
+    if os.path.exists(output) and not force:
+        raise ValueError(f"{output} exists; pass --force (force=True) to overwrite it")
+    return output
+
+
+def _temp_beside(output: str) -> str:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=f".{os.path.basename(output)}.", suffix=".tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; the result should look like any new file
+    return tmp
+
+
+def _commit(tmp: str, output: str, force: bool) -> None:
+    if not force and os.path.exists(output):  # appeared while we were working
+        raise ValueError(f"{output} exists; pass --force (force=True) to overwrite it")
+    os.replace(tmp, output)
+
+
+def save_checkpoint(model, variables, output: str, *, format: Optional[str] = None, force: bool = False) -> str:
+    """Write ``variables`` as a Flax checkpoint that ``create_model(name, checkpoint_path=output)``
+    loads: safetensors (flattened keys ``params/stem/conv/kernel``, ``batch_stats/...``, with
+    metadata ``format: resnets_jax``, ``architecture``, ``num_classes``, ``in_chans``) unless
+    ``format='msgpack'`` or the name ends in ``.msgpack``. Atomic; refuses to overwrite
+    without ``force``. Returns the absolute path."""
+    output = check_output(output, force)
+    format = resolve_format(output, format)
+    tmp = _temp_beside(output)
+    try:
+        weights.write_flax_checkpoint(tmp, model, variables, format)
+        _commit(tmp, output, force)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return output
+
+
+# --------------------------------------------------------------------------- verification
+
+def timm_available() -> bool:
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _verification_input(model) -> np.ndarray:
+    """The bundled photo, preprocessed as the model's data config says (random values for
+    models that do not take 3 channels)."""
+    from .data import create_transform, resolve_data_config, sample_image_path
+    from PIL import Image
+    cfg = resolve_data_config(model)
+    if model.in_chans != 3:
+        return np.random.default_rng(0).standard_normal((1, *cfg["input_size"][1:], model.in_chans), np.float32)
+    with Image.open(sample_image_path()) as img:
+        return create_transform(**cfg)(img)[None]
+
+
+def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = False) -> float:
+    """max |Δlogit| / max |logit| between ``model`` and timm's model loading ``checkpoint_path``
+    with timm's own reader, on the bundled photo. Needs torch and timm."""
+    import timm
+    import torch
+    cfg = get_pretrained_cfg(model.variant)
+    args = {k: v for k, v in cfg.get("model_args", {}).items() if k not in ("num_classes", "in_chans")}
+    tmodel = timm.create_model(cfg["architecture"], pretrained=False, num_classes=model.num_classes,
+                               in_chans=model.in_chans, **args)
+    timm.models.load_checkpoint(tmodel, checkpoint_path, use_ema=use_ema, strict=True)
+    x = _verification_input(model)
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(jax.jit(model.apply)(variables, x), np.float64)
+    with torch.no_grad():
+        theirs = tmodel.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
+
+
+# --------------------------------------------------------------------------- conversion
+
+@dataclasses.dataclass
+class ConversionResult:
+    name: str
+    output: str
+    format: str
+    checkpoint: str          # the timm checkpoint converted (a hub cache path with from_hub)
+    num_params: int
+    file_bytes: int
+    seconds: float
+    parity: Optional[float]  # max |Δlogit| / max |logit| against timm; None when not verified
+    note: str = ""           # e.g. why verification did not run
+
+
+def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str] = None, from_hub: bool = False,
+                       format: Optional[str] = None, force: bool = False, verify: bool = False,
+                       cache_dir: Optional[str] = None, use_ema: bool = False, verify_tol: float = VERIFY_TOL,
+                       log: Callable[[str], None] = lambda s: None) -> ConversionResult:
+    """Convert the timm checkpoint of ``name`` (``checkpoint_path``, or the tag's hub weights
+    with ``from_hub``; ``hf-hub:<org>/<repo>`` names work too) into a Flax checkpoint at
+    ``output``. With ``verify`` (and timm installed), the written file is loaded back and held
+    against timm's model on the same checkpoint before it is moved into place; a parity
+    figure above ``verify_tol`` fails the conversion. Nothing is written on failure."""
+    start = time.perf_counter()
+    if (checkpoint_path is None) == (not from_hub):
+        raise ValueError("Give exactly one weights source: a checkpoint file (--checkpoint PATH) or --from-hub")
+    output = check_output(output, force)  # before any work: fail fast
+    format = resolve_format(output, format)
+    if from_hub:
+        if parse_hf_hub_name(name):
+            weights.hf_hub_config(name, cache_dir=cache_dir)
+        log(f"fetching {name} from the hub")
+        checkpoint_path = weights.download_pretrained(get_pretrained_cfg(name), cache_dir=cache_dir)
+    from .builder import create_model
+    model, variables = create_model(name, checkpoint_path=checkpoint_path, use_ema=use_ema, cache_dir=cache_dir)
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables["params"]))
+    if weights.is_flax_checkpoint(checkpoint_path):
+        verify_note = "the source is already a resnets_jax checkpoint"
+    else:
+        verify_note = "" if timm_available() else "timm is not installed"
+    tmp = _temp_beside(output)
+    try:
+        weights.write_flax_checkpoint(tmp, model, variables, format)
+        del variables  # verification loads the written file back: hold one copy at a time
+        parity = None
+        if verify and not verify_note:
+            log(f"verifying {name} against timm")
+            model, variables = create_model(name, checkpoint_path=tmp, cache_dir=cache_dir)
+            parity = verify_with_timm(model, variables, checkpoint_path, use_ema=use_ema)
+            if not parity <= verify_tol:
+                raise weights.CheckpointError(
+                    f"Verification failed for {name}: max |logit difference| / max |logit| = {parity:.2e} "
+                    f"against timm, above {verify_tol:.0e}; nothing written")
+        _commit(tmp, output, force)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return ConversionResult(name=name, output=output, format=format, checkpoint=os.fspath(checkpoint_path),
+                            num_params=num_params, file_bytes=os.path.getsize(output),
+                            seconds=time.perf_counter() - start, parity=parity,
+                            note=verify_note if verify else "")
