@@ -108,8 +108,7 @@ def test_forward_features_shape_resnest101e():
     assert fmap.shape == (2, 8, 8, 2048)
 
 
-@pytest.mark.parametrize("name", ["resnest14d", "res2net50d"])
-@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("name,output_stride", [("resnest14d", 8), ("res2net50d", 16)])
 def test_dilated_parity(name, output_stride, torch_device):
     """output_stride 8/16: dilated stages, stride-1 shortcuts (timm's AvgPool2dSame for avg-down)."""
     tm = _timm_model(name, output_stride=output_stride)
@@ -122,7 +121,7 @@ def test_dilated_parity(name, output_stride, torch_device):
     assert rel_err(fmap, ref) <= PARITY_TOL
 
 
-@pytest.mark.parametrize("name", ["resnest50d_4s2x40d", "res2next50"])
+@pytest.mark.parametrize("name", ["resnest14d"])
 def test_head_variants(name, torch_device):
     """pre_logits and num_classes=0 give timm's pooled features; catavgmax pooling widens fc."""
     import torch
@@ -145,7 +144,7 @@ def test_head_variants(name, torch_device):
     assert headless.apply(v0, x).shape == (2, 2048)
 
 
-@pytest.mark.parametrize("name", ["resnest50d_1s4x24d", "res2net50_48w_2s"])
+@pytest.mark.parametrize("name", ["resnest14d", "res2net50_48w_2s"])
 def test_train_mode_matches_timm(name):
     """Training forward (batch statistics everywhere, incl. SplitAttn's bn1 on 1x1 maps) and
     the updated running statistics (torch's unbiased variance, momentum 0.1)."""
@@ -188,3 +187,16 @@ def test_split_attn_attention_width():
         for radix in (1, 2, 4):
             assert rj.layers.split_attn_channels(in_chs, radix) == timm_make_divisible(
                 in_chs * radix * 0.25, min_value=32, divisor=8)
+
+
+@pytest.mark.parametrize("groups,stride,dilation", [(2, 1, 1), (8, 2, 1), (4, 1, 2)])
+def test_grouped_conv_split_equals_feature_group_count(groups, stride, dilation):
+    """Conv2d's CPU fast path (one conv per group, concatenated) computes the grouped conv."""
+    x = jnp.asarray(_input(19, seed=4)[..., :1].repeat(32, -1) * np.linspace(0.5, 1.5, 32), jnp.float32)
+    outs = []
+    for split in (False, True):
+        conv = rj.layers.Conv2d(64, 3, stride=stride, dilation=dilation, groups=groups, split_groups=split)
+        variables = conv.init(jax.random.PRNGKey(0), x)
+        outs.append(np.asarray(conv.apply(variables, x)))
+    assert outs[0].shape == outs[1].shape
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)

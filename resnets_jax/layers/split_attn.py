@@ -91,7 +91,8 @@ class SplitAttn(nn.Module):
         x_gap = self._norm_act(x_gap, "bn1", train)
         x_attn = conv(mid_chs, 1, groups=card, use_bias=True, name="fc2")(x_gap)
 
-        attn = radix_softmax(x_attn.reshape(b, -1), radix, card).astype(x.dtype)  # (B, radix, C)
+        # (B, radix, C) weights; the softmax/sigmoid in float32 whatever the compute dtype
+        attn = radix_softmax(x_attn.reshape(b, -1).astype(jnp.float32), radix, card).astype(x.dtype)
         if radix > 1:
             return (x * attn[:, None, None]).sum(axis=3)
         return x * attn.reshape(b, 1, 1, -1)
