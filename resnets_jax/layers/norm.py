@@ -33,11 +33,12 @@ class BatchNormAct2d(nn.Module):
     epsilon: float = TORCH_NORM_EPS
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
+    scale_init: Callable = nn.initializers.ones  # zeros: timm's zero_init_last on a residual's last norm
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         c = x.shape[-1]
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))

@@ -1,0 +1,109 @@
+"""Split-Attention conv ("Splat"), timm's ``timm.layers.SplitAttn``, in NHWC.
+
+Paper: `ResNeSt: Split-Attention Networks` (https://arxiv.org/abs/2004.08955).
+
+Submodules carry timm's names (``conv``, ``bn0``, ``fc1``, ``bn1``, ``fc2``). Channel order is
+timm's: the grouped conv emits ``radix`` splits of ``out_chs`` channels each (channel
+``r * out_chs + c``), and the attention logits are laid out (cardinality, radix, rest) as
+``RadixSoftmax`` reads them. NHWC keeps channels last, so the same reshapes apply on the last
+axis.
+"""
+from functools import partial
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from .conv import Conv2d
+from .norm import BatchNormAct2d
+
+Dtype = Any
+
+
+def split_attn_channels(in_chs: int, radix: int, rd_ratio: float = 0.25, rd_divisor: int = 8) -> int:
+    """timm's attention width: ``make_divisible(in_chs * radix * rd_ratio, divisor=8, min_value=32)``."""
+    from ..models._common import make_divisible
+    return make_divisible(in_chs * radix * rd_ratio, divisor=rd_divisor, min_value=32)
+
+
+def radix_softmax(x: jax.Array, radix: int, cardinality: int) -> jax.Array:
+    """timm's ``RadixSoftmax`` on (B, radix * C) logits -> (B, radix, C) weights. radix > 1:
+    view as (B, card, radix, C // card), softmax over radix, back to (radix, card, C // card);
+    radix 1: a sigmoid gate."""
+    b = x.shape[0]
+    if radix > 1:
+        x = x.reshape(b, cardinality, radix, -1).swapaxes(1, 2)
+        x = jax.nn.softmax(x, axis=1)
+    else:
+        x = jax.nn.sigmoid(x)
+    return x.reshape(b, radix, -1)
+
+
+class SplitAttn(nn.Module):
+    """Grouped kxk conv producing ``radix`` splits, attention over the splits from their
+    pooled sum (fc1 -> bn1 -> relu -> fc2 -> radix softmax), weighted sum of the splits.
+
+    ``norm_layer`` builds ``bn0`` (with the ReLU, timm's ``act0``) and ``bn1`` (with ``act1``);
+    ``None`` leaves both out, as timm's ``norm_layer=None``. The bare ``Conv2d`` /
+    ``BatchNormAct2d`` defaults get this module's ``dtype``; partials are used as given."""
+
+    out_chs: int
+    kernel_size: int = 3
+    stride: int = 1
+    padding: Optional[int] = None  # None: kernel_size // 2, as timm
+    dilation: int = 1
+    groups: int = 1  # cardinality
+    radix: int = 2
+    rd_ratio: float = 0.25
+    rd_channels: Optional[int] = None
+    rd_divisor: int = 8
+    use_bias: bool = False
+    conv_layer: Callable = Conv2d  # a model passes its bound conv/norm partials (dtype, ...)
+    norm_layer: Optional[Callable] = BatchNormAct2d
+    act: Callable = nn.relu
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        in_chs = x.shape[-1]
+        radix, card = self.radix, self.groups
+        mid_chs = self.out_chs * radix
+        if self.rd_channels is None:
+            attn_chs = split_attn_channels(in_chs, radix, self.rd_ratio, self.rd_divisor)
+        else:
+            attn_chs = self.rd_channels * radix
+        padding = self.kernel_size // 2 if self.padding is None else self.padding
+        conv = self._bind(self.conv_layer, Conv2d)
+
+        x = conv(mid_chs, self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation,
+                 groups=card * radix, use_bias=self.use_bias, name="conv")(x)
+        x = self._norm_act(x, "bn0", train)
+        b, h, w, rc = x.shape
+        if radix > 1:
+            x = x.reshape(b, h, w, radix, rc // radix)
+            x_gap = x.sum(axis=3)
+        else:
+            x_gap = x
+        x_gap = x_gap.mean(axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
+        x_gap = conv(attn_chs, 1, groups=card, use_bias=True, name="fc1")(x_gap)
+        x_gap = self._norm_act(x_gap, "bn1", train)
+        x_attn = conv(mid_chs, 1, groups=card, use_bias=True, name="fc2")(x_gap)
+
+        # (B, radix, C) weights; the softmax/sigmoid in float32 whatever the compute dtype
+        attn = radix_softmax(x_attn.reshape(b, -1).astype(jnp.float32), radix, card).astype(x.dtype)
+        if radix > 1:
+            return (x * attn[:, None, None]).sum(axis=3)
+        return x * attn.reshape(b, 1, 1, -1)
+
+    def _norm_act(self, x, name, train):
+        if self.norm_layer is None:
+            return self.act(x)
+        norm = self._bind(self.norm_layer, BatchNormAct2d)
+        return norm(apply_act=True, act=self.act, name=name)(x, train)
+
+    def _bind(self, layer, default):
+        if layer is default:
+            return partial(layer, dtype=self.dtype, param_dtype=self.param_dtype)
+        return layer
