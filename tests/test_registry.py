@@ -5,7 +5,7 @@ import pytest
 
 import resnets_jax as rj
 
-FAMILIES = ["resnetv2*"]
+FAMILIES = ["resnetv2*", "resnest*", "res2n*"]
 CFG_FIELDS = ("input_size", "test_input_size", "crop_pct", "test_crop_pct", "crop_mode", "interpolation",
               "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "hf_hub_id", "license")
 
@@ -21,8 +21,9 @@ def test_names_and_tags_equal_timm(pattern, timm):
     assert rj.list_pretrained(pattern) == timm.list_pretrained(pattern)
 
 
-def test_resnetv2_has_all_20():
-    assert len(rj.list_models("resnetv2*")) == 20
+@pytest.mark.parametrize("pattern, count", [("resnetv2*", 20), ("resnest*", 8), ("res2n*", 9)])
+def test_every_family_is_complete(pattern, count):
+    assert len(rj.list_models(pattern)) == count
 
 
 def _all_tags(timm):
@@ -32,7 +33,7 @@ def _all_tags(timm):
 
 def test_every_tag_config_equals_timm(timm):
     names = _all_tags(timm)
-    assert len(names) >= 29
+    assert len(names) >= 29 + 8 + 9
     for name in names:
         ours = rj.get_pretrained_cfg(name)
         theirs = timm.models.get_pretrained_cfg(name).to_dict()
@@ -41,7 +42,7 @@ def test_every_tag_config_equals_timm(timm):
 
 
 def test_default_tag_is_timms(timm):
-    for arch in rj.list_models("resnetv2*"):
+    for arch in rj.list_models():
         assert rj.get_pretrained_cfg(arch)["tag"] == timm.models.get_pretrained_cfg(arch).tag
 
 
@@ -59,10 +60,12 @@ def test_parameter_count_equals_timm(name, timm):
     assert _count(shapes["params"]) == expected
 
 
-def test_resnetv2_50_parameter_count_from_model_card():
-    model = rj.build_model("resnetv2_50")
+@pytest.mark.parametrize("name, count", [("resnetv2_50", 25_549_352), ("resnest101e", 48_275_016),
+                                         ("res2net101_26w_4s", 45_206_688)])
+def test_seed_model_parameter_counts_from_model_cards(name, count):
+    model = rj.build_model(name)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32))
-    assert _count(shapes["params"]) == 25_549_352
+    assert _count(shapes["params"]) == count
 
 
 @pytest.mark.parametrize("bad, suggestion", [("resnetv2_5O", "resnetv2_50"), ("resnet_v2_50", "resnetv2_50"),

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .conv import Conv2d
+from .helpers import make_divisible
 from .norm import BatchNormAct2d
 
 Dtype = Any
@@ -23,7 +24,6 @@ Dtype = Any
 
 def split_attn_channels(in_chs: int, radix: int, rd_ratio: float = 0.25, rd_divisor: int = 8) -> int:
     """timm's attention width: ``make_divisible(in_chs * radix * rd_ratio, divisor=8, min_value=32)``."""
-    from ..models._common import make_divisible
     return make_divisible(in_chs * radix * rd_ratio, divisor=rd_divisor, min_value=32)
 
 

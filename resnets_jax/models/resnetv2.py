@@ -17,9 +17,9 @@ from flax import linen as nn
 
 from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2dS0,
                       FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_pool2d, drop_path_rates,
-                      global_pool_feat_mult, max_pool2d)
+                      global_pool_feat_mult, make_divisible, max_pool2d)
 from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
-from ._common import check_input, make_divisible
+from ._common import check_input
 
 ModuleDef = Any
 
