@@ -62,14 +62,14 @@ else:
     jnp.zeros(1).block_until_ready()
     model = rj.build_model(name)
     if mode == "convert_warm":  # the model traced before (as after an earlier load of it)
-        weights._expected_variables(model)
+        weights.expected_variables(model)
     if mode in ("convert", "convert_warm"):
         def step():
             v = weights.convert_timm_state_dict(model, weights.load_state_dict(path))
             return jax.block_until_ready(v)
     else:  # trace
         def step():
-            return weights._expected_variables(model)
+            return weights.expected_variables(model)
 before = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset VmHWM (the peak RSS) to the current RSS

@@ -65,15 +65,34 @@ def create_model(
                 if meta.get(k, "").isdigit():
                     kwargs.setdefault(k, int(meta[k]))
         model = build_model(model_name, **kwargs)
+        state_dict = weights.view_state_dict(state_dict, drop=_pruned_prefixes(model))
         return model, weights.load_variables(model, state_dict)
     model = build_model(model_name, **kwargs)
     if pretrained:
         cfg = get_pretrained_cfg(model_name)
         state_dict = weights.load_state_dict(weights.download_pretrained(cfg, cache_dir=cache_dir))
-        skip = ()
-        if model.num_classes != cfg["num_classes"]:
+        skip, replace = (), {}
+        if not model.features_only and model.num_classes != cfg["num_classes"]:
             # as timm: a new classifier, freshly initialised; everything else from the checkpoint
             skip = (cfg["classifier"] + ".",)
-            state_dict = weights.without_keys(state_dict, skip)
+        first_conv = cfg["first_conv"] + ".weight"
+        if first_conv in state_dict and state_dict[first_conv].shape[1] != model.in_chans:
+            # as timm: the RGB-trained first conv adapted to in_chans
+            replace[first_conv] = weights.adapt_input_conv(model.in_chans, state_dict[first_conv])
+        state_dict = weights.view_state_dict(state_dict, drop=skip + _pruned_prefixes(model), replace=replace)
         return model, weights.load_variables(model, state_dict, skip_missing=skip)
     return model, weights.init_variables(model, rng)
+
+
+def _pruned_prefixes(model) -> Tuple[str, ...]:
+    """Checkpoint key prefixes (timm's and Flax's spelling) of the layers a ``features_only``
+    model leaves out: the head, the final norm and stages past the last selected map."""
+    if not getattr(model, "features_only", False):
+        return ()
+    full = {path[0] for _, path in weights.expected_variables(model.clone(features_only=False))}
+    kept = {path[0] for _, path in weights.expected_variables(model)}
+    prefixes = []
+    for module in sorted(full - kept):
+        prefixes.append(weights.flax_to_timm_key("params", (module, "")))  # 'stages.3.'
+        prefixes += [f"{col}/{module}/" for col in ("params", "batch_stats")]
+    return tuple(prefixes)

@@ -80,7 +80,7 @@ def _example_input(model, input_size: int = 64):
     return jax.ShapeDtypeStruct((1, input_size, input_size, model.in_chans), jnp.float32)
 
 
-def _expected_variables(model, example_input=None):
+def expected_variables(model, example_input=None):
     """Shapes and dtypes of the model's variables, without computing anything. Remembered per
     model configuration (equal Flax modules are equal dataclasses): tracing a 100-layer network
     takes about half a second, and loading the same architecture twice should not pay it twice."""
@@ -153,7 +153,7 @@ def _expected_and_layout(model, example_input, item_fn, state_dict):
     keys = list(state_dict)
     with ThreadPoolExecutor(_workers()) as pool:
         items = pool.map(lambda k: item_fn(state_dict, k), keys)
-        expected = _expected_variables(model, example_input)
+        expected = expected_variables(model, example_input)
         return expected, dict(zip(keys, items))
 
 
@@ -328,16 +328,17 @@ class SafetensorsFile(collections.abc.Mapping):
         return f"SafetensorsFile({self.path!r}, {len(self)} tensors)"
 
 
-class _Without(collections.abc.Mapping):
-    def __init__(self, base: Mapping, prefixes: Tuple[str, ...]):
-        self._base, self._keys = base, {k: None for k in base if not k.startswith(prefixes)}  # ordered set
+class _View(collections.abc.Mapping):
+    def __init__(self, base: Mapping, drop: Tuple[str, ...], replace: Mapping[str, np.ndarray]):
+        self._base, self._replace = base, dict(replace)
+        self._keys = {k: None for k in base if not k.startswith(drop)}  # an ordered set
         self.fresh_arrays = getattr(base, "fresh_arrays", False)
         self.metadata = getattr(base, "metadata", {})
 
     def __getitem__(self, key):
         if key not in self._keys:
             raise KeyError(key)
-        return self._base[key]
+        return self._replace[key] if key in self._replace else self._base[key]
 
     def __iter__(self):
         return iter(self._keys)
@@ -346,9 +347,25 @@ class _Without(collections.abc.Mapping):
         return len(self._keys)
 
 
-def without_keys(state_dict: Mapping, prefixes: Tuple[str, ...]) -> Mapping:
-    """A lazy view of ``state_dict`` without the keys starting with ``prefixes``."""
-    return _Without(state_dict, tuple(prefixes))
+def view_state_dict(state_dict: Mapping, drop: Tuple[str, ...] = (),
+                    replace: Optional[Mapping[str, np.ndarray]] = None) -> Mapping:
+    """A lazy view of ``state_dict``: keys starting with ``drop`` left out, ``replace``'s
+    values in place of the file's (nothing else is read until it is looked up)."""
+    return _View(state_dict, tuple(drop), replace or {})
+
+
+def adapt_input_conv(in_chans: int, weight: np.ndarray) -> np.ndarray:
+    """timm's ``adapt_input_conv`` for a pretrained first conv (OIHW) trained on RGB: one
+    channel sums the RGB filters; other counts tile them and scale by ``3 / in_chans``."""
+    w = np.asarray(weight, np.float32)
+    out_chs, chs = w.shape[:2]
+    if in_chans == 1:
+        w = w.reshape(out_chs, chs // 3, 3, *w.shape[2:]).sum(2) if chs > 3 else w.sum(1, keepdims=True)
+    elif in_chans != chs:
+        if chs != 3:
+            raise CheckpointError(f"cannot adapt a first conv of {chs} input channels to in_chans={in_chans}")
+        w = np.tile(w, (1, -(-in_chans // 3), 1, 1))[:, :in_chans] * (3 / in_chans)
+    return w.astype(np.asarray(weight).dtype)
 
 
 def read_safetensors(path: str) -> SafetensorsFile:

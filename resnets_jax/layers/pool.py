@@ -3,6 +3,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -33,8 +34,8 @@ def max_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
                ceil_mode: bool = False) -> jax.Array:
     """``F.max_pool2d``: padding never wins the max (torch pads with -inf)."""
     x = _pad_hw(x, _window_pads(x, kernel_size, stride, padding, ceil_mode), -jnp.inf)
-    return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, kernel_size, kernel_size, 1),
-                             (1, stride, stride, 1), "VALID")
+    # scalar init values: JAX recognises the max / add monoids, which it knows how to differentiate
+    return lax.reduce_window(x, -np.inf, lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), "VALID")
 
 
 def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
@@ -43,14 +44,13 @@ def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
     and never the ceil-mode overhang, exactly as torch does."""
     pads = _window_pads(x, kernel_size, stride, padding, ceil_mode)
     window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
-    zero = jnp.array(0, x.dtype)
-    total = lax.reduce_window(_pad_hw(x, pads, 0), zero, lax.add, window, strides, "VALID")
+    total = lax.reduce_window(_pad_hw(x, pads, 0), 0.0, lax.add, window, strides, "VALID")
     # The divisor: a window's count of input pixels (and of explicit padding, if counted).
     ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
     if count_include_pad:
         ones = _pad_hw(ones, [(padding, padding)] * 2, 1)
         pads = [(0, hi - padding) for _, hi in pads]
-    count = lax.reduce_window(_pad_hw(ones, pads, 0), zero, lax.add, window, strides, "VALID")
+    count = lax.reduce_window(_pad_hw(ones, pads, 0), 0.0, lax.add, window, strides, "VALID")
     return total / count
 
 

@@ -1,4 +1,6 @@
 """Helpers shared by the model families."""
+from typing import List, Tuple
+
 import jax
 
 
@@ -13,3 +15,52 @@ def check_input(x: jax.Array, in_chans: int) -> None:
     if x.shape[-1] != in_chans:
         hint = " It looks like NCHW: transpose with x.transpose(0, 2, 3, 1)." if x.shape[1] == in_chans else ""
         raise ValueError(f"Expected {layout}; got shape {tuple(x.shape)}.{hint}")
+
+
+def feature_take_indices(num_features: int, indices) -> Tuple[int, ...]:
+    """timm's ``out_indices``: an int ``n`` takes the last ``n`` feature maps; a sequence takes
+    those indices (negative ones count from the end). Sorted, as timm's models return them."""
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"out_indices={indices} (last n): expected 1 to {num_features}")
+        indices = range(num_features - indices, num_features)
+    taken = []
+    for i in indices:
+        if not -num_features <= i < num_features:
+            raise ValueError(f"out_indices: {i} is out of range for {num_features} feature maps")
+        taken.append(i % num_features)
+    return tuple(sorted(set(taken)))
+
+
+class FeatureMixin:
+    """timm's feature-extraction API for a trunk with a stride-2 stem feature and stages.
+
+    The model defines the fields ``features_only`` and ``out_indices``, ``all_feature_info()``
+    (one dict per feature map: ``num_chs``, ``reduction``, ``module`` in timm's names) and
+    ``forward_intermediates(x, train, stop)`` (the first ``stop`` feature maps, unnormalized).
+    With ``features_only`` the model returns the list of the selected NHWC maps, in network
+    order, and holds only the layers they need (as timm's ``FeatureListNet``)."""
+
+    @property
+    def feature_indices(self) -> Tuple[int, ...]:
+        return feature_take_indices(len(self.all_feature_info()), self.out_indices)
+
+    @property
+    def feature_info(self) -> List[dict]:
+        """Channels, reduction, timm module name and index of each map ``features_only`` returns."""
+        info = self.all_feature_info()
+        return [dict(info[i], index=i) for i in self.feature_indices]
+
+    @property
+    def num_stages_built(self) -> int:
+        """Stages to build: all, or only up to the deepest selected feature map."""
+        return max(self.feature_indices) if self.features_only else len(self.all_feature_info()) - 1
+
+    def _forward_features_only(self, x, train: bool):
+        feats = self.forward_intermediates(x, train, stop=max(self.feature_indices) + 1)
+        return [feats[i] for i in self.feature_indices]
+
+    def _require_head(self, what: str):
+        if self.features_only:
+            raise ValueError(f"{what} is not available with features_only=True: the model returns "
+                             "the list of feature maps from model.apply(variables, x)")

@@ -100,7 +100,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _res2net(layers, base_width=26, scale=4, **kwargs):
-    return ResNet(block=Bottle2neck, layers=layers, base_width=base_width, block_args=dict(scale=scale), **kwargs)
+    return ResNet(block=Bottle2neck, layers=layers, base_width=base_width, block_args=(("scale", scale),), **kwargs)
 
 
 @register_model

@@ -107,7 +107,7 @@ def _resnest(layers, stem_width=32, base_width=64, cardinality=1, radix=2, avd_f
     # Every ResNeSt: deep stem, avg-pool shortcuts ('d'/'e' in the names: stem_width 32/64), avd.
     return ResNet(block=ResNestBottleneck, layers=layers, stem_type="deep", stem_width=stem_width,
                   avg_down=True, base_width=base_width, cardinality=cardinality,
-                  block_args=dict(radix=radix, avd=True, avd_first=avd_first), **kwargs)
+                  block_args=(("radix", radix), ("avd", True), ("avd_first", avd_first)), **kwargs)
 
 
 @register_model

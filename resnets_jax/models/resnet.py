@@ -17,14 +17,14 @@ families enables by default), anti-aliasing, ``replace_stem_pool``, attention la
 import dataclasses
 import math
 from functools import partial
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, List, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
 from ..layers import BatchNormAct2d, Conv2d, avg_pool2d, global_pool_feat_mult, max_pool2d, select_global_pool
-from ._common import check_input
+from ._common import FeatureMixin, check_input
 
 ModuleDef = Any
 
@@ -69,7 +69,7 @@ def _torch_linear_init(fan_in: int):
     return uniform, uniform
 
 
-class ResNet(nn.Module):
+class ResNet(FeatureMixin, nn.Module):
     """timm's ``ResNet`` v1 trunk with the stems and shortcuts its ResNeSt/Res2Net variants use.
 
     ``block`` is a bottleneck class taking ``(planes, stride, downsample, cardinality,
@@ -88,25 +88,51 @@ class ResNet(nn.Module):
     down_kernel_size: int = 1
     avg_down: bool = False
     channels: Sequence[int] = (64, 128, 256, 512)
-    block_args: Any = None  # dict of extra block arguments (radix, avd, scale, ...)
+    block_args: Tuple[Tuple[str, Any], ...] = ()  # extra block arguments (radix, avd, scale, ...) as
+    # (name, value) pairs: a hashable module can be a static argument of jax.jit
     zero_init_last: bool = True  # timm: zero-init each residual branch's last BN scale
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    features_only: bool = False
+    out_indices: Any = (0, 1, 2, 3, 4)
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
 
-    def setup(self):
+    def stage_plan(self):
+        """``(planes, stride, dilation, reduction)`` per stage, as timm's ``make_blocks``: once
+        the stride reaches ``output_stride``, later stages dilate instead."""
         if self.output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
+        plan, net_stride, dilation = [], 4, 1
+        for stage_idx, planes in enumerate(self.channels):
+            stride = 1 if stage_idx == 0 else 2
+            if net_stride >= self.output_stride:
+                dilation *= stride
+                stride = 1
+            else:
+                net_stride *= stride
+            plan.append((planes, stride, dilation, net_stride))
+        return plan
+
+    @property
+    def stem_chs(self) -> int:
+        return self.stem_width * 2 if "deep" in self.stem_type else 64
+
+    def all_feature_info(self):
+        return [dict(num_chs=self.stem_chs, reduction=2, module="act1")] + [
+            dict(num_chs=planes * self.block.expansion, reduction=r, module=f"layer{i + 1}")
+            for i, (planes, _, _, r) in enumerate(self.stage_plan())]
+
+    def setup(self):
         conv = partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(BatchNormAct2d, dtype=self.dtype, param_dtype=self.param_dtype)
 
         # Stem: a 7x7/2 conv, or the 3-conv 'deep' stem as timm's nn.Sequential (conv 0, bn 1,
         # act 2, conv 3, bn 4, act 5, conv 6): the list gives conv1_0, conv1_1, conv1_3, ...
-        deep = "deep" in self.stem_type
-        inplanes = self.stem_width * 2 if deep else 64
-        if deep:
+        inplanes = self.stem_chs
+        if "deep" in self.stem_type:
             c0, c1 = self.stem_width, self.stem_width
             if "tiered" in self.stem_type:
                 c0 = 3 * (self.stem_width // 4)
@@ -115,19 +141,13 @@ class ResNet(nn.Module):
             self.conv1 = conv(inplanes, 7, stride=2)
         self.bn1 = norm()
 
-        # Stages, as timm's make_blocks: once the stride reaches output_stride, later stages
-        # dilate instead; a block's first 3x3 uses the previous block's dilation.
-        block_args = dict(self.block_args or {})
+        # Stages: a block's first 3x3 uses the previous block's dilation (timm's make_blocks).
+        block_args = dict(self.block_args)
         expansion = self.block.expansion
-        net_num_blocks, net_block_idx = sum(self.layers), 0
-        net_stride, dilation, prev_dilation = 4, 1, 1
-        for stage_idx, (planes, num_blocks) in enumerate(zip(self.channels, self.layers)):
-            stride = 1 if stage_idx == 0 else 2
-            if net_stride >= self.output_stride:
-                dilation *= stride
-                stride = 1
-            else:
-                net_stride *= stride
+        block_cls = nn.remat(self.block, static_argnums=(2,)) if self.grad_checkpointing else self.block
+        net_num_blocks, net_block_idx, prev_dilation = sum(self.layers), 0, 1
+        plan = self.stage_plan()[:self.num_stages_built]
+        for stage_idx, ((planes, stride, dilation, _), num_blocks) in enumerate(zip(plan, self.layers)):
             downsample = None
             if stride != 1 or inplanes != planes * expansion:
                 downsample = Shortcut(planes * expansion, stride, dilation, prev_dilation, self.avg_down,
@@ -136,7 +156,7 @@ class ResNet(nn.Module):
             for block_idx in range(num_blocks):
                 # timm's stochastic depth rule: linear in the network-wide block index
                 dpr = self.drop_path_rate * net_block_idx / max(net_num_blocks - 1, 1)
-                blocks.append(self.block(
+                blocks.append(block_cls(
                     planes,
                     stride=stride if block_idx == 0 else 1,
                     downsample=downsample if block_idx == 0 else None,
@@ -155,11 +175,12 @@ class ResNet(nn.Module):
                 net_block_idx += 1
             setattr(self, f"layer{stage_idx + 1}", blocks)  # blocks named layer{i}_{j}, as timm's keys
 
-        self.head_drop = nn.Dropout(self.drop_rate)  # timm's F.dropout before fc ('dropout' RNG stream)
-        if self.num_classes > 0:
-            k_init, b_init = _torch_linear_init(self.head_hidden_size)
-            self.fc = nn.Dense(self.num_classes, kernel_init=k_init, bias_init=b_init, dtype=self.dtype,
-                               param_dtype=self.param_dtype)
+        if not self.features_only:
+            self.head_drop = nn.Dropout(self.drop_rate)  # timm's F.dropout before fc ('dropout' RNG stream)
+            if self.num_classes > 0:
+                k_init, b_init = _torch_linear_init(self.head_hidden_size)
+                self.fc = nn.Dense(self.num_classes, kernel_init=k_init, bias_init=b_init, dtype=self.dtype,
+                                   param_dtype=self.param_dtype)
 
     @property
     def num_features(self) -> int:
@@ -170,9 +191,10 @@ class ResNet(nn.Module):
         return self.num_features * global_pool_feat_mult(self.global_pool)
 
     def stages(self):
-        return [getattr(self, f"layer{i + 1}") for i in range(len(self.layers))]
+        return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages_built)]
 
-    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def forward_intermediates(self, x: jax.Array, train: bool = False, stop: int = 5) -> List[jax.Array]:
+        """The first ``stop`` feature maps: the stem's (``act1``, stride 2), then each stage's."""
         check_input(x, self.in_chans)
         if isinstance(self.conv1, (list, tuple)):
             for layer in self.conv1:
@@ -183,19 +205,28 @@ class ResNet(nn.Module):
         else:
             x = self.conv1(x)
         x = self.bn1(x, train)
-        x = max_pool2d(x, 3, 2, padding=1)
-        for blocks in self.stages():
-            for block in blocks:
-                x = block(x, train)
-        return x
+        feats = [x]
+        if stop > 1:
+            x = max_pool2d(x, 3, 2, padding=1)
+            for blocks in self.stages()[:stop - 1]:
+                for block in blocks:
+                    x = block(x, train)  # train positional: static for nn.remat
+                feats.append(x)
+        return feats
+
+    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self._require_head("forward_features")
+        return self.forward_intermediates(x, train)[-1]
 
     def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
+        self._require_head("forward_head")
         x = select_global_pool(x, self.global_pool)
         x = self.head_drop(x, deterministic=not train)
         if pre_logits or self.num_classes <= 0:
             return x
         return self.fc(x)
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False):
+        if self.features_only:
+            return self._forward_features_only(x, train)
         return self.forward_head(self.forward_features(x, train), train=train)
-

@@ -9,7 +9,7 @@ Submodules carry timm's attribute names (``stem/conv``, ``stages_2/blocks_5/norm
 ``head/fc``) so that checkpoint conversion is structural.
 """
 from functools import partial
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2
                       FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_pool2d, drop_path_rates,
                       global_pool_feat_mult, make_divisible, max_pool2d)
 from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
-from ._common import check_input
+from ._common import FeatureMixin, check_input
 
 ModuleDef = Any
 
@@ -120,6 +120,7 @@ class ResNetStage(nn.Module):
     bottle_ratio: float = 0.25
     avg_down: bool = False
     block_dpr: Tuple[float, ...] = ()
+    grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -128,8 +129,9 @@ class ResNetStage(nn.Module):
             proj = partial(DownsampleAvg, self.out_chs, self.stride, self.dilation, self.conv_layer)
         else:
             proj = partial(DownsampleConv, self.out_chs, self.stride, self.conv_layer)
+        block_fn = nn.remat(self.block_fn, static_argnums=(2,)) if self.grad_checkpointing else self.block_fn
         for i in range(self.depth):
-            x = self.block_fn(
+            x = block_fn(
                 self.out_chs, self.conv_layer, self.norm_layer,
                 proj_layer=proj if i == 0 else None,
                 bottle_ratio=self.bottle_ratio,
@@ -138,7 +140,7 @@ class ResNetStage(nn.Module):
                 first_dilation=first_dilation if i == 0 else self.dilation,
                 drop_path_rate=self.block_dpr[i] if self.block_dpr else 0.0,
                 name=f"blocks_{i}",
-            )(x, train)
+            )(x, train)  # train positional: static for nn.remat
         return x
 
 
@@ -147,8 +149,8 @@ def is_stem_deep(stem_type: str) -> bool:
 
 
 class ResNetV2Stem(nn.Module):
-    """7x7/2 conv (or the 'deep'/'tiered' 3x3 stack), then a 3x3/2 max pool. BiT's 'fixed' stem
-    zero-pads by 1 and pools unpadded; the others pad the pool with -inf."""
+    """7x7/2 conv (or the 'deep'/'tiered' 3x3 stack): timm's stem up to its feature map (the
+    stride-2 conv output; the pool follows in ``stem_pool``)."""
     out_chs: int
     stem_type: str
     conv_layer: ModuleDef
@@ -165,13 +167,17 @@ class ResNetV2Stem(nn.Module):
             x = self.norm_layer(name="norm1")(x, train)
             x = self.conv_layer(chs[1], 3, name="conv2")(x)
             x = self.norm_layer(name="norm2")(x, train)
-            x = self.conv_layer(self.out_chs, 3, name="conv3")(x)
-        else:
-            x = self.conv_layer(self.out_chs, 7, stride=2, name="conv")(x)
-        if "fixed" in self.stem_type:
-            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # nn.ConstantPad2d(1, 0.)
-            return max_pool2d(x, 3, 2)
-        return max_pool2d(x, 3, 2, padding=1)
+            return self.conv_layer(self.out_chs, 3, name="conv3")(x)
+        return self.conv_layer(self.out_chs, 7, stride=2, name="conv")(x)
+
+
+def stem_pool(x: jax.Array, stem_type: str) -> jax.Array:
+    """The stem's 3x3/2 max pool. BiT's 'fixed' stem zero-pads by 1 and pools unpadded; the
+    others pad the pool with -inf (torch's MaxPool2d padding)."""
+    if "fixed" in stem_type:
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # nn.ConstantPad2d(1, 0.)
+        return max_pool2d(x, 3, 2)
+    return max_pool2d(x, 3, 2, padding=1)
 
 
 NORM_LAYERS = {
@@ -182,7 +188,7 @@ NORM_LAYERS = {
 }
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(FeatureMixin, nn.Module):
     """Pre-activation ResNet v2 (timm's ``ResNetV2`` with ``preact=True``, which every
     registered resnetv2 uses)."""
     layers: Sequence[int]
@@ -201,36 +207,52 @@ class ResNetV2(nn.Module):
     std_conv_eps: Optional[float] = 1e-6  # None: plain conv (timm's create_conv2d)
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    features_only: bool = False
+    out_indices: Any = (0, 1, 2, 3, 4)
+    grad_checkpointing: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
 
-    def setup(self):
+    def stage_plan(self):
+        """``(out_chs, stride, dilation, reduction)`` per stage, as timm's ``ResNetV2``: once
+        the stride reaches ``output_stride``, later stages dilate instead."""
         if self.output_stride not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
+        plan, reduction, dilation = [], 4, 1
+        for i, chs in enumerate(self.channels):
+            stride = 1 if i == 0 else 2
+            if reduction >= self.output_stride:
+                dilation *= stride
+                stride = 1
+            reduction *= stride
+            plan.append((make_divisible(chs * self.width_factor), stride, dilation, reduction))
+        return plan
+
+    def all_feature_info(self):
+        stem = dict(num_chs=make_divisible(self.stem_chs * self.width_factor), reduction=2,
+                    module="stem.conv3" if is_stem_deep(self.stem_type) else "stem.conv")
+        return [stem] + [dict(num_chs=c, reduction=r, module=f"stages.{i}")
+                         for i, (c, _, _, r) in enumerate(self.stage_plan())]
+
+    def setup(self):
         if self.std_conv_eps is None:
             conv = partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
         else:
             conv = partial(StdConv2d, eps=self.std_conv_eps, dtype=self.dtype, param_dtype=self.param_dtype)
         norm = partial(NORM_LAYERS[self.norm_layer], dtype=self.dtype, param_dtype=self.param_dtype)
-        wf = self.width_factor
-        self.stem = ResNetV2Stem(make_divisible(self.stem_chs * wf), self.stem_type, conv, norm)
-        curr_stride, dilation, stages = 4, 1, []
+        self.stem = ResNetV2Stem(make_divisible(self.stem_chs * self.width_factor), self.stem_type, conv, norm)
         block_fn = PreActBasic if self.basic else PreActBottleneck
         dprs = drop_path_rates(self.drop_path_rate, self.layers)
-        for i, (depth, chs, dpr) in enumerate(zip(self.layers, self.channels, dprs)):
-            stride = 1 if i == 0 else 2
-            if curr_stride >= self.output_stride:
-                dilation *= stride
-                stride = 1
-            stages.append(ResNetStage(
-                make_divisible(chs * wf), stride, dilation, depth, block_fn, conv, norm,
-                bottle_ratio=self.bottle_ratio, avg_down=self.avg_down, block_dpr=dpr))
-            curr_stride *= stride
-        self.stages = stages
-        self.norm = norm()
-        self.head = ClassifierHead(self.num_classes, self.global_pool, self.drop_rate, use_conv=True,
-                                   dtype=self.dtype, param_dtype=self.param_dtype)
+        self.stages = [
+            ResNetStage(chs, stride, dilation, depth, block_fn, conv, norm, bottle_ratio=self.bottle_ratio,
+                        avg_down=self.avg_down, block_dpr=dpr, grad_checkpointing=self.grad_checkpointing)
+            for (chs, stride, dilation, _), depth, dpr in zip(self.stage_plan(), self.layers, dprs)
+        ][:self.num_stages_built]
+        if not self.features_only:
+            self.norm = norm()
+            self.head = ClassifierHead(self.num_classes, self.global_pool, self.drop_rate, use_conv=True,
+                                       dtype=self.dtype, param_dtype=self.param_dtype)
 
     @property
     def num_features(self) -> int:
@@ -240,17 +262,29 @@ class ResNetV2(nn.Module):
     def head_hidden_size(self) -> int:
         return self.num_features * global_pool_feat_mult(self.global_pool)
 
-    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def forward_intermediates(self, x: jax.Array, train: bool = False, stop: int = 5) -> List[jax.Array]:
+        """The first ``stop`` feature maps: the stem conv's (stride 2), then each stage's."""
         check_input(x, self.in_chans)
         x = self.stem(x, train)
-        for stage in self.stages:
-            x = stage(x, train)
-        return self.norm(x, train)
+        feats = [x]
+        if stop > 1:
+            x = stem_pool(x, self.stem_type)
+            for stage in self.stages[:stop - 1]:
+                x = stage(x, train)
+                feats.append(x)
+        return feats
+
+    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        self._require_head("forward_features")
+        return self.norm(self.forward_intermediates(x, train)[-1], train)
 
     def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
+        self._require_head("forward_head")
         return self.head(x, pre_logits=pre_logits, train=train)
 
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False):
+        if self.features_only:
+            return self._forward_features_only(x, train)
         return self.forward_head(self.forward_features(x, train), train=train)
 
 

@@ -1,0 +1,236 @@
+"""timm's model API, for one architecture of each family, against timm on perturbed weights:
+features_only, forward_features / forward_head, heads and pools, in_chans, output_stride,
+bf16, gradient checkpointing, input checks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnets_jax as rj
+from conftest import PARITY_TOL
+from hub_cache import hub_cache
+from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
+
+torch = pytest.importorskip("torch")
+timm = pytest.importorskip("timm")
+
+# one per family; small, but with the deep stem, avg-down shortcuts, split attention and
+# multi-scale blocks
+ARCHS = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s"]
+ODD = 97
+
+
+def _apply(model, variables, x, **kwargs):
+    """Jitted: eager dispatch of a few hundred small ops is slower than compiling them."""
+    return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+
+
+def _timm(name, **kwargs):
+    torch.manual_seed(0)
+    return perturb_(timm.create_model(name, **kwargs), seed=7).eval()
+
+
+def _x(size=ODD, chans=3, seed=0):
+    return np.random.default_rng(seed).standard_normal((2, size, size, chans)).astype(np.float32)
+
+
+def _ours(name, tmodel, **kwargs):
+    model = rj.build_model(name, **kwargs)
+    return model, rj.convert_timm_state_dict(model, timm_state_dict(tmodel))
+
+
+def _timm_features(tmodel, out_indices):
+    """timm's features_only network (FeatureListNet) over the perturbed model's own modules."""
+    from timm.models._features import FeatureListNet
+    flatten = isinstance(tmodel, timm.models.ResNetV2)  # _create_resnetv2's feature_cfg
+    return FeatureListNet(tmodel, out_indices=out_indices, flatten_sequential=flatten).eval()
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3, 4), (1, -1), 2])
+def test_features_only_matches_timm(name, out_indices):
+    tmodel = _timm(name)
+    tfeat = _timm_features(tmodel, out_indices)
+    model, variables = _ours(name, tmodel)
+    fmodel = rj.build_model(name, features_only=True, out_indices=out_indices)
+    kept = tuple(_kept_prefixes(fmodel))
+    fvars = rj.convert_timm_state_dict(fmodel, {k: v for k, v in timm_state_dict(tmodel).items() if k.startswith(kept)})
+    x = _x()
+    with torch.no_grad():
+        ref = [t.numpy().transpose(0, 2, 3, 1) for t in tfeat(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))]
+    out = _apply(fmodel, fvars, x)
+    assert [o.shape for o in out] == [r.shape for r in ref]
+    for o, r in zip(out, ref):
+        assert rel_err(o, r) <= PARITY_TOL
+    # timm lists feature_info in out_indices order; the maps (theirs and ours) come in network order
+    theirs = timm.create_model(name, features_only=True, out_indices=out_indices, device="meta").feature_info
+    theirs = sorted(theirs.get_dicts(), key=lambda d: d["index"])
+    assert [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in fmodel.feature_info] == \
+        [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in theirs]
+    assert [d["num_chs"] for d in fmodel.feature_info] == [o.shape[-1] for o in out]
+
+
+def _kept_prefixes(fmodel):
+    shapes = jax.eval_shape(fmodel.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    return {rj.weights.flax_to_timm_key("params", (m, "")) for m in shapes["params"]}
+
+
+def test_features_only_loads_a_full_checkpoint_and_prunes(tmp_path):
+    from safetensors.torch import save_file
+    tmodel = _timm("resnetv2_18d")
+    path = tmp_path / "model.safetensors"
+    save_file(tmodel.state_dict(), str(path))
+    model, variables = rj.create_model("resnetv2_18d", checkpoint_path=str(path), features_only=True,
+                                       out_indices=(0, 1))
+    assert sorted(variables["params"]) == ["stages_0", "stem"]  # stages 1-3, norm and head pruned
+    ref = _timm_features(tmodel, (0, 1))(torch.from_numpy(_x().transpose(0, 3, 1, 2).copy()))
+    for o, r in zip(_apply(model, variables, _x()), ref):
+        assert rel_err(o, r.detach().numpy().transpose(0, 2, 3, 1)) <= PARITY_TOL
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_forward_features_and_head_match_timm(name):
+    tmodel = _timm(name)
+    model, variables = _ours(name, tmodel)
+    x = _x()
+    fmap = _apply(model, variables, x, method="forward_features")
+    assert rel_err(fmap, timm_forward(tmodel, x, method="forward_features")) <= PARITY_TOL
+    tfmap = torch.from_numpy(np.asarray(fmap).transpose(0, 3, 1, 2).copy())
+    for pre_logits in (False, True):
+        with torch.no_grad():
+            ref = tmodel.forward_head(tfmap, pre_logits=pre_logits).numpy()
+        out = _apply(model, variables, fmap, pre_logits=pre_logits, method="forward_head")
+        assert out.shape == ref.shape and rel_err(out, ref) <= PARITY_TOL
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("global_pool", ["avg", "max", "avgmax", "catavgmax", ""])
+def test_global_pools_and_num_classes_match_timm(name, global_pool):
+    if global_pool == "" and not name.startswith("resnetv2"):
+        global_pool = "avg"  # timm's v1 ResNet head flattens, so it has no unpooled classifier
+    for num_classes in (0, 10):
+        tmodel = _timm(name, global_pool=global_pool, num_classes=num_classes)
+        model, variables = _ours(name, tmodel, global_pool=global_pool, num_classes=num_classes)
+        x = _x(64)
+        out, ref = _apply(model, variables, x), timm_forward(tmodel, x)
+        assert out.shape == ref.shape and rel_err(out, ref) <= PARITY_TOL
+        assert model.head_hidden_size == tmodel.head_hidden_size
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_pretrained_in_chans_adapts_the_first_conv_as_timm(name, in_chans, tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+    from timm.models import adapt_input_conv
+    tag = rj.list_pretrained(name + ".*")[0]
+    cfg = rj.get_pretrained_cfg(tag)
+    rgb = _timm(name)
+    src = tmp_path / "model.safetensors"
+    save_file(rgb.state_dict(), str(src))
+    cache = hub_cache(tmp_path / "hub", cfg["hf_hub_id"], {"model.safetensors": src})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, variables = rj.create_model(tag, pretrained=True, in_chans=in_chans, cache_dir=str(cache))
+
+    sd = rgb.state_dict()
+    key = cfg["first_conv"] + ".weight"
+    sd[key] = adapt_input_conv(in_chans, sd[key])
+    tmodel = timm.create_model(name, in_chans=in_chans).eval()
+    tmodel.load_state_dict(sd)
+    x = _x(chans=in_chans)
+    assert rel_err(_apply(model, variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
+
+
+@pytest.mark.parametrize("name", ARCHS)
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_output_stride_matches_timm(name, output_stride):
+    tmodel = _timm(name, output_stride=output_stride)
+    model, variables = _ours(name, tmodel, output_stride=output_stride)
+    x = _x(64)
+    fmap = _apply(model, variables, x, method="forward_features")
+    assert fmap.shape[1] == -(-64 // output_stride)
+    assert rel_err(fmap, timm_forward(tmodel, x, method="forward_features")) <= PARITY_TOL
+    assert rel_err(_apply(model, variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
+
+
+@pytest.mark.parametrize("name, size, chans, pixels", [
+    ("resnest101e", 256, (128, 256, 512, 1024, 2048), (128, 64, 32, 16, 8)),
+    ("res2net101_26w_4s", 224, (64, 256, 512, 1024, 2048), (112, 56, 28, 14, 7)),
+    ("resnetv2_50", 224, (64, 256, 512, 1024, 2048), (112, 56, 28, 14, 7)),
+])
+def test_seed_model_card_feature_maps(name, size, chans, pixels):
+    model = rj.build_model(name, features_only=True)
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    feats = jax.eval_shape(model.apply, shapes, x)
+    assert [f.shape for f in feats] == [(1, p, p, c) for p, c in zip(pixels, chans)]
+    assert [d["num_chs"] for d in model.feature_info] == list(chans)
+
+
+# bf16 keeps 8 bits of mantissa: with bf16 compute (params and norm statistics in fp32), the
+# logits of these perturbed models agree with fp32 to within 5% of the largest logit (measured:
+# see the test's output); the top class is unchanged.
+BF16_REL_BOUND = 5e-2
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_bf16_compute_stays_within_bf16_precision(name):
+    tmodel = _timm(name)
+    model, variables = _ours(name, tmodel)
+    bf16 = rj.build_model(name, dtype=jnp.bfloat16)
+    x = _x(64)
+    ref, out = _apply(model, variables, x), _apply(bf16, variables, x)
+    assert out.dtype == jnp.bfloat16
+    err = rel_err(np.asarray(out, np.float32), ref)
+    print(f"{name}: bf16 vs fp32 max|Δlogit|/max|logit| = {err:.2e}")
+    assert err <= BF16_REL_BOUND
+    assert (np.argmax(out, -1) == np.argmax(ref, -1)).all()
+
+
+# Recomputation reassociates fp32 sums inside XLA's fusions: measured 3e-5 for resnest14d, the
+# same as between the jitted and the eager gradient of the plain model (train-mode BatchNorm
+# over few samples amplifies rounding). Bound: the parity tolerance.
+REMAT_GRAD_TOL = 1e-4
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_gradient_checkpointing_gives_identical_gradients(name):
+    tmodel = _timm(name)
+    model, variables = _ours(name, tmodel, drop_path_rate=0.1)
+    remat = rj.build_model(name, drop_path_rate=0.1, grad_checkpointing=True)
+    x, key = np.random.default_rng(0).standard_normal((4, 96, 96, 3)).astype(np.float32), jax.random.PRNGKey(3)
+
+    def loss(params, m):
+        logits, _ = m.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                            rngs={"dropout": key})
+        return jnp.mean(jax.nn.log_softmax(logits)[:, 0])
+
+    g1 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], model)
+    g2 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], remat)
+    # the same computation, recomputed: equal up to fp32 reassociation in XLA's fusions
+    leaves1, leaves2 = jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)
+    # a gradient that is zero in exact arithmetic (fc1's bias, just before a training-mode BatchNorm)
+    # is rounding noise in both runs: such leaves are compared on the scale of the largest gradient
+    floor = 1e-4 * max(float(np.abs(g).max()) for g in leaves1)
+    errs = [float(np.abs(b - a).max()) / max(float(np.abs(a).max()), floor) for a, b in zip(leaves1, leaves2)]
+    print(f"{name}: remat vs plain gradients, worst max|Δg|/max|g| over leaves = {max(errs):.1e}")
+    assert max(errs) <= REMAT_GRAD_TOL
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (np.zeros((2, 3, 64, 64), np.float32), ValueError, "looks like NCHW"),
+    (np.zeros((2, 64, 64, 4), np.float32), ValueError, r"\(batch, height, width, 3\)"),
+    (np.zeros((64, 64, 3), np.float32), ValueError, "rank 3"),
+    (np.zeros((2, 64, 64, 3), np.uint8), TypeError, "dtype uint8"),
+])
+@pytest.mark.parametrize("name", ARCHS)
+def test_bad_inputs_get_one_clear_error(name, x, error, match):
+    model = rj.build_model(name)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+    with pytest.raises(error, match=match):
+        model.apply(variables, x)
+
+
+def test_features_only_has_no_head():
+    model, variables = rj.create_model("resnetv2_18", features_only=True)
+    with pytest.raises(ValueError, match="features_only"):
+        model.apply(variables, _x(64), method="forward_features")
