@@ -234,3 +234,34 @@ def test_features_only_has_no_head():
     model, variables = rj.create_model("resnetv2_18", features_only=True)
     with pytest.raises(ValueError, match="features_only"):
         model.apply(variables, _x(64), method="forward_features")
+
+
+@pytest.mark.parametrize("size, block_size, gamma_scale", [(14, 5, 0.25), (7, 3, 1.0), (4, 5, 0.25), (6, 2, 1.0)])
+def test_drop_block_statistics_match_timm(size, block_size, gamma_scale):
+    """Same random process as timm's DropBlock2d (different RNGs): the kept fraction and the
+    rescaling agree over many draws; every dropped pixel lies in a dropped block."""
+    from timm.layers import DropBlock2d as TimmDropBlock
+    n, p = 10000, 0.2
+    ours = rj.layers.DropBlock2d(p, block_size, gamma_scale)
+    y = np.asarray(ours.apply({}, jnp.ones((n, size, size, 1)), train=True, rngs={"dropout": jax.random.PRNGKey(0)}))
+    torch.manual_seed(0)
+    ref = TimmDropBlock(p, block_size, gamma_scale).train()(torch.ones(n, 1, size, size)).numpy()
+    kept_ours, kept_ref = (y > 0).mean(), (ref > 0).mean()
+    assert abs(kept_ours - kept_ref) < 0.01, (kept_ours, kept_ref)
+    # where blocks fall: the kept rate per pixel (lower where more block centres reach it)
+    np.testing.assert_allclose((y > 0).mean(axis=(0, 3)), (ref > 0).mean(axis=(0, 1)), atol=0.03)
+    np.testing.assert_allclose(y.mean(), 1.0, rtol=1e-4)  # rescaled by the kept fraction of the batch
+    assert set(np.unique(y)) <= {0.0, float(y.max())}
+    np.testing.assert_array_equal(ours.apply({}, jnp.ones((2, size, size, 1))), 1.0)  # eval: identity
+
+
+@pytest.mark.parametrize("name", ["resnest14d", "resnest50d_1s4x24d", "res2net50_26w_4s"])
+def test_drop_block_rate_acts_in_training_only(name):
+    tmodel = _timm(name)
+    sd = timm_state_dict(tmodel)
+    plain, dropped = rj.build_model(name), rj.build_model(name, drop_block_rate=0.2)
+    variables = rj.convert_timm_state_dict(plain, sd)
+    x, rngs = _x(64), {"dropout": jax.random.PRNGKey(0)}
+    np.testing.assert_array_equal(_apply(dropped, variables, x), _apply(plain, variables, x))
+    train = lambda m: m.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]  # noqa: E731
+    assert not np.allclose(train(dropped), train(plain))

@@ -61,6 +61,7 @@ class SplitAttn(nn.Module):
     use_bias: bool = False
     conv_layer: Callable = Conv2d  # a model passes its bound conv/norm partials (dtype, ...)
     norm_layer: Optional[Callable] = BatchNormAct2d
+    drop_layer: Optional[Callable] = None  # between bn0 and its ReLU (DropBlock2d, as timm's drop_layer)
     act: Callable = nn.relu
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
@@ -79,7 +80,7 @@ class SplitAttn(nn.Module):
 
         x = conv(mid_chs, self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation,
                  groups=card * radix, use_bias=self.use_bias, name="conv")(x)
-        x = self._norm_act(x, "bn0", train)
+        x = self._norm_act(x, "bn0", train, drop=self.drop_layer)
         b, h, w, rc = x.shape
         if radix > 1:
             x = x.reshape(b, h, w, radix, rc // radix)
@@ -97,11 +98,13 @@ class SplitAttn(nn.Module):
             return (x * attn[:, None, None]).sum(axis=3)
         return x * attn.reshape(b, 1, 1, -1)
 
-    def _norm_act(self, x, name, train):
-        if self.norm_layer is None:
-            return self.act(x)
-        norm = self._bind(self.norm_layer, BatchNormAct2d)
-        return norm(apply_act=True, act=self.act, name=name)(x, train)
+    def _norm_act(self, x, name, train, drop=None):
+        if self.norm_layer is not None:
+            norm = self._bind(self.norm_layer, BatchNormAct2d)
+            x = norm(apply_act=False, name=name)(x, train)
+        if drop is not None:
+            x = drop(name="drop")(x, train)
+        return self.act(x)
 
     def _bind(self, layer, default):
         if layer is default:

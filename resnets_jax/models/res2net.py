@@ -38,6 +38,7 @@ class Bottle2neck(nn.Module):
     dilation: int = 1
     first_dilation: Optional[int] = None
     drop_path_rate: float = 0.0
+    drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
     zero_init_last: bool = True
     conv: ModuleDef = None
     norm: ModuleDef = None
@@ -66,6 +67,8 @@ class Bottle2neck(nn.Module):
         if self.scale > 1:
             spo.append(avg_pool2d(spx[-1], 3, self.stride, padding=1) if is_first else spx[-1])
         out = jnp.concatenate(spo, axis=-1)
+        if self.drop_block is not None:
+            out = self.drop_block(name="drop_block")(out, train)
 
         out = self.conv(self.planes * self.expansion, 1, name="conv3")(out)
         scale_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones

@@ -34,6 +34,7 @@ class ResNestBottleneck(nn.Module):
     dilation: int = 1
     first_dilation: Optional[int] = None
     drop_path_rate: float = 0.0
+    drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
     zero_init_last: bool = True
     conv: ModuleDef = None
     norm: ModuleDef = None
@@ -59,11 +60,14 @@ class ResNestBottleneck(nn.Module):
         if self.radix >= 1:
             out = SplitAttn(group_width, 3, stride=stride, padding=first_dilation, dilation=first_dilation,
                             groups=self.cardinality, radix=self.radix, conv_layer=self.conv,
-                            norm_layer=self.norm, name="conv2")(out, train)
+                            norm_layer=self.norm, drop_layer=self.drop_block, name="conv2")(out, train)
         else:
             out = self.conv(group_width, 3, stride=stride, padding=first_dilation, dilation=first_dilation,
                             groups=self.cardinality, name="conv2")(out)
-            out = self.norm(name="bn2")(out, train)
+            out = self.norm(apply_act=False, name="bn2")(out, train)
+            if self.drop_block is not None:
+                out = self.drop_block(name="drop_block")(out, train)
+            out = nn.relu(out)
         if avd_stride > 0 and not self.avd_first:
             out = avg_pool2d(out, 3, avd_stride, padding=1)
         out = self.conv(self.planes * 4, 1, name="conv3")(out)

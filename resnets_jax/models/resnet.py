@@ -11,8 +11,8 @@ attribute names so checkpoint conversion is structural: ``conv1`` (or the deep s
 ``layer3.12``: the blocks are direct children of the model), ``layer1_0/downsample_1`` and
 ``fc``.
 
-Not supported: ``drop_block_rate`` (timm's DropBlock, a training-only regulariser none of these
-families enables by default), anti-aliasing, ``replace_stem_pool``, attention layers.
+Not supported (no ResNeSt/Res2Net variant uses them): anti-aliasing, ``replace_stem_pool``,
+attention layers.
 """
 import dataclasses
 import math
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ..layers import BatchNormAct2d, Conv2d, avg_pool2d, global_pool_feat_mult, max_pool2d, select_global_pool
+from ..layers import BatchNormAct2d, Conv2d, avg_pool2d, drop_block_layers, global_pool_feat_mult, max_pool2d, select_global_pool
 from ._common import FeatureMixin, check_input
 
 ModuleDef = Any
@@ -73,7 +73,7 @@ class ResNet(FeatureMixin, nn.Module):
     """timm's ``ResNet`` v1 trunk with the stems and shortcuts its ResNeSt/Res2Net variants use.
 
     ``block`` is a bottleneck class taking ``(planes, stride, downsample, cardinality,
-    base_width, dilation, first_dilation, drop_path_rate, conv, norm, **block_args)``, with a
+    base_width, dilation, first_dilation, drop_path_rate, drop_block, conv, norm, **block_args)``, with a
     class attribute ``expansion``."""
     block: ModuleDef
     layers: Sequence[int]
@@ -93,6 +93,7 @@ class ResNet(FeatureMixin, nn.Module):
     zero_init_last: bool = True  # timm: zero-init each residual branch's last BN scale
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    drop_block_rate: float = 0.0  # DropBlock in stages 3 and 4 (timm's drop_blocks)
     features_only: bool = False
     out_indices: Any = (0, 1, 2, 3, 4)
     grad_checkpointing: bool = False  # recompute each block's activations in the backward pass
@@ -147,6 +148,7 @@ class ResNet(FeatureMixin, nn.Module):
         block_cls = nn.remat(self.block, static_argnums=(2,)) if self.grad_checkpointing else self.block
         net_num_blocks, net_block_idx, prev_dilation = sum(self.layers), 0, 1
         plan = self.stage_plan()[:self.num_stages_built]
+        drop_blocks = drop_block_layers(self.drop_block_rate)
         for stage_idx, ((planes, stride, dilation, _), num_blocks) in enumerate(zip(plan, self.layers)):
             downsample = None
             if stride != 1 or inplanes != planes * expansion:
@@ -165,6 +167,7 @@ class ResNet(FeatureMixin, nn.Module):
                     dilation=dilation,
                     first_dilation=prev_dilation,
                     drop_path_rate=dpr,
+                    drop_block=drop_blocks[stage_idx],
                     zero_init_last=self.zero_init_last,
                     conv=conv,
                     norm=norm,
