@@ -17,6 +17,23 @@ def check_input(x: jax.Array, in_chans: int) -> None:
         raise ValueError(f"Expected {layout}; got shape {tuple(x.shape)}.{hint}")
 
 
+def stride_plan(num_stages: int, output_stride: int) -> List[Tuple[int, int, int]]:
+    """``(stride, dilation, reduction)`` per stage of a ResNet after its stride-4 stem, as timm's
+    trunks: the first stage keeps the resolution, each later one halves it until the reduction
+    reaches ``output_stride``, after which stages dilate instead."""
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+    plan, reduction, dilation = [], 4, 1
+    for i in range(num_stages):
+        stride = 1 if i == 0 else 2
+        if reduction >= output_stride:
+            dilation *= stride
+            stride = 1
+        reduction *= stride
+        plan.append((stride, dilation, reduction))
+    return plan
+
+
 def feature_take_indices(num_features: int, indices) -> Tuple[int, ...]:
     """timm's ``out_indices``: an int ``n`` takes the last ``n`` feature maps; a sequence takes
     those indices (negative ones count from the end). Sorted, as timm's models return them."""

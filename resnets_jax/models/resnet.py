@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ..layers import BatchNormAct2d, Conv2d, avg_pool2d, drop_block_layers, global_pool_feat_mult, max_pool2d, select_global_pool
-from ._common import FeatureMixin, check_input
+from ._common import FeatureMixin, check_input, stride_plan
 
 ModuleDef = Any
 
@@ -102,20 +102,8 @@ class ResNet(FeatureMixin, nn.Module):
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
 
     def stage_plan(self):
-        """``(planes, stride, dilation, reduction)`` per stage, as timm's ``make_blocks``: once
-        the stride reaches ``output_stride``, later stages dilate instead."""
-        if self.output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
-        plan, net_stride, dilation = [], 4, 1
-        for stage_idx, planes in enumerate(self.channels):
-            stride = 1 if stage_idx == 0 else 2
-            if net_stride >= self.output_stride:
-                dilation *= stride
-                stride = 1
-            else:
-                net_stride *= stride
-            plan.append((planes, stride, dilation, net_stride))
-        return plan
+        """``(planes, stride, dilation, reduction)`` per stage (timm's ``make_blocks``)."""
+        return [(planes, *sdr) for planes, sdr in zip(self.channels, stride_plan(len(self.channels), self.output_stride))]
 
     @property
     def stem_chs(self) -> int:

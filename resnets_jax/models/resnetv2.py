@@ -19,7 +19,7 @@ from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2
                       FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_pool2d, drop_path_rates,
                       global_pool_feat_mult, make_divisible, max_pool2d)
 from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
-from ._common import FeatureMixin, check_input
+from ._common import FeatureMixin, check_input, stride_plan
 
 ModuleDef = Any
 
@@ -215,19 +215,9 @@ class ResNetV2(FeatureMixin, nn.Module):
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
 
     def stage_plan(self):
-        """``(out_chs, stride, dilation, reduction)`` per stage, as timm's ``ResNetV2``: once
-        the stride reaches ``output_stride``, later stages dilate instead."""
-        if self.output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
-        plan, reduction, dilation = [], 4, 1
-        for i, chs in enumerate(self.channels):
-            stride = 1 if i == 0 else 2
-            if reduction >= self.output_stride:
-                dilation *= stride
-                stride = 1
-            reduction *= stride
-            plan.append((make_divisible(chs * self.width_factor), stride, dilation, reduction))
-        return plan
+        """``(out_chs, stride, dilation, reduction)`` per stage, as timm's ``ResNetV2``."""
+        return [(make_divisible(chs * self.width_factor), *sdr)
+                for chs, sdr in zip(self.channels, stride_plan(len(self.channels), self.output_stride))]
 
     def all_feature_info(self):
         stem = dict(num_chs=make_divisible(self.stem_chs * self.width_factor), reduction=2,
