@@ -3,10 +3,7 @@
 CPU (CI): timm on CPU. GPU: timm on CUDA with TF32 off, JAX at 'highest' matmul precision.
 TPU: JAX on the TPU (highest precision) against timm on the CPU.
 """
-import os
-
 import jax
-import numpy as np
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -18,7 +15,7 @@ PARITY_TOL = {"cpu": 1e-4, "gpu": 1e-4, "tpu": 1e-4}[BACKEND]
 
 @pytest.fixture(scope="session")
 def torch_device():
-    torch = pytest.importorskip("torch", reason="parity tests need the [torch] extra (make test installs it)")
+    import torch
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_grad_enabled(False)

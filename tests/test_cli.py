@@ -10,8 +10,8 @@ import resnets_jax as rj
 from resnets_jax import cli
 from resnets_jax.data import sample_image_path
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+import torch  # noqa: E402  (the [dev] extra; make test installs it)
+import timm  # noqa: E402
 
 
 def test_list_matches_registry(capsys):

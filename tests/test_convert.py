@@ -17,8 +17,8 @@ from resnets_jax import CheckpointError, cli
 from hub_cache import hub_cache, timm_hub_export
 from timm_ref import perturb_, rel_err, timm_forward
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+import torch  # noqa: E402  (the [dev] extra; make test installs it)
+import timm  # noqa: E402
 
 NAME = "resnetv2_18"
 TAG = "resnetv2_18.ra4_e3600_r224_in1k"

@@ -6,7 +6,7 @@ import pytest
 
 from resnets_jax import layers
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (the [dev] extra; make test installs it)
 F = torch.nn.functional
 
 
@@ -68,7 +68,6 @@ def _timm_norm_cases():
 @pytest.mark.parametrize("case", range(5))
 @pytest.mark.parametrize("train", [False, True])
 def test_norm_layers_match_timm(case, train):
-    pytest.importorskip("timm")
     from resnets_jax import convert_timm_state_dict
     from timm_ref import perturb_
     ours, make_theirs = _timm_norm_cases()[case]

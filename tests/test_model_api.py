@@ -11,8 +11,8 @@ from conftest import PARITY_TOL
 from hub_cache import hub_cache
 from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+import torch  # noqa: E402  (the [dev] extra; make test installs it)
+import timm  # noqa: E402
 
 # one per family; small, but with the deep stem, avg-down shortcuts, split attention and
 # multi-scale blocks

@@ -10,8 +10,8 @@ from resnets_jax import CheckpointError
 from hub_cache import hub_cache
 from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
 
-torch = pytest.importorskip("torch")
-timm = pytest.importorskip("timm")
+import torch  # noqa: E402  (the [dev] extra; make test installs it)
+import timm  # noqa: E402
 
 NAME = "resnetv2_18"  # the smallest architecture: these tests are about files, not numerics
 
