@@ -4,12 +4,12 @@ from .conv import Conv2d, StdConv2d, get_padding
 from .helpers import make_divisible
 from .drop import DropBlock2d, DropPath, drop_block_layers, drop_path_rates
 from .norm import BatchNormAct2d, EvoNorm2dS0, FilterResponseNormTlu2d, GroupNormAct
-from .pool import avg_pool2d, global_pool_feat_mult, max_pool2d, pad_same, select_global_pool
+from .pool import avg_down_pool, avg_pool2d, global_pool_feat_mult, max_pool2d, pad_same, select_global_pool
 from .split_attn import SplitAttn, radix_softmax, split_attn_channels
 
 __all__ = [
     "ClassifierHead", "make_divisible", "Conv2d", "StdConv2d", "get_padding", "DropPath", "drop_path_rates", "DropBlock2d", "drop_block_layers",
     "BatchNormAct2d", "EvoNorm2dS0", "FilterResponseNormTlu2d", "GroupNormAct",
-    "avg_pool2d", "global_pool_feat_mult", "max_pool2d", "pad_same", "select_global_pool",
+    "avg_down_pool", "avg_pool2d", "global_pool_feat_mult", "max_pool2d", "pad_same", "select_global_pool",
     "SplitAttn", "radix_softmax", "split_attn_channels",
 ]

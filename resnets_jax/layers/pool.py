@@ -63,6 +63,18 @@ def pad_same(x: jax.Array, kernel_size: int, stride: int, dilation: int = 1, val
     return jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=value)
 
 
+def avg_down_pool(x: jax.Array, stride: int, dilation: int = 1) -> jax.Array:
+    """The pool of timm's avg-down shortcut ('D' variants: ``DownsampleAvg`` / ``downsample_avg``):
+    a 2x2 average with ceil mode, padding not counted; in a dilated stage, stride 1 over TF-'SAME'
+    zero padding, which the average counts (timm's ``AvgPool2dSame``)."""
+    if stride == 1 and dilation == 1:
+        return x
+    if dilation > 1:
+        x = pad_same(x, 2, 1)
+        stride = 1
+    return avg_pool2d(x, 2, stride, ceil_mode=True, count_include_pad=False)
+
+
 GLOBAL_POOL_TYPES = ("avg", "max", "avgmax", "catavgmax", "")
 
 

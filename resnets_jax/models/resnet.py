@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ..layers import BatchNormAct2d, Conv2d, avg_pool2d, drop_block_layers, global_pool_feat_mult, max_pool2d, select_global_pool
+from ..layers import BatchNormAct2d, Conv2d, avg_down_pool, drop_block_layers, global_pool_feat_mult, max_pool2d, select_global_pool
 from ._common import FeatureMixin, check_input, stride_plan
 
 ModuleDef = Any
@@ -45,14 +45,7 @@ class Shortcut:
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.avg_down:
-            avg_stride = self.stride if self.dilation == 1 else 1
-            if self.stride > 1 or self.dilation > 1:
-                if avg_stride == 1:
-                    # timm's AvgPool2dSame(2, 1): TF-'SAME' zero padding (high side), counted
-                    x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-                    x = avg_pool2d(x, 2, 1, ceil_mode=True, count_include_pad=False)
-                else:
-                    x = avg_pool2d(x, 2, avg_stride, ceil_mode=True, count_include_pad=False)
+            x = avg_down_pool(x, self.stride, self.dilation)
             x = self.conv(self.out_chs, 1, name="downsample_1")(x)
             return self.norm(apply_act=False, name="downsample_2")(x, train)
         k = 1 if self.stride == 1 and self.dilation == 1 else self.kernel_size

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2dS0,
-                      FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_pool2d, drop_path_rates,
+                      FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_down_pool, drop_path_rates,
                       global_pool_feat_mult, make_divisible, max_pool2d)
 from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
 from ._common import FeatureMixin, check_input, stride_plan
@@ -46,13 +46,7 @@ class DownsampleAvg(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        if self.stride > 1:
-            x = avg_pool2d(x, 2, self.stride, ceil_mode=True, count_include_pad=False)
-        elif self.dilation > 1:
-            # timm's AvgPool2dSame(2, 1): TF-'SAME' zero padding that the average counts
-            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-            x = avg_pool2d(x, 2, 1)
-        return self.conv_layer(self.out_chs, 1, name="conv")(x)
+        return self.conv_layer(self.out_chs, 1, name="conv")(avg_down_pool(x, self.stride, self.dilation))
 
 
 class PreActBasic(nn.Module):
