@@ -3,8 +3,14 @@
 CPU (CI): timm on CPU. GPU: timm on CUDA with TF32 off, JAX at 'highest' matmul precision.
 TPU: JAX on the TPU (highest precision) against timm on the CPU.
 """
+import os
+import tempfile
+
 import jax
 import pytest
+
+# The suite keeps its caches (traced shapes) to itself, not in the user's ~/.cache.
+os.environ.setdefault("RESNETS_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="resnets_jax_test_cache_"))
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
