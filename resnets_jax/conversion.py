@@ -119,6 +119,56 @@ def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = 
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 
 
+# --------------------------------------------------------------------------- weights for demos
+
+FALLBACK_BANNER = "HUB UNREACHABLE - LOCAL FALLBACK"
+
+
+@dataclasses.dataclass
+class TimmCheckpoint:
+    path: str
+    pretrained: bool  # False: a random-init stand-in (predictions meaningless)
+    message: str      # what to show the user: where the weights came from
+
+
+def timm_checkpoint(name: str, fallback_dir: str, cache_dir: Optional[str] = None) -> TimmCheckpoint:
+    """A timm checkpoint file for ``name`` (``arch.tag``): the tag's pretrained weights from the
+    Hugging Face hub (or its cache) when they can be had, otherwise a clearly labelled stand-in,
+    a random-init checkpoint in timm's layout written to ``fallback_dir`` (by timm when it is
+    installed, else by ``export_timm_state_dict``). What the demo, the CLI and the notebooks use."""
+    try:
+        path = weights.download_pretrained(get_pretrained_cfg(name), cache_dir=cache_dir)
+        return TimmCheckpoint(path, True, f"Pretrained weights for {name} from the Hugging Face hub: {path}")
+    except weights.CheckpointError as e:
+        reason = str(e).splitlines()[0][:200]
+    os.makedirs(fallback_dir, exist_ok=True)
+    path = os.path.join(os.path.abspath(fallback_dir), f"{name.replace('.', '_')}_random_init.safetensors")
+    if not os.path.exists(path):
+        tmp = _temp_beside(path)
+        try:
+            weights.write_safetensors(tmp, _random_timm_state_dict(name))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    return TimmCheckpoint(path, False, (
+        f"{FALLBACK_BANNER}: {name} weights could not be fetched, so this run uses a RANDOM-INIT "
+        f"checkpoint in timm's layout, {path}. Its predictions are meaningless; what it shows is the "
+        f"conversion and the JAX-vs-timm agreement.\n  (hub error: {reason})"))
+
+
+def _random_timm_state_dict(name: str) -> dict:
+    arch = get_pretrained_cfg(name)["architecture"]
+    if timm_available():
+        import timm
+        import torch
+        torch.manual_seed(0)
+        return {k: v.numpy() for k, v in timm.create_model(arch).state_dict().items()}
+    from .builder import create_model
+    model, variables = create_model(arch, rng=jax.random.PRNGKey(0))
+    return weights.export_timm_state_dict(model, variables)
+
+
 # --------------------------------------------------------------------------- conversion
 
 @dataclasses.dataclass

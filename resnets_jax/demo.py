@@ -13,23 +13,12 @@ import time
 import jax
 import numpy as np
 
-from . import weights
 from .builder import create_model
+from .conversion import timm_checkpoint
 from .data import sample_image_path
 from .predict import load_images, top_k
-from .registry import get_pretrained_cfg
 
 DEMO_MODEL = "resnetv2_50.a1h_in1k"
-
-
-def _local_random_checkpoint(name: str, out_dir: str) -> str:
-    import timm
-    import torch
-    from safetensors.torch import save_file
-    torch.manual_seed(0)
-    path = os.path.join(out_dir, f"{name.replace('.', '_')}_timm_random_init.safetensors")
-    save_file(timm.create_model(name.split(".")[0]).state_dict(), path)
-    return path
 
 
 def _timm_logits(name: str, checkpoint: str, x: np.ndarray) -> np.ndarray:
@@ -44,18 +33,9 @@ def _timm_logits(name: str, checkpoint: str, x: np.ndarray) -> np.ndarray:
 
 def run(name: str = DEMO_MODEL, image: str = None, out_dir: str = "demo_out", top: int = 5) -> float:
     image = image or sample_image_path()
-    os.makedirs(out_dir, exist_ok=True)
-    try:
-        checkpoint = weights.download_pretrained(get_pretrained_cfg(name))
-        print(f"Pretrained weights for {name} from the Hugging Face hub: {checkpoint}")
-        labelled = True
-    except weights.CheckpointError as e:
-        checkpoint = _local_random_checkpoint(name, out_dir)
-        print(f"HUB UNREACHABLE - LOCAL FALLBACK: {name} weights could not be fetched, so this run uses a "
-              f"timm RANDOM-INIT checkpoint written to {checkpoint}. Its predictions are meaningless; "
-              f"the JAX-vs-timm logit difference below is what it demonstrates.")
-        print(f"  (hub error: {str(e).splitlines()[0][:200]})")
-        labelled = False
+    source = timm_checkpoint(name, out_dir)
+    print(source.message)
+    checkpoint, labelled = source.path, source.pretrained
 
     t0 = time.perf_counter()
     model, variables = create_model(name, checkpoint_path=checkpoint)

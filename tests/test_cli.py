@@ -76,7 +76,7 @@ def test_demo_falls_back_to_a_labelled_local_checkpoint(tmp_path):
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("HUB UNREACHABLE - LOCAL FALLBACK") and "RANDOM-INIT" in lines[0]
-    assert (tmp_path / "demo_out" / "resnetv2_50_a1h_in1k_timm_random_init.safetensors").exists()
+    assert (tmp_path / "demo_out" / "resnetv2_50_a1h_in1k_random_init.safetensors").exists()
     diff = float(next(l for l in lines if l.startswith("max |logit difference|")).split(":")[1].split()[0])
     assert diff < 1e-3
     assert sum("Top-5" in l for l in lines) == 2

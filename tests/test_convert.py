@@ -254,3 +254,20 @@ def test_convert_many_from_an_offline_hub_cache(tmp_path, ckpt):
     assert os.listdir(tmp_path / "out") == [f"{TAG}.safetensors"]
     model, variables = rj.create_model(TAG, checkpoint_path=str(tmp_path / "out" / f"{TAG}.safetensors"))
     assert model.num_classes == 1000
+
+
+@pytest.mark.parametrize("with_timm", [True, False])
+def test_fallback_checkpoint_is_labelled_and_loads_in_timm(tmp_path, monkeypatch, with_timm):
+    """Without the hub, demos get a random-init checkpoint in timm's layout, written by timm or
+    (without torch) by our exporter, and say so; timm loads either strictly."""
+    import timm
+    from resnets_jax import conversion
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    if not with_timm:
+        monkeypatch.setattr(conversion, "timm_available", lambda: False)
+    source = conversion.timm_checkpoint("resnetv2_18.ra4_e3600_r224_in1k", tmp_path / "fallback")
+    assert not source.pretrained and source.message.startswith(conversion.FALLBACK_BANNER)
+    assert os.path.dirname(source.path) == str(tmp_path / "fallback")
+    timm.models.load_checkpoint(timm.create_model("resnetv2_18"), source.path, strict=True)
+    assert conversion.timm_checkpoint("resnetv2_18.ra4_e3600_r224_in1k", tmp_path / "fallback").path == source.path
