@@ -101,9 +101,9 @@ def _verification_input(model) -> np.ndarray:
         return create_transform(**cfg)(img)[None]
 
 
-def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = False) -> float:
-    """max |Δlogit| / max |logit| between ``model`` and timm's model loading ``checkpoint_path``
-    with timm's own reader, on the bundled photo. Needs torch and timm."""
+def timm_logits(model, checkpoint_path: str, x: np.ndarray, *, use_ema: bool = False) -> np.ndarray:
+    """timm's logits (float64 numpy) for NHWC ``x``: timm's model of ``model``'s architecture
+    and class count, loading ``checkpoint_path`` with timm's own reader. Needs torch and timm."""
     import timm
     import torch
     cfg = get_pretrained_cfg(model.variant)
@@ -111,11 +111,17 @@ def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = 
     tmodel = timm.create_model(cfg["architecture"], pretrained=False, num_classes=model.num_classes,
                                in_chans=model.in_chans, **args)
     timm.models.load_checkpoint(tmodel, checkpoint_path, use_ema=use_ema, strict=True)
+    with torch.no_grad():
+        return tmodel.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
+
+
+def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = False) -> float:
+    """max |Δlogit| / max |logit| between ``model`` and timm's model loading ``checkpoint_path``
+    with timm's own reader, on the bundled photo. Needs torch and timm."""
     x = _verification_input(model)
     with jax.default_matmul_precision("highest"):
         ours = np.asarray(jax.jit(model.apply)(variables, x), np.float64)
-    with torch.no_grad():
-        theirs = tmodel.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
+    theirs = timm_logits(model, checkpoint_path, x, use_ema=use_ema)
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 
 

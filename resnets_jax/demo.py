@@ -14,21 +14,11 @@ import jax
 import numpy as np
 
 from .builder import create_model
-from .conversion import timm_checkpoint
+from .conversion import timm_checkpoint, timm_logits
 from .data import sample_image_path
 from .predict import load_images, top_k
 
 DEMO_MODEL = "resnetv2_50.a1h_in1k"
-
-
-def _timm_logits(name: str, checkpoint: str, x: np.ndarray) -> np.ndarray:
-    import timm
-    import torch
-    from timm.models import load_checkpoint
-    model = timm.create_model(name.split(".")[0]).eval()
-    load_checkpoint(model, checkpoint)
-    with torch.no_grad():
-        return model(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
 
 
 def run(name: str = DEMO_MODEL, image: str = None, out_dir: str = "demo_out", top: int = 5) -> float:
@@ -44,7 +34,7 @@ def run(name: str = DEMO_MODEL, image: str = None, out_dir: str = "demo_out", to
     x = load_images(model, [image])
     print(f"Image: {image} -> input {x.shape} (NHWC, normalized with {name}'s eval config)")
     logits = np.asarray(jax.jit(model.apply)(variables, x))
-    ref = _timm_logits(name, checkpoint, x)
+    ref = timm_logits(model, checkpoint, x)
 
     kind = "pretrained" if labelled else "random-init, labels meaningless"
     print(f"\nTop-{top} with JAX ({jax.default_backend()}, {kind}):")
