@@ -191,9 +191,15 @@ class DataParallel:
 
     def process_counts(self, n: int) -> Tuple[int, ...]:
         """Every process's ``n``, in process order (a collective when the mesh spans processes)."""
+        return tuple(int(c) for c in self.allgather(np.int32(n)))
+
+    def allgather(self, x: np.ndarray) -> np.ndarray:
+        """Every process's ``x`` (of one shape on all), stacked in process order: ``(P, ...)``
+        (a collective when the mesh spans processes; row 0 is process 0's: a broadcast)."""
+        x = np.asarray(x)
         if not self.multi_process:
-            return (n,)
-        return tuple(int(c) for c in multihost_utils.process_allgather(np.int32(n)))
+            return x[None]
+        return np.asarray(multihost_utils.process_allgather(x))
 
     def predict(self, model, variables, local_images: np.ndarray, method: Optional[str] = None,
                 pad_to: Optional[int] = None, **kwargs) -> np.ndarray:
