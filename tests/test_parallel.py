@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from resnets_jax.parallel import DataParallel
 
@@ -60,11 +61,17 @@ def test_two_processes_equal_one(tmp_path):
     each handing in its own share, against one process with 4 devices handing in everything:
     the same sharded program, so inference rows and the parameters after one training step
     agree to fp32 rounding. (Sharded against one device is the test above.)"""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):  # 7 files, 4 per batch, 2 per process: in the last batch, process 1 has only zbroken.jpg
+        Image.fromarray(rng.integers(0, 256, (40 + 10 * i, 56, 3), np.uint8)).save(images / f"img{i}.png")
+    (images / "zbroken.jpg").write_bytes(b"not an image")
     port, base = free_port(), dict(os.environ, JAX_PLATFORMS="cpu")
     runs = [dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)) for pid in range(2)]
     runs.append(dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "multihost_vs_single.py"), str(tmp_path)], env=env,
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "multihost_vs_single.py"), str(tmp_path), str(images)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in runs]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs):
@@ -91,6 +98,12 @@ def test_two_processes_equal_one(tmp_path):
         assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < MULTIHOST_TOL
         assert np.linalg.norm(ours - ref) / np.linalg.norm(ref - initial) < UPDATE_TOL
         assert rel(r["metrics/['loss']"], one["metrics/['loss']"]) < MULTIHOST_TOL
+    # the batch job: each process decodes its share; process 0 writes every row
+    e2, e1 = np.load(tmp_path / "embed_2proc.npz"), np.load(tmp_path / "embed_1proc.npz")
+    assert list(e1["paths"]) == [f"img{i}.png" for i in range(6)] and list(e1["failed"]) == ["zbroken.jpg"]
+    for key in ("paths", "failed"):
+        np.testing.assert_array_equal(e2[key], e1[key])
+    assert rel(e2["embeddings"], e1["embeddings"]) < MULTIHOST_TOL
 
 
 def whole(leaves):

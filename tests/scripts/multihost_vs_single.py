@@ -7,7 +7,8 @@ OUT_DIR/single.npz).
 
 * inference on 21 images: process 0 takes the first 11, process 1 the last 10 (uneven); then
   3 images on process 0 and none on process 1 (an empty share), padded to the same rows;
-* one training step (batch 16, 8 per process) of ``make_train_step`` via ``DataParallel.jit_step``.
+* one training step (batch 16, 8 per process) of ``make_train_step`` via ``DataParallel.jit_step``;
+* ``embed_folder`` over IMAGE_DIR (batch 4: 2 files per process) into OUT_DIR/embed_<n>proc.npz.
 """
 import sys
 
@@ -21,6 +22,7 @@ initialize(initialization_timeout=120)  # before any device is touched; a no-op 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 import resnets_jax as rj  # noqa: E402
+from resnets_jax.embed import embed_folder  # noqa: E402
 from resnets_jax.train import TrainState, make_train_step  # noqa: E402
 
 NAME, IMAGES, SPLIT, TRAIN_BATCH, SMALL = "resnetv2_18d", 21, 11, 16, 3
@@ -31,7 +33,7 @@ def flat(tree, prefix):
             for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def main(out_dir):
+def main(out_dir, image_dir):
     pid, multi = jax.process_index(), jax.process_count() > 1
     model, variables = rj.create_model(NAME, num_classes=10, drop_path_rate=0.1, rng=jax.random.PRNGKey(0))
     rng = np.random.default_rng(0)  # the same data in every process; each takes its share
@@ -56,7 +58,9 @@ def main(out_dir):
     out.update(flat(dp.gather(metrics), "metrics"))
     out.update(devices=np.int32(dp.num_devices), process_count=np.int32(jax.process_count()))
     np.savez(f"{out_dir}/{f'process_{pid}' if multi else 'single'}.npz", **out)
+    embed_folder(model, variables, image_dir, f"{out_dir}/embed_{jax.process_count()}proc.npz", batch_size=4,
+                 dp=dp, progress=False)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])
