@@ -5,6 +5,7 @@
     resnets-jax convert NAME (--checkpoint PATH | --from-hub) --output PATH [--format F] [--force] [--verify]
     resnets-jax predict NAME IMAGE... [--weights PATH] [--top-k K] [--json]
     resnets-jax demo [NAME]
+    resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
 
 NAME is timm's ``arch`` or ``arch.tag``, or ``hf-hub:<org>/<repo>`` for a timm model on the hub.
 Errors print ``error: ...`` on stderr and exit with status 2.
@@ -69,6 +70,14 @@ def _cmd_predict(args):
             print(f"  {r['probability']:7.2%}  {r['index']:5d}  {r['label']}")
 
 
+def _cmd_embed(args):
+    from .embed import run_embed
+    res = run_embed(args.model, args.folder, args.output, weights=args.weights, force=args.force, k=args.top_k,
+                    batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+    print(f"wrote {res.output}: {res.images} images ({res.computed} computed now, {res.resumed} resumed)"
+          + (f"; {len(res.failed)} unreadable, listed as 'failed'" if res.failed else ""))
+
+
 def _cmd_demo(args):
     from .demo import run
     run(args.name)
@@ -109,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="convert a checkpoint, classify a photo, compare with timm")
     s.add_argument("name", nargs="?", default="resnetv2_50.a1h_in1k")
     s.set_defaults(fn=_cmd_demo)
+    s = sub.add_parser("embed", help="pooled embeddings (or top-k) of every image under a folder; resumable")
+    s.add_argument("folder")
+    s.add_argument("--model", required=True, help="arch, arch.tag or hf-hub:<org>/<repo>")
+    s.add_argument("--output", "-o", required=True, metavar="FILE.npz")
+    s.add_argument("--weights", help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
+    s.add_argument("--batch-size", type=int, default=64, help="images per step over all devices and hosts")
+    s.add_argument("--top-k", type=int, help="top-k predictions instead of embeddings")
+    s.add_argument("--workers", type=int, help="decoding threads per process (default: CPU count)")
+    s.add_argument("--force", action="store_true",
+                   help="replace an existing output; discard an unfinished run made with other settings")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(fn=_cmd_embed)
     return p
 
 

@@ -1,5 +1,6 @@
 """Classify images: preprocessing from the model's data config, jitted forward, top-k labels."""
-from typing import List, Optional, Sequence
+import os
+from typing import Callable, List, Optional, Sequence
 
 import jax
 import numpy as np
@@ -11,19 +12,21 @@ from .registry import get_pretrained_cfg
 
 def load_images(model, paths: Sequence[str], use_test_size: bool = False, exif_transpose: bool = False) -> np.ndarray:
     """Images -> a normalized NHWC batch, with the eval transform of the model's tag."""
-    import os
     transform = create_transform(**resolve_data_config(model, use_test_size=use_test_size),
                                  exif_transpose=exif_transpose)
-    batch = []
-    for p in paths:
-        if not os.path.isfile(p):
-            raise ValueError(f"{p}: no such image file")
-        try:
-            with Image.open(p) as img:
-                batch.append(transform(img))
-        except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{p}: not an image PIL can read ({e})") from None
-    return np.stack(batch)
+    return np.stack([load_image(p, transform) for p in paths])
+
+
+def load_image(path: str, transform: Callable) -> np.ndarray:
+    """One image file through ``transform``; a missing or unreadable file is a ValueError
+    naming it."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            return transform(img)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{path}: not an image PIL can read ({e})") from None
 
 
 def class_names(model) -> Optional[List[str]]:

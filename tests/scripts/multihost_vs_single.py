@@ -1,0 +1,66 @@
+"""Inference and one training step with DataParallel, either as one of two processes under
+``jax.distributed`` (started by tests/test_parallel.py with ``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES=2``, ``JAX_PROCESS_ID``; CPU devices from XLA_FLAGS, gloo collectives over
+loopback), each process handing in its own share of the data, or as one process with as many
+devices in all, handing in everything. Writes OUT_DIR/process_<id>.npz (one process:
+OUT_DIR/single.npz).
+
+* inference on 21 images: process 0 takes the first 11, process 1 the last 10 (uneven); then
+  3 images on process 0 and none on process 1 (an empty share), padded to the same rows;
+* one training step (batch 16, 8 per process) of ``make_train_step`` via ``DataParallel.jit_step``;
+* ``embed_folder`` over IMAGE_DIR (batch 4: 2 files per process) into OUT_DIR/embed_<n>proc.npz.
+"""
+import sys
+
+import jax
+import numpy as np
+import optax
+
+from resnets_jax.parallel import DataParallel, initialize
+
+initialize(initialization_timeout=120)  # before any device is touched; a no-op for one process
+jax.config.update("jax_default_matmul_precision", "highest")
+
+import resnets_jax as rj  # noqa: E402
+from resnets_jax.embed import embed_folder  # noqa: E402
+from resnets_jax.train import TrainState, make_train_step  # noqa: E402
+
+NAME, IMAGES, SPLIT, TRAIN_BATCH, SMALL = "resnetv2_18d", 21, 11, 16, 3
+
+
+def flat(tree, prefix):
+    return {f"{prefix}/{jax.tree_util.keystr(k)}": np.asarray(v)
+            for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def main(out_dir, image_dir):
+    pid, multi = jax.process_index(), jax.process_count() > 1
+    model, variables = rj.create_model(NAME, num_classes=10, drop_path_rate=0.1, rng=jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)  # the same data in every process; each takes its share
+    x = rng.standard_normal((IMAGES, 64, 64, 3)).astype(np.float32)
+    y = rng.integers(0, 10, IMAGES)
+    dp = DataParallel()
+    v = dp.replicate(variables)
+    if multi:
+        mine, part = (slice(0, SPLIT), slice(0, TRAIN_BATCH // 2)) if pid == 0 else \
+            (slice(SPLIT, IMAGES), slice(TRAIN_BATCH // 2, TRAIN_BATCH))
+    else:
+        mine, part = slice(0, IMAGES), slice(0, TRAIN_BATCH)
+    out = {"logits": dp.predict(model, v, x[mine]), "all_logits": dp.predict_all(model, v, x[mine])}
+    if multi:  # padded to the first call's rows per process: the same compiled program
+        out["small"] = dp.predict(model, v, x[:SMALL] if pid == 0 else x[:0], pad_to=SPLIT)
+    tx = optax.sgd(0.1, momentum=0.9)
+    state = dp.replicate(TrainState.create(variables, tx))
+    step = dp.jit_step(make_train_step(model, tx, label_smoothing=0.1))
+    state, metrics = step(state, dp.shard({"image": x[part], "label": y[part]}), dp.replicate(jax.random.PRNGKey(1)))
+    out.update(flat(dp.gather(state.variables), "variables"))
+    out.update(flat(variables, "initial"))
+    out.update(flat(dp.gather(metrics), "metrics"))
+    out.update(devices=np.int32(dp.num_devices), process_count=np.int32(jax.process_count()))
+    np.savez(f"{out_dir}/{f'process_{pid}' if multi else 'single'}.npz", **out)
+    embed_folder(model, variables, image_dir, f"{out_dir}/embed_{jax.process_count()}proc.npz", batch_size=4,
+                 dp=dp, progress=False)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
