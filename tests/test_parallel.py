@@ -38,8 +38,9 @@ def test_sharded_equals_single_device():
     assert out["logits_shape"] == [21, 10]
     assert out["logits"] < SHARDED_TOL
     assert out["loss"] < SHARDED_TOL
-    assert out["params_moved"] > 1e-4  # the step did update the parameters
-    assert out["variables"] < SHARDED_TOL  # parameters and running statistics after one step
+    # parameters and running statistics after one step, as whole-model norms (see below)
+    assert out["variables"] < MULTIHOST_TOL
+    assert out["of_update"] < UPDATE_TOL
 
 
 def test_pad_and_shard_errors():
