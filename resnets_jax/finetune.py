@@ -124,26 +124,30 @@ def _check_config(cfg: FinetuneConfig, dp: DataParallel) -> None:
         raise ValueError("Give one weights source: checkpoint (a local timm file) or pretrained (the hub)")
 
 
-def _load_model(cfg: FinetuneConfig, num_classes: int, restoring: bool):
-    """The model and its starting variables (only shapes when a checkpoint will replace them)."""
-    kwargs = dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
-                  dtype=jnp.bfloat16 if cfg.bf16 else jnp.float32)
+def _model_kwargs(cfg: FinetuneConfig, num_classes: int) -> dict:
+    return dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+                dtype=jnp.bfloat16 if cfg.bf16 else jnp.float32)
+
+
+def _initial_variables(cfg: FinetuneConfig, model, num_classes: int, restoring: bool):
+    """The starting variables (only their shapes when a checkpoint will replace them)."""
     if restoring:
-        model = build_model(cfg.model, **kwargs)
-        return model, jax.eval_shape(functools.partial(init_variables, model))
+        return jax.eval_shape(functools.partial(init_variables, model))
+    kwargs = _model_kwargs(cfg, num_classes)
     if cfg.checkpoint:
-        return create_model(cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=cfg.checkpoint), **kwargs)
-    return create_model(cfg.model, pretrained=cfg.pretrained, rng=jax.random.PRNGKey(cfg.seed), **kwargs)
+        return create_model(cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=cfg.checkpoint), **kwargs)[1]
+    return create_model(cfg.model, pretrained=cfg.pretrained, rng=jax.random.PRNGKey(cfg.seed), **kwargs)[1]
 
 
 def save_train_checkpoint(path: str, state: TrainState, *, rng: np.ndarray, epoch: int, batch: int,
                           epoch_sums: dict, history: List[dict], fingerprint: dict) -> str:
     """The whole training state (numpy), the position in the data (``epoch``, next ``batch``),
     the epoch's running metric sums and the history, as msgpack; atomic (``os.replace``)."""
-    tree = {"format": CHECKPOINT_FORMAT, "state": serialization.to_state_dict(state), "rng": np.asarray(rng),
-            "epoch": epoch, "batch": batch, "epoch_sums": epoch_sums, "history": json.dumps(history),
+    tree = {"format": CHECKPOINT_FORMAT, "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
+            "rng": np.asarray(rng), "epoch": int(epoch), "batch": int(batch),
+            "epoch_sums": {k: float(v) for k, v in epoch_sums.items()}, "history": json.dumps(history),
             "config": json.dumps(fingerprint)}
-    blob = serialization.msgpack_serialize(jax.tree_util.tree_map(np.asarray, tree))
+    blob = serialization.msgpack_serialize(tree)
 
     def write(tmp):
         with open(tmp, "wb") as f:
@@ -235,7 +239,7 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     if cfg.export:  # fail now rather than after training
         check_output(cfg.export, force=cfg.resume)
 
-    model, variables = _load_model(cfg, num_classes, restoring=cfg.resume)
+    model = build_model(cfg.model, **_model_kwargs(cfg, num_classes))
     data_cfg = resolve_data_config(model)
     chans = model.in_chans
     size = (cfg.img_size,) * 2 if cfg.img_size else tuple(data_cfg["input_size"][1:])
@@ -250,6 +254,7 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     tx = make_optimizer(cfg.opt, cfg.lr, updates, warmup_steps=warmup, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
                         weight_decay=cfg.weight_decay, momentum=cfg.momentum, accum_steps=cfg.accum_steps)
     fingerprint = _fingerprint(cfg, dataset)
+    variables = _initial_variables(cfg, model, num_classes, restoring=cfg.resume)
     rng = np.asarray(jax.random.PRNGKey(cfg.seed))
     epoch, start_batch, history = 0, 0, []
     epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
