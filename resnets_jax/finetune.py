@@ -189,8 +189,10 @@ def _progress(total: int, initial: int, enabled: bool):
 
 
 class _PlainProgress:
+    """tqdm's ``update`` / ``set_postfix_str`` / ``close`` as plain stderr lines."""
+
     def __init__(self, total: int, initial: int):
-        self.total, self.n, self.every = total, initial, max(1, total // 10)
+        self.total, self.n, self.every, self.postfix = total, initial, max(1, total // 10), ""
 
     def update(self, n: int = 1):
         self.n += n
@@ -199,8 +201,6 @@ class _PlainProgress:
 
     def set_postfix_str(self, s: str):
         self.postfix = s
-
-    postfix = ""
 
     def close(self):
         pass
@@ -280,8 +280,9 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     bar = _progress(cfg.epochs * steps_per_epoch, epoch * steps_per_epoch + start_batch, cfg.progress)
 
     def checkpoint(epoch_, batch_):
+        host_state = dp.gather(state)  # every process takes part; one writes
         if jax.process_index() == 0:
-            save_train_checkpoint(ckpt_path, dp.gather(state), rng=rng, epoch=epoch_, batch=batch_,
+            save_train_checkpoint(ckpt_path, host_state, rng=rng, epoch=epoch_, batch=batch_,
                                   epoch_sums=epoch_sums, history=history, fingerprint=fingerprint)
 
     for epoch in range(epoch, cfg.epochs):
