@@ -171,13 +171,7 @@ def timm_checkpoint(name: str, fallback_dir: str, cache_dir: Optional[str] = Non
     os.makedirs(fallback_dir, exist_ok=True)
     path = os.path.join(os.path.abspath(fallback_dir), f"{name.replace('.', '_')}_random_init.safetensors")
     if not os.path.exists(path):
-        tmp = _temp_beside(path)
-        try:
-            weights.write_safetensors(tmp, _random_timm_state_dict(name))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(path, lambda tmp: weights.write_safetensors(tmp, _random_timm_state_dict(name)))
     return TimmCheckpoint(path, False, (
         f"{FALLBACK_BANNER}: {name} weights could not be fetched, so this run uses a RANDOM-INIT "
         f"checkpoint in timm's layout, {path}. Its predictions are meaningless; what it shows is the "
