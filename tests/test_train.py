@@ -204,3 +204,53 @@ def test_weight_decay_mask_matches_timm_groups(name):
     ours = {flax_to_timm_key("params", tuple(p.key for p in path)): bool(m) for path, m in mask}
     assert ours == ref
     assert 0 < sum(ours.values()) < len(ours)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adamw"])
+def test_optimizers_match_torch(opt):
+    """``make_optimizer`` against torch's optimizer as timm builds it (SGD: decay added to the
+    gradient before the momentum; AdamW: decoupled), with timm's two groups (decay on the
+    kernel, none on the bias) and the learning rate of our schedule at every step."""
+    from resnets_jax.train import make_optimizer, warmup_cosine_schedule
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.standard_normal((3, 4)).astype(np.float32),
+              "bias": rng.standard_normal((4,)).astype(np.float32)}
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()} for _ in range(4)]
+    lr, total, warmup, wd = 0.1, 6, 2, 0.05
+    tx = make_optimizer(opt, lr, total, warmup_steps=warmup, weight_decay=wd)
+    schedule = warmup_cosine_schedule(lr, total, warmup)
+    ours = jax.tree_util.tree_map(jnp.asarray, params)
+    state = tx.init(ours)
+    theirs = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
+    groups = [{"params": [theirs["kernel"]], "weight_decay": wd}, {"params": [theirs["bias"]], "weight_decay": 0.0}]
+    if opt == "adamw":
+        topt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        topt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=opt == "sgd")
+    for t, g in enumerate(grads):
+        updates, state = tx.update(jax.tree_util.tree_map(jnp.asarray, g), state, ours)
+        ours = jax.tree_util.tree_map(lambda p, u: p + u, ours, updates)
+        for group in topt.param_groups:
+            group["lr"] = float(schedule(t))
+        for k, p in theirs.items():
+            p.grad = torch.from_numpy(g[k])
+        topt.step()
+    for k in params:
+        np.testing.assert_allclose(np.asarray(ours[k]), theirs[k].detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(np.asarray(ours[k]), params[k])
+
+
+def test_gradient_accumulation_averages_steps():
+    """accum_steps=2: parameters move once every two steps, by the update of the mean gradient."""
+    from resnets_jax.train import make_optimizer
+    rng = np.random.default_rng(0)
+    params = {"kernel": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)}
+    g1, g2 = ({"kernel": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)} for _ in range(2))
+    plain, accum = (make_optimizer("sgd", 0.1, 4, weight_decay=0.01, accum_steps=k) for k in (1, 2))
+    s = accum.init(params)
+    u1, s = accum.update(g1, s, params)
+    assert not np.any(np.asarray(u1["kernel"]))
+    u2, _ = accum.update(g2, s, params)
+    mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, g1, g2)
+    ref, _ = plain.update(mean, plain.init(params), params)
+    np.testing.assert_allclose(np.asarray(u2["kernel"]), np.asarray(ref["kernel"]), rtol=1e-6)
