@@ -135,8 +135,9 @@ def test_finetune_learns_resumes_exactly_and_exports_to_timm(folder, timm_checkp
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     history = json.loads((full / "metrics.json").read_text())["epochs"]
-    print("\n" + "\n".join(json.dumps({k: round(v, 4) for k, v in h.items()}) for h in history))
+    report = [json.dumps({k: round(v, 4) for k, v in h.items()}) for h in history]  # printed at the end (-s)
     assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["train_acc"] > history[0]["train_acc"]
     assert history[-1]["val_acc"] > 1 / len(COLORS) + 0.25  # chance is 0.5
 
     # killed (SIGKILL) as soon as its first checkpoint exists, then resumed
@@ -149,7 +150,7 @@ def test_finetune_learns_resumes_exactly_and_exports_to_timm(folder, timm_checkp
     interrupted = _state(cut)
     total_steps = int(_state(full)["state"]["step"])
     assert 0 < int(interrupted["state"]["step"]) < total_steps, "the run was not interrupted midway"
-    print(f"killed after checkpointing step {int(interrupted['state']['step'])} of {total_steps}")
+    report.append(f"killed after checkpointing step {int(interrupted['state']['step'])} of {total_steps}")
     proc = _cli([*args, "--output", cut, "--resume"], env)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
@@ -174,7 +175,9 @@ def test_finetune_learns_resumes_exactly_and_exports_to_timm(folder, timm_checkp
         Image.open(p)) for p, _ in ImageFolder(folder).samples[::8]])
     ours = np.asarray(model.apply(variables, x))
     err = rel_err(ours, timm_forward(tm, x))
-    print(f"export: timm vs ours, max |Δlogit| / max |logit| = {err:.1e}")
+    report.append(f"export: timm vs ours, max |Δlogit| / max |logit| = {err:.1e}")
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
     assert err <= PARITY_TOL
 
 
