@@ -143,7 +143,8 @@ def save_train_checkpoint(path: str, state: TrainState, *, rng: np.ndarray, epoc
                           epoch_sums: dict, history: List[dict], fingerprint: dict) -> str:
     """The whole training state (numpy), the position in the data (``epoch``, next ``batch``),
     the epoch's running metric sums and the history, as msgpack; atomic (``os.replace``)."""
-    tree = {"format": CHECKPOINT_FORMAT, "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
+    tree = {"format": CHECKPOINT_FORMAT,
+            "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
             "rng": np.asarray(rng), "epoch": int(epoch), "batch": int(batch),
             "epoch_sums": {k: float(v) for k, v in epoch_sums.items()}, "history": json.dumps(history),
             "config": json.dumps(fingerprint)}
@@ -169,8 +170,9 @@ def load_train_checkpoint(path: str, target: TrainState, fingerprint: Optional[d
         raise ValueError(f"{path} was written by a run with other settings; resuming would not continue it. "
                          + "; ".join(diff))
     state = serialization.from_state_dict(target, raw["state"])
-    bad = [f"{jax.tree_util.keystr(p)}: {np.shape(a)} vs {np.shape(b)}" for (p, a), b in
-           zip(jax.tree_util.tree_leaves_with_path(state), jax.tree_util.tree_leaves(target)) if np.shape(a) != np.shape(b)]
+    pairs = zip(jax.tree_util.tree_leaves_with_path(state), jax.tree_util.tree_leaves(target))
+    bad = [f"{jax.tree_util.keystr(p)}: {np.shape(a)} vs {np.shape(b)}" for (p, a), b in pairs
+           if np.shape(a) != np.shape(b)]
     if bad:
         raise ValueError(f"{path}: the training state does not fit the model: " + "; ".join(bad[:5]))
     return dict(raw, state=state, history=json.loads(raw["history"]), config=saved,
@@ -306,7 +308,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
                   "lr": float(schedule((epoch + 1) * steps_per_epoch // cfg.accum_steps)),
                   "seconds": time.perf_counter() - start}
         if len(val_idx):
-            val = evaluate(dp, model, state.variables, eval_batches(dataset, val_idx, cfg.batch_size, eval_transform, mode))
+            val = evaluate(dp, model, state.variables,
+                           eval_batches(dataset, val_idx, cfg.batch_size, eval_transform, mode))
             record.update(val_loss=val["loss"], val_acc=val["acc"])
         history.append(record)
         epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
