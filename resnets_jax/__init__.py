@@ -7,7 +7,7 @@
 from . import data, layers, models  # noqa: F401  (models registers every architecture)
 from . import predict  # noqa: F401
 from .builder import build_model, create_model
-from .conversion import convert_checkpoint, save_checkpoint
+from .conversion import convert_checkpoint, export_timm_checkpoint, save_checkpoint
 from .registry import get_pretrained_cfg, list_models, list_pretrained
 from .weights import (CheckpointError, convert_timm_state_dict, export_timm_state_dict,
                       load_state_dict, load_variables)
@@ -17,6 +17,6 @@ __version__ = "0.1.0"
 __all__ = [
     "create_model", "build_model", "list_models", "list_pretrained", "get_pretrained_cfg",
     "convert_timm_state_dict", "export_timm_state_dict", "load_state_dict", "load_variables", "CheckpointError",
-    "save_checkpoint", "convert_checkpoint",
+    "save_checkpoint", "convert_checkpoint", "export_timm_checkpoint",
     "data", "layers", "models",
 ]

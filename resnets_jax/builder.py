@@ -40,6 +40,7 @@ def create_model(
         rng: Optional[jax.Array] = None,
         cache_dir: Optional[str] = None,
         use_ema: bool = False,
+        pretrained_cfg_overlay: Optional[dict] = None,
         **kwargs,
 ) -> Tuple[Any, dict]:
     """Build ``model_name`` (``'arch'``, ``'arch.tag'`` as timm spells them, or
@@ -50,7 +51,10 @@ def create_model(
     Flax checkpoint written by ``save_checkpoint`` / ``resnets-jax convert``, whose recorded
     ``num_classes``/``in_chans`` are the defaults; ``use_ema`` picks a training checkpoint's EMA
     weights), else from the hub when ``pretrained`` (``cache_dir`` as huggingface_hub's), else
-    from a random init with ``rng``. Other keyword arguments go to ``build_model`` (timm's
+    from a random init with ``rng``. ``pretrained_cfg_overlay`` updates the tag's pretrained config
+    as timm's: ``dict(file=path)`` loads a local timm checkpoint as the pretrained weights, so that
+    a different ``num_classes`` gets a new classifier (``checkpoint_path`` loads a file strictly).
+    Other keyword arguments go to ``build_model`` (timm's
     meaning: ``num_classes``, ``in_chans``, ``global_pool``, ``drop_rate``, ``drop_path_rate``,
     ... and ``dtype``/``param_dtype``).
     Returns ``(model, variables)``; ``model.apply(variables, x)`` gives logits in eval mode.
@@ -69,8 +73,8 @@ def create_model(
         return model, weights.load_variables(model, state_dict)
     model = build_model(model_name, **kwargs)
     if pretrained:
-        cfg = get_pretrained_cfg(model_name)
-        state_dict = weights.load_state_dict(weights.download_pretrained(cfg, cache_dir=cache_dir))
+        cfg = {**get_pretrained_cfg(model_name), **(pretrained_cfg_overlay or {})}
+        state_dict = weights.load_state_dict(cfg.get("file") or weights.download_pretrained(cfg, cache_dir=cache_dir))
         skip, replace = (), {}
         if not model.features_only and model.num_classes != cfg["num_classes"]:
             # as timm: a new classifier, freshly initialised; everything else from the checkpoint

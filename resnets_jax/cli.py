@@ -6,6 +6,7 @@
     resnets-jax predict NAME IMAGE... [--weights PATH] [--top-k K] [--json]
     resnets-jax demo [NAME]
     resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
+    resnets-jax finetune NAME DATA_DIR --output DIR [--checkpoint F | --pretrained] [--epochs N] ... [--export F]
 
 NAME is timm's ``arch`` or ``arch.tag``, or ``hf-hub:<org>/<repo>`` for a timm model on the hub.
 Errors print ``error: ...`` on stderr and exit with status 2.
@@ -83,6 +84,45 @@ def _cmd_demo(args):
     run(args.name)
 
 
+def _cmd_finetune(args):
+    import dataclasses
+    from .finetune import FinetuneConfig, finetune
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    result = finetune(FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields}))
+    last = result.history[-1] if result.history else {}
+    print(json.dumps({"checkpoint": result.checkpoint, "step": result.step, "classes": result.classes,
+                      "export": args.export, **{k: v for k, v in last.items() if k != "seconds"}}))
+
+
+def _add_finetune_parser(sub) -> None:
+    from .finetune import FinetuneConfig
+    from .train import OPTIMIZERS
+    d = FinetuneConfig("", "", "")
+    s = sub.add_parser("finetune", help="fine-tune on a folder of images (one sub-folder per class)")
+    s.add_argument("model", help="arch or arch.tag")
+    s.add_argument("data_dir", help="a folder with one sub-folder of images per class")
+    s.add_argument("--output", "-o", dest="output_dir", required=True, metavar="DIR",
+                   help="checkpoints (last.msgpack) and metrics.json go here")
+    src = s.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", metavar="FILE", help="start from this timm checkpoint (new head if needed)")
+    src.add_argument("--pretrained", action="store_true", help="start from the tag's hub weights")
+    s.add_argument("--resume", action="store_true", help="continue from DIR/last.msgpack")
+    s.add_argument("--export", metavar="FILE.safetensors", help="write the result as a timm checkpoint")
+    s.add_argument("--num-classes", type=int, help="default: the number of class folders")
+    s.add_argument("--opt", choices=OPTIMIZERS, default=d.opt)
+    for name, typ in [("epochs", int), ("batch_size", int), ("accum_steps", int), ("lr", float), ("min_lr", float),
+                      ("warmup_epochs", float), ("warmup_lr", float), ("weight_decay", float), ("momentum", float),
+                      ("smoothing", float), ("drop_rate", float), ("drop_path_rate", float), ("img_size", int),
+                      ("hflip", float), ("val_fraction", float), ("seed", int), ("checkpoint_every", int),
+                      ("workers", int)]:
+        s.add_argument("--" + name.replace("_", "-"), type=typ, default=getattr(d, name),
+                       help=f"default: {getattr(d, name)}")
+    s.add_argument("--interpolation", default=d.interpolation, help="'random' (bilinear or bicubic), or one of them")
+    s.add_argument("--bf16", action="store_true", help="bfloat16 compute (parameters stay float32)")
+    s.add_argument("--no-progress", dest="progress", action="store_false")
+    s.set_defaults(fn=_cmd_finetune)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].strip("`: "))
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace an existing output; discard an unfinished run made with other settings")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=_cmd_embed)
+    _add_finetune_parser(sub)
     return p
 
 

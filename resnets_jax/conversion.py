@@ -19,6 +19,7 @@ from . import weights
 from .registry import get_pretrained_cfg, parse_hf_hub_name
 
 FORMATS = ("safetensors", "msgpack")
+TIMM_SAFETENSORS_METADATA = {"format": "pt"}  # what safetensors.torch.save_file (timm's writer) records
 VERIFY_TOL = 1e-4  # max |Δlogit| / max |logit| against timm, fp32: the parity suite's bound
 
 
@@ -68,14 +69,34 @@ def save_checkpoint(model, variables, output: str, *, format: Optional[str] = No
     without ``force``. Returns the absolute path."""
     output = check_output(output, force)
     format = resolve_format(output, format)
+    return write_atomic(output, lambda tmp: weights.write_flax_checkpoint(tmp, model, variables, format), force)
+
+
+def write_atomic(output: str, write: Callable[[str], None], force: bool = True) -> str:
+    """``write(path)`` to a temporary file beside ``output``, then moved onto ``output`` with
+    ``os.replace``: a reader (or a run killed mid-write) sees the old file or the new one, never
+    half of one. Without ``force``, an ``output`` that appeared meanwhile is not replaced."""
+    output = os.path.abspath(os.fspath(output))
     tmp = _temp_beside(output)
     try:
-        weights.write_flax_checkpoint(tmp, model, variables, format)
+        write(tmp)
         _commit(tmp, output, force)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return output
+
+
+def export_timm_checkpoint(model, variables, output: str, *, force: bool = False) -> str:
+    """Write ``variables`` as a timm checkpoint (``.safetensors``, timm's keys and layout) that
+    ``timm.create_model(arch, num_classes=model.num_classes, checkpoint_path=output)`` loads.
+    Atomic; refuses to overwrite without ``force``. Returns the absolute path."""
+    if not os.fspath(output).endswith(".safetensors"):  # timm reads any other name with torch.load
+        raise ValueError(f"{output}: a timm export is a .safetensors file; name it *.safetensors")
+    output = check_output(output, force)
+    state_dict = weights.export_timm_state_dict(model, variables)
+    return write_atomic(output, lambda tmp: weights.write_safetensors(tmp, state_dict, TIMM_SAFETENSORS_METADATA),
+                        force)
 
 
 # --------------------------------------------------------------------------- verification
@@ -150,13 +171,7 @@ def timm_checkpoint(name: str, fallback_dir: str, cache_dir: Optional[str] = Non
     os.makedirs(fallback_dir, exist_ok=True)
     path = os.path.join(os.path.abspath(fallback_dir), f"{name.replace('.', '_')}_random_init.safetensors")
     if not os.path.exists(path):
-        tmp = _temp_beside(path)
-        try:
-            weights.write_safetensors(tmp, _random_timm_state_dict(name))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomic(path, lambda tmp: weights.write_safetensors(tmp, _random_timm_state_dict(name)))
     return TimmCheckpoint(path, False, (
         f"{FALLBACK_BANNER}: {name} weights could not be fetched, so this run uses a RANDOM-INIT "
         f"checkpoint in timm's layout, {path}. Its predictions are meaningless; what it shows is the "

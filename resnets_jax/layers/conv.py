@@ -11,6 +11,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from .norm import stats_dtype
+
 Dtype = Any
 
 # Backends where Conv2d(split_groups=None) runs a grouped conv as one conv per group: on CPU,
@@ -90,7 +92,7 @@ class StdConv2d(Conv2d):
     eps: float = 1e-6  # timm's StdConv2d default; BiT models bind 1e-8
 
     def standardize(self, kernel: jax.Array) -> jax.Array:
-        w = kernel.astype(jnp.float32)
+        w = kernel.astype(stats_dtype(kernel.dtype))
         mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
         var = jnp.mean(jnp.square(w - mean), axis=(0, 1, 2), keepdims=True)
         return ((w - mean) * jax.lax.rsqrt(var + self.eps)).astype(kernel.dtype)

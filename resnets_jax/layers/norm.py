@@ -3,7 +3,7 @@
 Every layer takes ``train`` at call time and ``apply_act`` at construction, like timm's
 ``*Act`` layers: BatchNormAct2d and GroupNormAct apply ``act`` after the norm; EvoNorm2dS0 and
 FilterResponseNormTlu2d carry their own non-linearity. Statistics are computed in float32
-whatever the compute dtype.
+whatever the compute dtype (float64 in a float64 model: ``stats_dtype``).
 """
 from typing import Any, Callable, Optional
 
@@ -15,6 +15,12 @@ Dtype = Any
 
 TORCH_BN_MOMENTUM = 0.1  # torch's momentum weighs the *new* batch statistic (Flax's 0.9 is 1 - this)
 TORCH_NORM_EPS = 1e-5    # torch BatchNorm2d / GroupNorm default (Flax's GroupNorm default is 1e-6)
+
+
+def stats_dtype(dtype) -> Dtype:
+    """Statistics at least in float32: float32 for bf16/fp16/fp32 compute, float64 for float64
+    (a float64 model checks gradients against torch's float64 without float32 rounding)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _affine(x, scale, bias, dtype):
@@ -43,7 +49,7 @@ class BatchNormAct2d(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
-        xf = x.astype(jnp.float32)
+        xf = x.astype(stats_dtype(x.dtype))
         if train:
             mean = jnp.mean(xf, axis=(0, 1, 2))
             var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
@@ -55,8 +61,8 @@ class BatchNormAct2d(nn.Module):
                 count.value = count.value + 1
         else:
             mean, var = ra_mean.value, ra_var.value
-        mul = scale.astype(jnp.float32) * jax.lax.rsqrt(var + self.epsilon)
-        y = _affine(xf - mean, mul, bias.astype(jnp.float32), self.dtype or x.dtype)
+        mul = scale.astype(xf.dtype) * jax.lax.rsqrt(var + self.epsilon)
+        y = _affine(xf - mean, mul, bias.astype(xf.dtype), self.dtype or x.dtype)
         return self.act(y) if self.apply_act else y
 
 
@@ -75,7 +81,7 @@ class GroupNormAct(nn.Module):
         b, h, w, c = x.shape
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        xg = x.astype(jnp.float32).reshape(b, h, w, self.num_groups, c // self.num_groups)
+        xg = x.astype(stats_dtype(x.dtype)).reshape(b, h, w, self.num_groups, c // self.num_groups)
         mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
         var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
         xn = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
@@ -102,7 +108,7 @@ class EvoNorm2dS0(nn.Module):
         x = x.astype(dtype)
         if self.apply_act:
             v = self.param("v", nn.initializers.ones, (c,), self.param_dtype).astype(dtype)
-            xg = x.astype(jnp.float32).reshape(b, h, w, self.groups, c // self.groups)
+            xg = x.astype(stats_dtype(x.dtype)).reshape(b, h, w, self.groups, c // self.groups)
             var = jnp.var(xg, axis=(1, 2, 4), keepdims=True)
             std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), xg.shape).reshape(b, h, w, c)
             x = x * nn.sigmoid(x * v) / std.astype(dtype)
@@ -124,7 +130,7 @@ class FilterResponseNormTlu2d(nn.Module):
         dtype = self.dtype or x.dtype
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        xf = x.astype(jnp.float32)
+        xf = x.astype(stats_dtype(x.dtype))
         inv_rms = jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=(1, 2), keepdims=True) + self.epsilon)
         y = _affine(x.astype(dtype) * inv_rms.astype(dtype), scale, bias, dtype)
         if self.apply_act:

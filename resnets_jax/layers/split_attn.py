@@ -17,7 +17,7 @@ from flax import linen as nn
 
 from .conv import Conv2d
 from .helpers import make_divisible
-from .norm import BatchNormAct2d
+from .norm import BatchNormAct2d, stats_dtype
 
 Dtype = Any
 
@@ -92,8 +92,8 @@ class SplitAttn(nn.Module):
         x_gap = self._norm_act(x_gap, "bn1", train)
         x_attn = conv(mid_chs, 1, groups=card, use_bias=True, name="fc2")(x_gap)
 
-        # (B, radix, C) weights; the softmax/sigmoid in float32 whatever the compute dtype
-        attn = radix_softmax(x_attn.reshape(b, -1).astype(jnp.float32), radix, card).astype(x.dtype)
+        # (B, radix, C) weights; the softmax/sigmoid at least in float32 whatever the compute dtype
+        attn = radix_softmax(x_attn.reshape(b, -1).astype(stats_dtype(x_attn.dtype)), radix, card).astype(x.dtype)
         if radix > 1:
             return (x * attn[:, None, None]).sum(axis=3)
         return x * attn.reshape(b, 1, 1, -1)

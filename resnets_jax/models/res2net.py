@@ -102,8 +102,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _res2net(layers, base_width=26, scale=4, **kwargs):
-    return ResNet(block=Bottle2neck, layers=layers, base_width=base_width, block_args=(("scale", scale),), **kwargs)
+def _res2net(default_layers, base_width=26, scale=4, layers=None, **kwargs):
+    # `layers` overrides the depths as in timm (keyword arguments override the model's)
+    return ResNet(block=Bottle2neck, layers=tuple(layers or default_layers), base_width=base_width,
+                  block_args=(("scale", scale),), **kwargs)
 
 
 @register_model

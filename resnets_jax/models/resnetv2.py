@@ -333,9 +333,10 @@ def _bit(layers, width_factor, **kwargs):
                     norm_layer="groupnorm", std_conv_eps=BIT_STD_CONV_EPS, **kwargs)
 
 
-def _v2(layers, norm_layer="batchnorm", **kwargs):
-    # timm's newer ResNetV2s: plain conv (create_conv2d) with a norm+act layer
-    return ResNetV2(layers=layers, norm_layer=norm_layer, std_conv_eps=None, **kwargs)
+def _v2(default_layers, norm_layer="batchnorm", layers=None, **kwargs):
+    # timm's newer ResNetV2s: plain conv (create_conv2d) with a norm+act layer. `layers` overrides the
+    # depths as in timm (create_model(name, layers=...): keyword arguments override the model's)
+    return ResNetV2(layers=tuple(layers or default_layers), norm_layer=norm_layer, std_conv_eps=None, **kwargs)
 
 
 _basic = dict(channels=(64, 128, 256, 512), basic=True, bottle_ratio=1.0)

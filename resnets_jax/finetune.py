@@ -1,0 +1,360 @@
+"""Fine-tuning on a folder of images: a new classifier for the folder's classes, optax (SGD with
+Nesterov momentum or AdamW, warmup + cosine, weight decay on kernels only), label smoothing,
+optional bf16 compute and gradient accumulation, every device (``DataParallel``: batch sharded,
+state replicated), per-epoch metrics, checkpoints that resume exactly, and export to timm.
+
+    cfg = FinetuneConfig("resnetv2_50.a1h_in1k", "flowers/", "runs/flowers", pretrained=True, epochs=10)
+    result = finetune(cfg)                   # result.model, result.variables, result.history
+    export_timm_checkpoint(result.model, result.variables, "flowers.safetensors")
+    # timm.create_model("resnetv2_50", num_classes=len(result.classes), checkpoint_path="flowers.safetensors")
+
+Exact resume: the data order of an epoch is a function of ``(seed, epoch)``, each image's
+augmentation of ``(seed, epoch, image)``, and each step's dropout / drop path key of ``(seed,
+step)``; ``output_dir/last.msgpack`` holds the whole ``TrainState`` (parameters, running
+statistics, optimizer state, step), the position in the data and the epoch's running metrics,
+written atomically. A run killed at any point and resumed (``resume=True``) from its last
+checkpoint ends with the same parameters, bit for bit, as a run that was never interrupted.
+"""
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+
+from .builder import build_model, create_model
+from .conversion import check_output, export_timm_checkpoint, write_atomic
+from .data import create_transform, resolve_data_config
+from .image_folder import Batches, ImageFolder, eval_batches, split_indices, train_transform
+from .parallel import DataParallel
+from .train import OPTIMIZERS, TrainState, cross_entropy, make_optimizer, make_train_step, warmup_cosine_schedule
+from .weights import init_variables
+
+CHECKPOINT_NAME = "last.msgpack"
+METRICS_NAME = "metrics.json"
+CHECKPOINT_FORMAT = "resnets_jax.finetune/1"
+# settings that do not change the result: a resumed run may change them
+_RUN_ONLY = ("output_dir", "resume", "export", "checkpoint_every", "progress", "workers")
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """What ``finetune`` runs; the defaults are timm's training defaults where it has one.
+
+    Weights: ``checkpoint`` (a timm checkpoint file, loaded as timm's ``pretrained_cfg_overlay=
+    dict(file=...)``: a different number of classes gets a new classifier), else the tag's hub
+    weights with ``pretrained``, else a random init. ``num_classes``: default, the number of
+    class folders. ``img_size``: default, the model's input size."""
+
+    model: str
+    data_dir: str
+    output_dir: str
+    num_classes: Optional[int] = None
+    pretrained: bool = False
+    checkpoint: Optional[str] = None
+    epochs: int = 10
+    batch_size: int = 32               # global, over every device
+    accum_steps: int = 1               # batches per optimizer update (optax.MultiSteps)
+    opt: str = "sgd"                   # 'sgd' (Nesterov), 'momentum', 'adamw'
+    lr: float = 0.01
+    min_lr: float = 0.0
+    warmup_epochs: float = 1.0
+    warmup_lr: float = 1e-5            # timm's --warmup-lr
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    smoothing: float = 0.1             # timm's --smoothing
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    img_size: Optional[int] = None
+    interpolation: str = "random"      # timm's --train-interpolation
+    hflip: float = 0.5
+    val_fraction: float = 0.1
+    seed: int = 0
+    bf16: bool = False                 # bfloat16 compute; parameters and statistics stay float32
+    checkpoint_every: int = 0          # steps between checkpoints (0: at the end of each epoch only)
+    resume: bool = False
+    export: Optional[str] = None       # a timm .safetensors written at the end
+    progress: bool = True
+    workers: Optional[int] = None      # image decoding threads
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    model: Any
+    variables: Dict[str, Any]   # numpy
+    classes: List[str]
+    history: List[dict]         # per epoch: train_loss, train_acc, val_loss, val_acc, lr, seconds
+    step: int
+    checkpoint: str
+
+
+def _fingerprint(cfg: FinetuneConfig, dataset: ImageFolder) -> dict:
+    """What a checkpoint must agree with to be resumed by this run."""
+    out = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUN_ONLY}
+    out.update(data_dir=os.path.abspath(cfg.data_dir), classes=dataset.classes, images=len(dataset))
+    return json.loads(json.dumps(out))
+
+
+def _schedule_steps(cfg: FinetuneConfig, steps_per_epoch: int):
+    """``(total updates, warmup updates)`` of the optimizer."""
+    total_steps = cfg.epochs * steps_per_epoch
+    if total_steps % cfg.accum_steps:
+        raise ValueError(f"{cfg.epochs} epochs of {steps_per_epoch} batches do not split into optimizer updates of "
+                         f"{cfg.accum_steps} batches (accum_steps); change accum_steps or the batch size")
+    updates = total_steps // cfg.accum_steps
+    return updates, min(int(round(cfg.warmup_epochs * steps_per_epoch / cfg.accum_steps)), updates - 1)
+
+
+def _check_config(cfg: FinetuneConfig, dp: DataParallel) -> None:
+    if cfg.opt not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {cfg.opt!r}: expected one of {', '.join(OPTIMIZERS)}")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {cfg.epochs} and {cfg.batch_size}")
+    per_process = cfg.batch_size // jax.process_count()
+    if cfg.batch_size % jax.process_count() or per_process % dp.local_devices:
+        raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {dp.num_devices} devices "
+                         f"({jax.process_count()} process(es)); use a multiple of {dp.num_devices}")
+    if cfg.checkpoint and cfg.pretrained:
+        raise ValueError("Give one weights source: checkpoint (a local timm file) or pretrained (the hub)")
+
+
+def _model_kwargs(cfg: FinetuneConfig, num_classes: int) -> dict:
+    return dict(num_classes=num_classes, drop_rate=cfg.drop_rate, drop_path_rate=cfg.drop_path_rate,
+                dtype=jnp.bfloat16 if cfg.bf16 else jnp.float32)
+
+
+def _initial_variables(cfg: FinetuneConfig, model, num_classes: int, restoring: bool):
+    """The starting variables (only their shapes when a checkpoint will replace them)."""
+    if restoring:
+        return jax.eval_shape(functools.partial(init_variables, model))
+    kwargs = _model_kwargs(cfg, num_classes)
+    if cfg.checkpoint:
+        return create_model(cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=cfg.checkpoint), **kwargs)[1]
+    return create_model(cfg.model, pretrained=cfg.pretrained, rng=jax.random.PRNGKey(cfg.seed), **kwargs)[1]
+
+
+def save_train_checkpoint(path: str, state: TrainState, *, rng: np.ndarray, epoch: int, batch: int,
+                          epoch_sums: dict, history: List[dict], fingerprint: dict) -> str:
+    """The whole training state (numpy), the position in the data (``epoch``, next ``batch``),
+    the epoch's running metric sums and the history, as msgpack; atomic (``os.replace``)."""
+    tree = {"format": CHECKPOINT_FORMAT,
+            "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
+            "rng": np.asarray(rng), "epoch": int(epoch), "batch": int(batch),
+            "epoch_sums": {k: float(v) for k, v in epoch_sums.items()}, "history": json.dumps(history),
+            "config": json.dumps(fingerprint)}
+    blob = serialization.msgpack_serialize(tree)
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+    return write_atomic(path, write)
+
+
+def load_train_checkpoint(path: str, target: TrainState, fingerprint: Optional[dict] = None) -> dict:
+    """What ``save_train_checkpoint`` wrote, with ``state`` restored into ``target``'s structure
+    (arrays or shapes), checked against ``target``'s shapes and, given ``fingerprint``, against
+    the settings of the run that wrote it."""
+    raw = _read_checkpoint(path)
+    saved = json.loads(raw["config"])
+    if fingerprint is not None and saved != fingerprint:
+        diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {fingerprint.get(k)!r}"
+                for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+        raise ValueError(f"{path} was written by a run with other settings; resuming would not continue it. "
+                         + "; ".join(diff))
+    state = serialization.from_state_dict(target, raw["state"])
+    pairs = zip(jax.tree_util.tree_leaves_with_path(state), jax.tree_util.tree_leaves(target))
+    bad = [f"{jax.tree_util.keystr(p)}: {np.shape(a)} vs {np.shape(b)}" for (p, a), b in pairs
+           if np.shape(a) != np.shape(b)]
+    if bad:
+        raise ValueError(f"{path}: the training state does not fit the model: " + "; ".join(bad[:5]))
+    return dict(raw, state=state, history=json.loads(raw["history"]), config=saved,
+                epoch=int(raw["epoch"]), batch=int(raw["batch"]))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    """tqdm on stderr when installed, else a plain line every tenth of the way."""
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, initial=initial, file=sys.stderr, unit="step", dynamic_ncols=True)
+    except ImportError:
+        return _PlainProgress(total, initial)
+
+
+class _PlainProgress:
+    """tqdm's ``update`` / ``set_postfix_str`` / ``close`` as plain stderr lines."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.n, self.every, self.postfix = total, initial, max(1, total // 10), ""
+
+    def update(self, n: int = 1):
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            print(f"step {self.n}/{self.total} {self.postfix}", file=sys.stderr, flush=True)
+
+    def set_postfix_str(self, s: str):
+        self.postfix = s
+
+    def close(self):
+        pass
+
+
+def evaluate(dp: DataParallel, model, variables, batches) -> Dict[str, float]:
+    """Mean cross-entropy (no smoothing, as timm's validation) and top-1 accuracy over ``batches``."""
+    loss = correct = count = 0.0
+    for b in batches:
+        logits = dp.predict(model, variables, b["image"])
+        loss += float(cross_entropy(jnp.asarray(logits), b["label"])) * len(logits)
+        correct += float((logits.argmax(-1) == b["label"]).sum())
+        count += len(logits)
+    return {"loss": loss / count, "acc": correct / count}
+
+
+def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> FinetuneResult:
+    """Fine-tune ``cfg.model`` on ``cfg.data_dir`` (see the module docstring and ``FinetuneConfig``).
+    Checkpoints go to ``cfg.output_dir/last.msgpack`` (each epoch and every ``checkpoint_every``
+    steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``."""
+    dp = DataParallel()
+    _check_config(cfg, dp)
+    dataset = ImageFolder(cfg.data_dir)
+    num_classes = cfg.num_classes or len(dataset.classes)
+    if num_classes < len(dataset.classes):
+        raise ValueError(f"num_classes {num_classes} < the {len(dataset.classes)} class folders of {cfg.data_dir}")
+    train_idx, val_idx = split_indices(dataset.labels, cfg.val_fraction, cfg.seed)
+    if cfg.val_fraction and not len(val_idx):
+        raise ValueError(f"val_fraction {cfg.val_fraction} holds out no image of {cfg.data_dir}; raise it (or use 0)")
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    ckpt_path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
+    if cfg.resume and not os.path.exists(ckpt_path):
+        raise ValueError(f"nothing to resume: {ckpt_path} does not exist")
+    if not cfg.resume and os.path.exists(ckpt_path):
+        raise ValueError(f"{ckpt_path} exists: resume it (--resume) or choose another output directory")
+    if cfg.export:  # fail now rather than after training
+        check_output(cfg.export, force=cfg.resume)
+
+    model = build_model(cfg.model, **_model_kwargs(cfg, num_classes))
+    data_cfg = resolve_data_config(model)
+    chans = model.in_chans
+    size = (cfg.img_size,) * 2 if cfg.img_size else tuple(data_cfg["input_size"][1:])
+    mode = "RGB" if chans == 3 else "L"
+    batches = Batches(dataset, train_idx, cfg.batch_size, cfg.seed, functools.partial(
+        train_transform, size=size, mean=data_cfg["mean"], std=data_cfg["std"], interpolation=cfg.interpolation,
+        hflip=cfg.hflip), mode=mode, workers=cfg.workers)
+    eval_transform = create_transform(**{**data_cfg, "input_size": (chans, *size)})
+    steps_per_epoch = batches.steps_per_epoch
+    updates, warmup = _schedule_steps(cfg, steps_per_epoch)
+    schedule = warmup_cosine_schedule(cfg.lr, updates, warmup, cfg.warmup_lr, cfg.min_lr)  # for the log
+    tx = make_optimizer(cfg.opt, cfg.lr, updates, warmup_steps=warmup, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
+                        weight_decay=cfg.weight_decay, momentum=cfg.momentum, accum_steps=cfg.accum_steps)
+    fingerprint = _fingerprint(cfg, dataset)
+    variables = _initial_variables(cfg, model, num_classes, restoring=cfg.resume)
+    rng = np.asarray(jax.random.PRNGKey(cfg.seed))
+    epoch, start_batch, history = 0, 0, []
+    epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    if cfg.resume:
+        target = jax.eval_shape(lambda v: TrainState.create(v, tx), variables)
+        saved = load_train_checkpoint(ckpt_path, target, fingerprint)
+        state, rng, history = saved["state"], saved["rng"], saved["history"]
+        epoch, start_batch, epoch_sums = saved["epoch"], saved["batch"], saved["epoch_sums"]
+        log(f"resuming {ckpt_path}: epoch {epoch}, batch {start_batch}/{steps_per_epoch}")
+    else:
+        state = TrainState.create(variables, tx)
+    del variables
+
+    log(f"fine-tuning {cfg.model} on {len(train_idx)} images ({len(dataset.classes)} classes: "
+        f"{', '.join(dataset.classes[:8])}{', ...' if len(dataset.classes) > 8 else ''}), validating on "
+        f"{len(val_idx)}; {cfg.epochs} epochs of {steps_per_epoch} steps, batch {cfg.batch_size} over "
+        f"{dp.num_devices} device(s), {size[0]}x{size[1]} px")
+    state = dp.replicate(state)
+    step_fn = dp.jit_step(make_train_step(model, tx, cfg.smoothing))
+    rng_dev = dp.replicate(rng)
+    local = slice(jax.process_index() * (cfg.batch_size // jax.process_count()),
+                  (jax.process_index() + 1) * (cfg.batch_size // jax.process_count()))
+    bar = _progress(cfg.epochs * steps_per_epoch, epoch * steps_per_epoch + start_batch, cfg.progress)
+
+    def checkpoint(epoch_, batch_):
+        host_state = dp.gather(state)  # every process takes part; one writes
+        if jax.process_index() == 0:
+            save_train_checkpoint(ckpt_path, host_state, rng=rng, epoch=epoch_, batch=batch_,
+                                  epoch_sums=epoch_sums, history=history, fingerprint=fingerprint)
+
+    for epoch in range(epoch, cfg.epochs):
+        start = time.perf_counter()
+        for b in range(start_batch, steps_per_epoch):
+            batch = batches.batch(epoch, b)
+            state, metrics = step_fn(state, dp.shard({k: v[local] for k, v in batch.items()}), rng_dev)
+            n = len(batch["label"])
+            epoch_sums = {"loss": epoch_sums["loss"] + float(metrics["loss"]) * n,
+                          "correct": epoch_sums["correct"] + float(metrics["accuracy"]) * n,
+                          "count": epoch_sums["count"] + n}
+            step = epoch * steps_per_epoch + b + 1
+            if bar is not None:
+                bar.set_postfix_str(f"epoch {epoch} loss {float(metrics['loss']):.4f}")
+                bar.update(1)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                checkpoint(epoch, b + 1)
+        start_batch = 0
+        record = {"epoch": epoch, "train_loss": epoch_sums["loss"] / epoch_sums["count"],
+                  "train_acc": epoch_sums["correct"] / epoch_sums["count"],
+                  "lr": float(schedule((epoch + 1) * steps_per_epoch // cfg.accum_steps)),
+                  "seconds": time.perf_counter() - start}
+        if len(val_idx):
+            val = evaluate(dp, model, state.variables,
+                           eval_batches(dataset, val_idx, cfg.batch_size, eval_transform, mode))
+            record.update(val_loss=val["loss"], val_acc=val["acc"])
+        history.append(record)
+        epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+        checkpoint(epoch + 1, 0)
+        if jax.process_index() == 0:
+            write_atomic(os.path.join(cfg.output_dir, METRICS_NAME),
+                         lambda tmp: _write_json(tmp, {"classes": dataset.classes, "epochs": history}))
+        log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    if bar is not None:
+        bar.close()
+    result = _result(model, dp.gather(state), dataset, history, cfg.epochs * steps_per_epoch, ckpt_path)
+    if cfg.export and jax.process_index() == 0:
+        path = export_timm_checkpoint(model, result.variables, cfg.export, force=cfg.resume)
+        log(f"exported to {path}: timm.create_model('{model.variant.partition('.')[0]}', "
+            f"num_classes={num_classes}, checkpoint_path='{path}')")
+    return result
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+
+
+def _result(model, state: TrainState, dataset: ImageFolder, history, step: int, ckpt: str) -> FinetuneResult:
+    return FinetuneResult(model=model, variables=state.variables, classes=dataset.classes, history=history,
+                          step=step, checkpoint=ckpt)
+
+
+def _read_checkpoint(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            raw = serialization.msgpack_restore(f.read())
+        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint")
+    except (ValueError, TypeError) as e:  # msgpack's errors are ValueErrors
+        raise ValueError(f"{path}: cannot read it as a fine-tuning checkpoint ({e})") from None
+    return raw
+
+
+def load_finetuned(output_dir: str):
+    """``(model, variables)`` of the last checkpoint in a fine-tuning ``output_dir`` (numpy),
+    for ``model.apply`` or ``export_timm_checkpoint``."""
+    raw = _read_checkpoint(os.path.join(output_dir, CHECKPOINT_NAME))
+    cfg = json.loads(raw["config"])
+    model = build_model(cfg["model"], num_classes=cfg["num_classes"] or len(cfg["classes"]),
+                        dtype=jnp.bfloat16 if cfg["bf16"] else jnp.float32)
+    state = raw["state"]
+    return model, {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}

@@ -1,0 +1,178 @@
+"""Images in class folders (torchvision's ``ImageFolder`` layout), timm's training transform, and
+batches in an order that is a pure function of ``(seed, epoch)``.
+
+    root/
+      cat/ 001.jpg 002.png ...
+      dog/ ...
+
+Classes are the sorted sub-folder names (as torchvision's ``find_classes``); a class's images
+are every file below its folder with one of ``IMG_EXTENSIONS``, in sorted order. The training
+transform is timm's ``transforms_imagenet_train`` without auto-augment, colour jitter or random
+erasing: ``RandomResizedCropAndInterpolation`` (timm's sampling, drawn from a ``random.Random``
+seeded per ``(seed, epoch, image)``: the same crop as timm's with ``random.seed`` of that seed),
+a horizontal flip with probability ``hflip``, ``/255`` and normalization. Validation images
+get the eval transform of ``data.create_transform``.
+"""
+import math
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+from .data import _PIL_INTERPOLATION, to_model_mode
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+RRC_SCALE = (0.08, 1.0)  # timm's default crop area range (fraction of the image)
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # timm's default crop aspect ratio range
+RRC_ATTEMPTS = 10  # tries before the centre-crop fallback, as timm / torchvision
+RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")  # timm's 'random' interpolation picks one per image
+
+
+class ImageFolder:
+    """``samples``: ``(path, class index)`` pairs; ``classes``: the sorted class folder names.
+    A folder that is missing, has fewer than two classes, or a class without images, is refused
+    with one error saying what was found."""
+
+    def __init__(self, root: str):
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise ValueError(f"{root}: not a directory; expected a folder with one sub-folder of images per class")
+        self.root = root
+        self.classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+        if len(self.classes) < 2:
+            found = f"only the class folder {self.classes[0]!r}" if self.classes else "no class folders"
+            raise ValueError(f"{root}: {found}; expected at least two sub-folders of images, one per class")
+        self.samples: List[Tuple[str, int]] = []
+        empty = []
+        for idx, name in enumerate(self.classes):
+            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, name), followlinks=True)
+                           for f in fs if f.lower().endswith(IMG_EXTENSIONS))
+            if not files:
+                empty.append(name)
+            self.samples += [(f, idx) for f in files]
+        if empty:
+            raise ValueError(f"{root}: no images ({', '.join(IMG_EXTENSIONS)}) in class folder(s) "
+                             f"{', '.join(map(repr, empty))}")
+        self.labels = np.asarray([label for _, label in self.samples], np.int64)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int, mode: str = "RGB") -> Image.Image:
+        path = self.samples[index][0]
+        try:
+            with Image.open(path) as img:
+                img.load()  # read now: the file closes when this block ends
+                return to_model_mode(img, mode)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the image ({e})") from None
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """A held-out split, the same for the same ``(labels, val_fraction, seed)``: from each class,
+    ``round(val_fraction * n)`` images drawn at random go to validation (at least one image of
+    each class stays for training). Returns sorted ``(train, val)`` indices."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng([seed, len(labels)])
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        n_val = min(int(round(val_fraction * len(idx))), len(idx) - 1)
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """The training order of ``epoch``: a permutation of ``indices`` that depends only on
+    ``(seed, epoch)``, so a resumed run sees the same batches."""
+    return np.random.default_rng([seed, epoch]).permutation(indices)
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
+    """The augmentation RNG of one image in one epoch (independent of batch and worker)."""
+    return random.Random(int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]))
+
+
+def rrc_params(rng: random.Random, width: int, height: int, scale: Sequence[float] = RRC_SCALE,
+               ratio: Sequence[float] = RRC_RATIO) -> Tuple[int, int, int, int]:
+    """timm's ``RandomResizedCropAndInterpolation.get_params`` (the same draws from ``rng`` as
+    timm's from the ``random`` module): ``(top, left, height, width)`` of the crop."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(RRC_ATTEMPTS):
+        target_area = rng.uniform(*scale) * area
+        aspect_ratio = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if w <= width and h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height  # fallback: a centre crop within the ratio range
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def train_transform(img: Image.Image, rng: random.Random, size: Tuple[int, int], mean: Sequence[float],
+                    std: Sequence[float], interpolation: str = "random", hflip: float = 0.5,
+                    scale: Sequence[float] = RRC_SCALE, ratio: Sequence[float] = RRC_RATIO) -> np.ndarray:
+    """timm's training transform (no auto-augment, colour jitter or random erasing) of an image
+    already in the model's mode: random resized crop to ``size`` (H, W), horizontal flip with
+    probability ``hflip``, ``/255``, normalization. ``(H, W, C)`` float32."""
+    top, left, h, w = rrc_params(rng, *img.size, scale=scale, ratio=ratio)
+    interp = rng.choice(RANDOM_INTERPOLATIONS) if interpolation == "random" else interpolation
+    img = img.crop((left, top, left + w, top + h)).resize((size[1], size[0]), _PIL_INTERPOLATION[interp])
+    x = np.asarray(img, dtype=np.float32) / np.float32(255)
+    if x.ndim == 2:
+        x = x[..., None]
+    if rng.random() < hflip:
+        x = x[:, ::-1]
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+class Batches:
+    """Training batches of ``dataset[indices]``: epoch ``e`` visits ``epoch_order(indices, seed,
+    e)`` in batches of ``batch_size`` (the incomplete last batch dropped, as timm's training
+    loader), each image through ``train_transform`` with ``sample_rng(seed, e, index)``."""
+
+    def __init__(self, dataset: ImageFolder, indices: np.ndarray, batch_size: int, seed: int,
+                 transform: Callable, mode: str = "RGB", workers: Optional[int] = None):
+        if len(indices) < batch_size:
+            raise ValueError(f"{len(indices)} training images cannot fill one batch of {batch_size}: "
+                             "lower the batch size (or the validation fraction)")
+        self.dataset, self.indices, self.batch_size, self.seed = dataset, np.asarray(indices), batch_size, seed
+        self.transform, self.mode = transform, mode
+        self.pool = ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1))  # PIL decodes without the GIL
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.indices) // self.batch_size
+
+    def batch(self, epoch: int, step: int) -> dict:
+        """Batch ``step`` of ``epoch``: ``{"image": (B, H, W, C) float32, "label": (B,) int32}``."""
+        order = epoch_order(self.indices, self.seed, epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+
+        def one(i):
+            return self.transform(self.dataset.load(int(i), self.mode), sample_rng(self.seed, epoch, int(i)))
+
+        return {"image": np.stack(list(self.pool.map(one, order))),
+                "label": self.dataset.labels[order].astype(np.int32)}
+
+
+def eval_batches(dataset: ImageFolder, indices: np.ndarray, batch_size: int, transform: Callable,
+                 mode: str = "RGB"):
+    """``dataset[indices]`` in order, through the eval ``transform``, in batches (the last one
+    may be smaller)."""
+    labels = dataset.labels
+    for start in range(0, len(indices), batch_size):
+        chunk = indices[start:start + batch_size]
+        yield {"image": np.stack([transform(dataset.load(int(i), mode)) for i in chunk]),
+               "label": labels[chunk].astype(np.int32)}

@@ -1,0 +1,223 @@
+"""Fine-tuning end to end: data (ImageFolder, timm's training transform, deterministic order and
+split), a short run that learns, a run killed with SIGKILL and resumed that ends with exactly the
+uninterrupted run's state, the export loaded by timm with equal logits, and bad input.
+
+    pytest tests/test_finetune.py -s     # prints the run's metrics
+"""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from flax import serialization
+from PIL import Image
+
+import resnets_jax as rj
+from resnets_jax import cli
+from resnets_jax.finetune import CHECKPOINT_NAME, FinetuneConfig, finetune, load_finetuned
+from resnets_jax.image_folder import Batches, ImageFolder, rrc_params, split_indices, train_transform
+from timm_ref import rel_err, timm_forward
+
+from conftest import PARITY_TOL
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+COLORS = {"blue": (30, 30, 200), "red": (200, 30, 30)}  # separable classes
+IMAGES_PER_CLASS = 24
+IMAGE_SIZE = 48
+NOISE = 40  # per-pixel standard deviation, on 0..255
+MODEL = "resnetv2_18"
+INPUT_SIZE = 32  # the model's input (random resized crops of the 48 px images)
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def make_folder(root, colors=COLORS, n=IMAGES_PER_CLASS, seed=0):
+    rng = np.random.default_rng(seed)
+    for name, color in colors.items():
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(n):
+            img = np.clip(np.array(color) + rng.normal(0, NOISE, (IMAGE_SIZE, IMAGE_SIZE, 3)), 0, 255)
+            Image.fromarray(img.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("images"))
+
+
+# --------------------------------------------------------------------------- data
+
+def test_image_folder_matches_torchvision(folder):
+    from torchvision.datasets import ImageFolder as TorchImageFolder
+    ours, theirs = ImageFolder(folder), TorchImageFolder(str(folder))
+    assert ours.classes == theirs.classes == sorted(COLORS)
+    assert [(os.path.abspath(p), c) for p, c in ours.samples] == [(os.path.abspath(p), c) for p, c in theirs.samples]
+
+
+@pytest.mark.parametrize("wh", [(48, 48), (64, 40), (300, 20)])  # (300, 20): timm's centre-crop fallback
+def test_random_resized_crop_params_match_timm(wh):
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+    img = Image.new("RGB", wh)
+    for seed in range(50):
+        random.seed(seed)
+        theirs = RandomResizedCropAndInterpolation.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert rrc_params(random.Random(seed), *wh) == theirs
+
+
+@pytest.mark.parametrize("hflip", [0.0, 1.0])  # torchvision draws the flip from torch: test both ends
+def test_train_transform_matches_timm(hflip):
+    """timm's ``transforms_imagenet_train`` (no colour jitter), seeded through ``random``."""
+    from timm.data.transforms_factory import transforms_imagenet_train
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (57, 71, 3), dtype=np.uint8))
+    theirs_t = transforms_imagenet_train(INPUT_SIZE, hflip=hflip, color_jitter=None, interpolation="random",
+                                         mean=MEAN, std=STD)
+    for seed in range(8):
+        random.seed(seed)
+        theirs = theirs_t(img).numpy().transpose(1, 2, 0)
+        ours = train_transform(img, random.Random(seed), (INPUT_SIZE, INPUT_SIZE), MEAN, STD, hflip=hflip)
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_split_and_batches_are_deterministic(folder):
+    ds = ImageFolder(folder)
+    train, val = split_indices(ds.labels, 0.25, seed=0)
+    assert np.array_equal(train, split_indices(ds.labels, 0.25, seed=0)[0])
+    assert not set(train) & set(val) and len(train) + len(val) == len(ds)
+    assert np.bincount(ds.labels[val]).tolist() == [IMAGES_PER_CLASS // 4] * len(COLORS)  # stratified
+    transform = lambda img, rng: train_transform(img, rng, (INPUT_SIZE,) * 2, MEAN, STD)  # noqa: E731
+    a, b = Batches(ds, train, 8, 0, transform), Batches(ds, train, 8, 0, transform, workers=1)
+    first = a.batch(1, 2)
+    np.testing.assert_array_equal(first["image"], b.batch(1, 2)["image"])  # any thread count
+    np.testing.assert_array_equal(first["label"], b.batch(1, 2)["label"])
+    assert not np.array_equal(first["image"], a.batch(2, 2)["image"])  # another epoch, another order
+
+
+# --------------------------------------------------------------------------- end to end
+
+def _cli(args, env, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "resnets_jax.cli", "finetune", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _state(out_dir) -> dict:
+    with open(out_dir / CHECKPOINT_NAME, "rb") as f:
+        return serialization.msgpack_restore(f.read())
+
+
+@pytest.fixture(scope="module")
+def timm_checkpoint(tmp_path_factory):
+    """A timm checkpoint to start from (random init, ImageNet's 1000 classes: a new head is made)."""
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("timm") / "start.safetensors"
+    save_file(timm.create_model(MODEL).state_dict(), str(path))
+    return path
+
+
+def test_finetune_learns_resumes_exactly_and_exports_to_timm(folder, timm_checkpoint, tmp_path, capsys):
+    # the persistent compilation cache spares the second and third processes the compile; the
+    # executable (so every number) is the same
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    args = [MODEL, folder, "--checkpoint", timm_checkpoint, "--epochs", 2, "--batch-size", 12, "--img-size",
+            INPUT_SIZE, "--val-fraction", 0.25, "--opt", "adamw", "--lr", 2e-3, "--weight-decay", 0.05,
+            "--warmup-epochs", 0, "--drop-path-rate", 0.1, "--checkpoint-every", 1, "--no-progress"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    export = tmp_path / "model.safetensors"
+    proc = _cli([*args, "--output", full, "--export", export], env)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    history = json.loads((full / "metrics.json").read_text())["epochs"]
+    report = [json.dumps({k: round(v, 4) for k, v in h.items()}) for h in history]  # printed at the end (-s)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["train_acc"] > history[0]["train_acc"]
+    assert history[-1]["val_acc"] > 1 / len(COLORS) + 0.25  # chance is 0.5
+
+    # killed (SIGKILL) as soon as its first checkpoint exists, then resumed
+    proc = _cli([*args, "--output", cut], env)
+    while not (cut / CHECKPOINT_NAME).exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    interrupted = _state(cut)
+    total_steps = int(_state(full)["state"]["step"])
+    assert 0 < int(interrupted["state"]["step"]) < total_steps, "the run was not interrupted midway"
+    report.append(f"killed after checkpointing step {int(interrupted['state']['step'])} of {total_steps}")
+    proc = _cli([*args, "--output", cut, "--resume"], env)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming" in err
+    a, b = _state(full), _state(cut)
+    flat_a, flat_b = dict(_flatten(a["state"])), dict(_flatten(b["state"]))
+    assert flat_a.keys() == flat_b.keys()
+    for k in flat_a:  # parameters, running statistics, optimizer state, step: bit for bit
+        np.testing.assert_array_equal(flat_b[k], flat_a[k], err_msg=k)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in json.loads(h)]  # noqa: E731
+    assert strip(b["history"]) == strip(a["history"])  # the epoch metrics too
+
+    # a resume with other settings would not continue the run: refused, naming the difference
+    other = [a if a != 2e-3 else 1e-3 for a in args]
+    err = _error(capsys, [*other, "--output", full, "--resume"])
+    assert "other settings" in err and "lr: checkpoint 0.002, this run 0.001" in err
+
+    # the export, in timm
+    model, variables = load_finetuned(full)
+    tm = timm.create_model(MODEL, num_classes=len(COLORS), checkpoint_path=str(export))
+    x = np.stack([rj.data.create_transform(input_size=(3, INPUT_SIZE, INPUT_SIZE), mean=MEAN, std=STD)(
+        Image.open(p)) for p, _ in ImageFolder(folder).samples[::8]])
+    ours = np.asarray(model.apply(variables, x))
+    err = rel_err(ours, timm_forward(tm, x))
+    report.append(f"export: timm vs ours, max |Δlogit| / max |logit| = {err:.1e}")
+    with capsys.disabled():
+        print("\n" + "\n".join(report))
+    assert err <= PARITY_TOL
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, f"{prefix}/{k}")
+    else:
+        yield prefix, np.asarray(tree)
+
+
+# --------------------------------------------------------------------------- bad input
+
+def _error(capsys, argv) -> str:
+    assert cli.main(["finetune", *map(str, argv)]) == 2
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout,message", [
+    ({}, "no class folders"),
+    ({"cat": 2}, "only the class folder 'cat'"),
+    ({"cat": 2, "dog": 0}, "no images"),
+])
+def test_bad_folders_get_one_clear_error(tmp_path, capsys, layout, message):
+    root = tmp_path / "data"
+    root.mkdir()
+    for name, n in layout.items():
+        make_folder(root, {name: (0, 0, 0)}, n=n)
+    (root / "notes.txt").write_text("not a class")
+    err = _error(capsys, [MODEL, root, "--output", tmp_path / "out"])
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_settings_get_one_clear_error(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert "not a directory" in _error(capsys, [MODEL, tmp_path / "missing", "--output", out])
+    assert "cannot fill one batch" in _error(capsys, [MODEL, folder, "--output", out, "--batch-size", 64])
+    assert "nothing to resume" in _error(capsys, [MODEL, folder, "--output", out, "--resume"])
+    (out / CHECKPOINT_NAME).write_bytes(b"")
+    assert "--resume" in _error(capsys, [MODEL, folder, "--output", out])
+    assert "cannot read it" in _error(capsys, [MODEL, folder, "--output", out, "--resume"])
+    with pytest.raises(ValueError, match="Unknown optimizer"):
+        finetune(FinetuneConfig(MODEL, str(folder), str(tmp_path / "o2"), opt="lamb"))

@@ -1,0 +1,256 @@
+"""Training mode against timm's ``model.train()``: one architecture per family and per norm
+kind. Outputs with batch statistics, the updated running statistics, the gradient of every
+parameter of the training loss, the drop path rate of every block, and the weight decay groups.
+
+    pytest tests/test_train.py -s     # prints the measured errors and keep rates
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+import resnets_jax as rj
+from resnets_jax.layers import DropPath
+from resnets_jax.train import make_loss_fn, weight_decay_mask
+from resnets_jax.weights import flax_to_timm_key
+from timm_ref import perturb_, rel_err, timm_state_dict
+
+from conftest import PARITY_TOL
+
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+# Depth-50 models at depths (2, 1, 1, 1) (timm's `layers` override, on both sides): every kind of
+# block the family has (each stage's first block with its shortcut, a plain block) at a fraction
+# of the compile time. The registry-wide tests hold every full-depth model to timm in eval mode.
+SHALLOW = dict(layers=(2, 1, 1, 1))
+# one per family and per norm kind: BatchNorm (pre-act v2, ResNeSt's split attention, Res2Net),
+# GroupNorm, EvoNorm-S0, FRN
+CASES = {"resnetv2_18d": {}, "resnetv2_50d_gn": SHALLOW, "resnetv2_50d_evos": SHALLOW, "resnetv2_50d_frn": SHALLOW,
+         "resnest14d": {}, "res2net50_26w_4s": SHALLOW}
+BN_CASES = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s"]
+SIZE = 45  # not a multiple of 32: odd maps at every stride
+BATCH = 4
+NUM_CLASSES = 5
+SMOOTHING = 0.1  # timm's default label smoothing
+GRAD_TOL = 1e-4  # max |Δgrad| / max |grad| per parameter (the issue's bound)
+# Gradients are compared in float64 on both sides. In float32 they are not comparable at this
+# bound: a kink (ReLU, FRN's TLU max(x, tau)) sees inputs within 1e-6 of its threshold, where
+# the two frameworks' float32 rounding (~1e-5 relative by the last stage) takes different sides;
+# on 2x2 / 3x3 maps one such element moves a weight's gradient by percents. Measured on
+# resnetv2_50d_frn: timm's own float32 gradients are up to 3.6e-2 off its float64 ones.
+# A gradient that is zero in exact arithmetic (a conv bias feeding a training-mode BatchNorm, as
+# ResNeSt's fc1) is rounding noise on both sides: such a parameter (max |grad| below this share
+# of the model's largest gradient) is held to GRAD_TOL on the scale of the largest gradient.
+ZERO_GRAD_SHARE = 1e-6
+
+
+def _timm_train_step(tm, x, y):
+    """timm's training forward and backward: logits, the state dict afterwards, param grads."""
+    from timm.loss import LabelSmoothingCrossEntropy
+    tm.train()
+    dtype = next(tm.parameters()).dtype
+    with torch.enable_grad():  # the torch_device fixture turns gradients off for the session
+        logits = tm(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dtype))
+        LabelSmoothingCrossEntropy(SMOOTHING)(logits, torch.from_numpy(y)).backward()
+    grads = {k: p.grad.numpy() for k, p in tm.named_parameters()}
+    return logits.detach().numpy(), timm_state_dict(tm), grads
+
+
+def _grad_errors(ours, ref) -> dict:
+    """max |Δgrad| / max |grad| per parameter (see ZERO_GRAD_SHARE)."""
+    scale = max(np.abs(g).max() for g in ref.values())
+    errs = {}
+    for k, g in ref.items():
+        own = np.abs(g).max()
+        errs[k] = float(np.abs(ours[k] - g).max() / (own if own > ZERO_GRAD_SHARE * scale else scale))
+    return errs
+
+
+def _perturbed(name):
+    torch.manual_seed(0)
+    return perturb_(timm.create_model(name, num_classes=NUM_CLASSES, **CASES[name]))
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.standard_normal((BATCH, SIZE, SIZE, 3)).astype(np.float32),
+            "label": rng.integers(0, NUM_CLASSES, BATCH)}
+
+
+def _running_stats(sd) -> dict:
+    return {k: v for k, v in sd.items() if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def _check_running_stats(model, before, after, ref_sd, tol) -> float:
+    """Our updated running statistics against timm's (``before``/``after``: our batch_stats);
+    returns the worst relative error."""
+    ref = _running_stats(ref_sd)
+    ours = rj.export_timm_state_dict(model, {"batch_stats": after}) if after else {}
+    before = rj.export_timm_state_dict(model, {"batch_stats": before}) if before else {}
+    assert sorted(ours) == sorted(ref)
+    errs, moved = [0.0], 0.0
+    for k, v in ref.items():
+        if k.endswith("num_batches_tracked"):
+            assert ours[k] == v == before[k] + 1, k
+        else:
+            errs.append(rel_err(ours[k], v))
+            moved = max(moved, rel_err(v, before[k]))
+            assert errs[-1] <= tol, (k, errs[-1])
+    assert moved > 1e-2 or not ref  # the step did update them
+    return max(errs)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_train_step_matches_timm_float64(name):
+    """float64 on both sides: training-mode logits, updated running statistics (torch's momentum
+    0.1, unbiased variance; GN/EvoNorm/FRN models have none) and the gradient of every parameter
+    of the label-smoothed loss, in timm's names and layout."""
+    tm = _perturbed(name).double()
+    sd = {k: v.copy() for k, v in timm_state_dict(tm).items()}  # timm's step updates buffers in place
+    batch = _batch()
+    ref_logits, ref_sd, ref_grads = _timm_train_step(tm, batch["image"], batch["label"])
+    with jax.enable_x64(True):
+        model = rj.build_model(name, num_classes=NUM_CLASSES, dtype=jnp.float64, param_dtype=jnp.float64,
+                               **CASES[name])
+        variables = rj.convert_timm_state_dict(model, sd)
+        before = variables.get("batch_stats", {})
+        (_, (logits, after)), grads = jax.jit(jax.value_and_grad(make_loss_fn(model, SMOOTHING), has_aux=True))(
+            variables["params"], before, batch, jax.random.PRNGKey(0))
+        assert logits.dtype == jnp.float64
+        our_grads = rj.export_timm_state_dict(model, {"params": grads})
+        stats_err = _check_running_stats(model, before, after, ref_sd, GRAD_TOL)
+    assert sorted(our_grads) == sorted(ref_grads)
+    errs = _grad_errors(our_grads, ref_grads)
+    worst = max(errs, key=errs.get)
+    print(f"\n{name} fp64: logits {rel_err(logits, ref_logits):.1e}, running stats {stats_err:.1e}, "
+          f"grads worst {errs[worst]:.1e} ({worst}) over {len(errs)} parameters")
+    assert rel_err(logits, ref_logits) <= GRAD_TOL
+    assert errs[worst] <= GRAD_TOL, (worst, errs[worst])
+
+
+@pytest.mark.parametrize("name", BN_CASES)
+def test_train_forward_matches_timm_float32(name):
+    """float32, BatchNorm models (GN/EvoNorm/FRN have no training-mode difference but drop
+    path): training-mode logits and updated running statistics at the parity bound."""
+    tm = _perturbed(name)
+    sd = {k: v.copy() for k, v in timm_state_dict(tm).items()}
+    batch = _batch()
+    ref_logits, ref_sd, _ = _timm_train_step(tm, batch["image"], batch["label"])
+    model = rj.build_model(name, num_classes=NUM_CLASSES, **CASES[name])
+    variables = rj.convert_timm_state_dict(model, sd)
+    logits, after = jax.jit(make_loss_fn(model, SMOOTHING))(
+        variables["params"], variables["batch_stats"], batch, jax.random.PRNGKey(0))[1]
+    stats_err = _check_running_stats(model, variables["batch_stats"], after, ref_sd, PARITY_TOL)
+    print(f"\n{name} fp32: logits {rel_err(logits, ref_logits):.1e}, running stats {stats_err:.1e}")
+    assert rel_err(logits, ref_logits) <= PARITY_TOL
+
+
+DROP_PATH_RATE = 0.5  # large, so that the per-block rates are far apart
+KEEP_SAMPLES = 20000  # draws per block: the keep rate's standard error is <= 0.0035
+KEEP_TOL = 0.02  # > 5 standard errors; neighbouring blocks' rates differ by 0.03-0.07
+
+
+@pytest.mark.parametrize("name", BN_CASES)
+def test_drop_path_keep_rates_match_timm(name):
+    """Every block's DropPath module, as the model builds it in training mode (collected while
+    tracing), run on many samples: the fraction kept is 1 - timm's ``drop_path.drop_prob`` of
+    the same block (blocks without one keep all), and survivors are scaled by 1 / keep."""
+    model = rj.build_model(name, num_classes=NUM_CLASSES, drop_path_rate=DROP_PATH_RATE)
+    modules = {}
+
+    def collect(next_fun, args, kwargs, context):
+        if isinstance(context.module, DropPath) and context.method_name == "__call__":
+            path = flax_to_timm_key("params", (*context.module.path, "")).rstrip(".")
+            modules[path] = context.module.clone(parent=None)
+        return next_fun(*args, **kwargs)
+
+    key = jax.random.PRNGKey(0)
+    with nn.intercept_methods(collect):
+        jax.eval_shape(functools.partial(model.init, train=True), {"params": key, "dropout": key},
+                       jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+    kept = {}
+    for i, (k, module) in enumerate(modules.items()):
+        y = np.asarray(module.apply({}, jnp.ones((KEEP_SAMPLES, 1, 1, 1)), True,
+                                    rngs={"dropout": jax.random.fold_in(key, i)})).ravel()
+        np.testing.assert_allclose(y[y > 0], 1.0 / (1.0 - module.rate), rtol=1e-6)
+        kept[k] = float((y > 0).mean())
+
+    tm = timm.create_model(name, device="meta", num_classes=NUM_CLASSES, drop_path_rate=DROP_PATH_RATE)
+    ref = {f"{k}.drop_path": 1.0 - getattr(m.drop_path, "drop_prob", 0.0)  # None / Identity: keeps all
+           for k, m in tm.named_modules() if hasattr(m, "drop_path")}
+    assert sorted(kept) == sorted(ref)
+    print(f"\n{name}: per block, measured keep rate / timm's 1 - drop_prob")
+    print("\n".join(f"  {k}: {kept[k]:.4f} / {ref[k]:.4f}" for k in ref))
+    worst = max(abs(kept[k] - ref[k]) for k in ref)
+    assert worst <= KEEP_TOL, worst
+    assert max(ref.values()) - min(ref.values()) > 0.2  # the schedule does vary across blocks
+
+
+@pytest.mark.parametrize("name", ["resnetv2_50d_evos", "resnetv2_50d_frn", "resnest14d"])
+def test_weight_decay_mask_matches_timm_groups(name):
+    """Decay exactly the parameters timm's ``param_groups_weight_decay`` puts in its decay group."""
+    from timm.optim import param_groups_weight_decay
+    tm = timm.create_model(name, device="meta", num_classes=NUM_CLASSES)
+    names = {id(p): k for k, p in tm.named_parameters()}
+    groups = param_groups_weight_decay(tm, weight_decay=0.05)
+    ref = {names[id(p)]: g["weight_decay"] > 0 for g in groups for p in g["params"]}
+    model = rj.build_model(name, num_classes=NUM_CLASSES)
+    params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)))["params"]
+    mask = jax.tree_util.tree_leaves_with_path(weight_decay_mask(params))
+    ours = {flax_to_timm_key("params", tuple(p.key for p in path)): bool(m) for path, m in mask}
+    assert ours == ref
+    assert 0 < sum(ours.values()) < len(ours)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adamw"])
+def test_optimizers_match_torch(opt):
+    """``make_optimizer`` against torch's optimizer as timm builds it (SGD: decay added to the
+    gradient before the momentum; AdamW: decoupled), with timm's two groups (decay on the
+    kernel, none on the bias) and the learning rate of our schedule at every step."""
+    from resnets_jax.train import make_optimizer, warmup_cosine_schedule
+    rng = np.random.default_rng(0)
+    params = {"kernel": rng.standard_normal((3, 4)).astype(np.float32),
+              "bias": rng.standard_normal((4,)).astype(np.float32)}
+    grads = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()} for _ in range(4)]
+    lr, total, warmup, wd = 0.1, 6, 2, 0.05
+    tx = make_optimizer(opt, lr, total, warmup_steps=warmup, weight_decay=wd)
+    schedule = warmup_cosine_schedule(lr, total, warmup)
+    ours = jax.tree_util.tree_map(jnp.asarray, params)
+    state = tx.init(ours)
+    theirs = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in params.items()}
+    groups = [{"params": [theirs["kernel"]], "weight_decay": wd}, {"params": [theirs["bias"]], "weight_decay": 0.0}]
+    if opt == "adamw":
+        topt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        topt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=opt == "sgd")
+    for t, g in enumerate(grads):
+        updates, state = tx.update(jax.tree_util.tree_map(jnp.asarray, g), state, ours)
+        ours = jax.tree_util.tree_map(lambda p, u: p + u, ours, updates)
+        for group in topt.param_groups:
+            group["lr"] = float(schedule(t))
+        for k, p in theirs.items():
+            p.grad = torch.from_numpy(g[k])
+        topt.step()
+    for k in params:
+        np.testing.assert_allclose(np.asarray(ours[k]), theirs[k].detach().numpy(), rtol=1e-5, atol=1e-6)
+        assert not np.allclose(np.asarray(ours[k]), params[k])
+
+
+def test_gradient_accumulation_averages_steps():
+    """accum_steps=2: parameters move once every two steps, by the update of the mean gradient."""
+    from resnets_jax.train import make_optimizer
+    rng = np.random.default_rng(0)
+    params = {"kernel": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)}
+    g1, g2 = ({"kernel": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)} for _ in range(2))
+    plain, accum = (make_optimizer("sgd", 0.1, 4, weight_decay=0.01, accum_steps=k) for k in (1, 2))
+    s = accum.init(params)
+    u1, s = accum.update(g1, s, params)
+    assert not np.any(np.asarray(u1["kernel"]))
+    u2, _ = accum.update(g2, s, params)
+    mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, g1, g2)
+    ref, _ = plain.update(mean, plain.init(params), params)
+    np.testing.assert_allclose(np.asarray(u2["kernel"]), np.asarray(ref["kernel"]), rtol=1e-6)
