@@ -12,6 +12,8 @@ SMALL_MODEL = "resnetv2_18d.ra4_e3600_r224_in1k"
 SMALL = {
     "tpu_inference": {"NB_MODEL": SMALL_MODEL, "NB_BATCH_PER_DEVICE": "2", "NB_TIMED_RUNS": "1"},
     "convert_and_verify": {"NB_MODELS": SMALL_MODEL},
+    "finetune": {"NB_MODEL": SMALL_MODEL, "NB_EPOCHS": "2", "NB_IMG_SIZE": "48", "NB_IMAGES_PER_CLASS": "12",
+                 "NB_BATCH": "8"},
 }
 
 
@@ -42,3 +44,7 @@ def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
         assert SMALL_MODEL in table and "| 100% |" in table
     if name == "tpu_inference":
         assert "images/s" in out
+    if name == "finetune":
+        assert "epoch 1 train_loss" in out  # both epochs ran
+        diff = float(out.split("max |logit JAX - logit timm| = ")[1].split()[0])
+        assert diff < 1e-4  # the export, loaded by timm itself
