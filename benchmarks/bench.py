@@ -228,6 +228,11 @@ def machine_header():
             f"{datetime.date.today().isoformat()}")
 
 
+def load_note():
+    """Other processes compete for the cores: the 1-min load average, said beside the figures."""
+    return "load average %.1f / %.1f / %.1f (1 / 5 / 15 min)" % os.getloadavg()
+
+
 def _fmt(v, digits=1):
     if v is None:
         return "-"
@@ -236,9 +241,10 @@ def _fmt(v, digits=1):
     return f"{v:.{digits}f}"
 
 
-def write_markdown(rows, path, header, args):
+def write_markdown(rows, path, header, args, loads):
     lines = [
         f"# resnets_jax vs timm: inference on {header}", "",
+        f"Machine load: {loads[0]} at the start, {loads[1]} at the end.", "",
         f"`{' '.join(['python', 'benchmarks/bench.py'] + sys.argv[1:])}`", "",
         f"images/s: median of {args.repeats} calls, ours and timm's interleaved in one process, same input "
         "and weights. Ours: `rj.jit(model.apply)` (jitted, `rj.compiler_options()`); timm: eager, "
@@ -314,7 +320,8 @@ def main():
                    help="path prefix of the .csv/.md/.png written (default: benchmarks/results/bench)")
     args = p.parse_args()
     header = machine_header()
-    print(header, flush=True)
+    loads = [load_note()]
+    print(header, loads[0], flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="resnets_jax_bench_xla_") as cache_dir:
         for name in args.models:
@@ -327,9 +334,10 @@ def main():
                           f"timm {_fmt(r.get('timm_img_s'))} img/s, x{_fmt(r.get('jax_vs_timm'), 2)} "
                           f"vs timm, x{_fmt(r.get('jax_vs_compiled'), 2)} vs torch.compile; first call "
                           f"{_fmt(r.get('jax_first_call_s'))} s ({time.perf_counter() - t:.0f} s)", flush=True)
+    loads.append(load_note())
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     write_csv(rows, args.output + ".csv")
-    write_markdown(rows, args.output + ".md", header, args)
+    write_markdown(rows, args.output + ".md", header, args, loads)
     plot(rows, args.output + ".png", header)
     print(f"wrote {args.output}.csv, .md, .png")
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import weights
 from .registry import get_pretrained_cfg, parse_hf_hub_name
+from .xla import jit
 
 FORMATS = ("safetensors", "msgpack")
 VERIFY_TOL = 1e-4  # max |Δlogit| / max |logit| against timm, fp32: the parity suite's bound
@@ -113,7 +114,7 @@ def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = 
     timm.models.load_checkpoint(tmodel, checkpoint_path, use_ema=use_ema, strict=True)
     x = _verification_input(model)
     with jax.default_matmul_precision("highest"):
-        ours = np.asarray(jax.jit(model.apply)(variables, x), np.float64)
+        ours = np.asarray(jit(model.apply)(variables, x), np.float64)
     with torch.no_grad():
         theirs = tmodel.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())

@@ -18,6 +18,7 @@ from .builder import create_model
 from .data import sample_image_path
 from .predict import load_images, top_k
 from .registry import get_pretrained_cfg
+from .xla import jit
 
 DEMO_MODEL = "resnetv2_50.a1h_in1k"
 
@@ -63,7 +64,7 @@ def run(name: str = DEMO_MODEL, image: str = None, out_dir: str = "demo_out", to
 
     x = load_images(model, [image])
     print(f"Image: {image} -> input {x.shape} (NHWC, normalized with {name}'s eval config)")
-    logits = np.asarray(jax.jit(model.apply)(variables, x))
+    logits = np.asarray(jit(model.apply)(variables, x))
     ref = _timm_logits(name, checkpoint, x)
 
     kind = "pretrained" if labelled else "random-init, labels meaningless"

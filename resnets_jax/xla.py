@@ -24,8 +24,10 @@ BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 CACHE_DIR_ENV = "RESNETS_JAX_CACHE_DIR"
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "resnets_jax", "xla")
 # Our forward passes compile in seconds (resnest101e: ~10 s on 2 cores); programs that compile
-# faster than this are cheaper to recompile than to hash, store and read back.
+# faster than this are cheaper to recompile than to hash, store and read back. JAX's own
+# JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, wins.
 MIN_CACHED_COMPILE_SECS = 0.5
+MIN_COMPILE_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 
 
 @functools.lru_cache(maxsize=None)
@@ -54,16 +56,19 @@ def jit(fun, **kwargs):
     return jax.jit(fun, compiler_options=options, **kwargs)
 
 
-def enable_compilation_cache(path: Optional[str] = None,
-                             min_compile_time_secs: float = MIN_CACHED_COMPILE_SECS) -> str:
+def enable_compilation_cache(path: Optional[str] = None, min_compile_time_secs: Optional[float] = None) -> str:
     """Turn on JAX's persistent compilation cache: compiled programs are written to ``path``
     (default ``$RESNETS_JAX_CACHE_DIR``, else ``~/.cache/resnets_jax/xla``) and a later process
     compiling the same program (same model, shapes, dtype, options, jax version) loads it
-    instead of compiling. Call it before the first compilation. Returns the directory.
+    instead of compiling. Programs compiling in less than ``min_compile_time_secs`` are not
+    stored (default: ``$JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS``, else 0.5 s). Call it before
+    the first compilation. Returns the directory.
 
     The cache is trusted code: do not point it at a directory others can write to."""
     path = os.path.abspath(os.path.expanduser(path or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR))
     os.makedirs(path, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", path)
+    if min_compile_time_secs is None:
+        min_compile_time_secs = float(os.environ.get(MIN_COMPILE_TIME_ENV, MIN_CACHED_COMPILE_SECS))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
     return path

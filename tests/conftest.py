@@ -3,8 +3,14 @@
 CPU (CI): timm on CPU. GPU: timm on CUDA with TF32 off, JAX at 'highest' matmul precision.
 TPU: JAX on the TPU (highest precision) against timm on the CPU.
 """
+import os
+
 import jax
 import pytest
+
+# The CLI turns JAX's persistent compilation cache on; tests that call it in-process must not
+# fill the user's ~/.cache (tests/test_cli.py checks the cache in subprocesses of its own).
+os.environ.setdefault("RESNETS_JAX_NO_COMPILE_CACHE", "1")
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
