@@ -1,7 +1,8 @@
 """Inference throughput of our models against timm's, side by side on one machine.
 
     python benchmarks/bench.py [--models resnetv2_50 ...] [--batch 1 8 32] [--dtype fp32 bf16]
-                               [--repeats 3] [--torch-compile 8] [--torch-compile-timeout 300]
+                               [--repeats 3] [--torch-compile 8] [--torch-compile-dtype fp32]
+                               [--torch-compile-timeout 300]
                                [--output benchmarks/results/NAME]
 
 Per seed model at its native input size (the pretrained cfg's), batch size and dtype, each in
@@ -15,7 +16,7 @@ fresh subprocesses:
 - ``first``: the first call (compile + run) and the peak RSS (``getrusage`` high-water mark) of a
   fresh process that imports one framework, builds one model and runs it; for JAX the peak
   includes XLA's compilation, and XLA's memory analysis gives the executable's temp buffers.
-- ``torch.compile`` (batch sizes in ``--torch-compile``): timm's model under ``torch.compile``,
+- ``torch.compile`` (batch sizes in ``--torch-compile``, dtypes in ``--torch-compile-dtype``): timm's model under ``torch.compile``,
   time-boxed; its speed is timed interleaved with timm eager in that process, and our ratio to
   it is (ours / eager) / (compiled / eager). A failure or timeout is reported as such.
 
@@ -202,7 +203,7 @@ def measure(name, dtype, batch, args, cache_dir, log):
     row.update({k: speed.get(k) for k in ("jax_img_s", "timm_img_s", "jax_vs_timm", "max_rel_diff")})
     errors = {k: r["error"] for k, r in (("jax first call", first_jax), ("timm first call", first_timm),
                                          ("speed", speed)) if "error" in r}
-    if batch in args.torch_compile:
+    if batch in args.torch_compile and dtype in args.torch_compile_dtype:
         comp = run_worker("first", dict(cfg, impl="timm-compile"), args.torch_compile_timeout)
         if "error" in comp:
             row["jax_vs_compiled"] = f"torch.compile failed: {comp['error']}"
@@ -315,6 +316,8 @@ def main():
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     p.add_argument("--torch-compile", nargs="*", type=int, default=[], metavar="BATCH",
                    help="batch sizes at which to try timm under torch.compile (default: none)")
+    p.add_argument("--torch-compile-dtype", nargs="+", choices=DTYPES, default=["fp32"],
+                   help="dtypes at which to try torch.compile (default: fp32)")
     p.add_argument("--torch-compile-timeout", type=float, default=300, help="seconds per torch.compile try")
     p.add_argument("--output", default=os.path.join(RESULTS_DIR, "bench"),
                    help="path prefix of the .csv/.md/.png written (default: benchmarks/results/bench)")

@@ -34,17 +34,17 @@ MIN_COMPILE_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 def _accepted(backend: str, options: tuple) -> bool:
     """Whether this jaxlib knows the options (older ones reject unknown flags at compile time)."""
     try:
-        jax.jit(jnp.negative, backend=backend, compiler_options=dict(options)).lower(1.0).compile()
+        jax.jit(jnp.negative, compiler_options=dict(options)).lower(1.0).compile()
     except Exception:  # jaxlib raises XlaRuntimeError / ValueError depending on the version
         return False
     return True
 
 
-def compiler_options(backend: Optional[str] = None) -> dict:
-    """The XLA compiler options that make our models fastest on ``backend`` (default: JAX's
-    default backend), for ``jax.jit(..., compiler_options=...)``; empty where XLA's defaults
-    are best or this jaxlib does not know them."""
-    backend = backend or jax.default_backend()
+def compiler_options() -> dict:
+    """The XLA compiler options that make our models fastest on JAX's default backend, for
+    ``jax.jit(..., compiler_options=...)``; empty where XLA's defaults are best or this jaxlib
+    does not know them."""
+    backend = jax.default_backend()
     options = BACKEND_COMPILER_OPTIONS.get(backend, {})
     return dict(options) if options and _accepted(backend, tuple(sorted(options.items()))) else {}
 
