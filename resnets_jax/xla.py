@@ -13,11 +13,11 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-# XLA:CPU hands convolutions to YNNPACK by default (`xla_cpu_experimental_ynn_fusion_type`). On
-# these networks XLA's own (Eigen) convolutions are faster end to end: 1.3-1.7x on resnest101e,
-# res2net101_26w_4s and resnetv2_50 at batch 8 (benchmarks/bench.py, 2-core AVX-512 Xeon),
-# 2.5x on ResNeSt's grouped convs. Dots (the classifier) stay on YNNPACK. Same sums, so parity
-# holds (tests/test_parity.py runs with these options through rj.jit).
+# XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default (`xla_cpu_experimental_ynn_fusion_type`).
+# On these networks XLA's own (Eigen) convolutions are faster end to end: 1.12x on resnest101e,
+# 1.47x on resnetv2_50, 1.96x on res2net101_26w_4s at batch 8 fp32 (benchmarks/before_after.py,
+# 2-core AVX-512 Xeon; also faster in bf16), 2.4x on ResNeSt's grouped 3x3. Dots (the classifier)
+# stay on YNNPACK. Same sums to rounding: parity holds (tests/test_parity.py jits with rj.jit).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 
