@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow clean
+.PHONY: demo test test-slow bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow --durations=15
+
+# Our models against timm's (images/s, first call, peak memory): benchmarks/results/bench.{csv,md,png}.
+# Modest defaults (~10 min on 2 cores); e.g. BENCH_ARGS="--batch 1 8 32 --torch-compile 8" for more.
+BENCH_ARGS ?= --batch 1 8 --dtype fp32 bf16
+bench: $(STAMP)
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -8,14 +8,21 @@
     resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
     resnets-jax finetune NAME DATA_DIR --output DIR [--checkpoint F | --pretrained] [--epochs N] ... [--export F]
 
+Compiled programs are kept in JAX's persistent compilation cache (``$RESNETS_JAX_CACHE_DIR/xla``,
+default ``~/.cache/resnets_jax/xla``), so a second run does not recompile; ``--no-compile-cache``
+or ``RESNETS_JAX_NO_COMPILE_CACHE=1`` turns it off.
+
 NAME is timm's ``arch`` or ``arch.tag``, or ``hf-hub:<org>/<repo>`` for a timm model on the hub.
 Errors print ``error: ...`` on stderr and exit with status 2.
 """
 import argparse
 import json
+import os
 import sys
 
 from .registry import list_models, list_pretrained
+
+NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
 
 
 def _cmd_list(args):
@@ -125,6 +132,8 @@ def _add_finetune_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].strip("`: "))
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help=f"do not use the persistent compilation cache (or set {NO_COMPILE_CACHE_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("list", help="architectures (or pretrained arch.tag names) matching a pattern")
     s.add_argument("pattern", nargs="?")
@@ -177,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if not (args.no_compile_cache or os.environ.get(NO_COMPILE_CACHE_ENV, "") not in ("", "0")):
+            from .xla import enable_compilation_cache
+            enable_compilation_cache()
         args.fn(args)
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import weights
 from .registry import get_pretrained_cfg, parse_hf_hub_name
+from .xla import jit
 
 FORMATS = ("safetensors", "msgpack")
 TIMM_SAFETENSORS_METADATA = {"format": "pt"}  # what safetensors.torch.save_file (timm's writer) records
@@ -141,7 +142,7 @@ def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = 
     with timm's own reader, on the bundled photo. Needs torch and timm."""
     x = _verification_input(model)
     with jax.default_matmul_precision("highest"):
-        ours = np.asarray(jax.jit(model.apply)(variables, x), np.float64)
+        ours = np.asarray(jit(model.apply)(variables, x), np.float64)
     theirs = timm_logits(model, checkpoint_path, x, use_ema=use_ema)
     return float(np.abs(ours - theirs).max() / np.abs(theirs).max())
 

@@ -17,6 +17,7 @@ from .builder import create_model
 from .conversion import timm_checkpoint, timm_logits
 from .data import sample_image_path
 from .predict import load_images, top_k
+from .xla import jit
 
 DEMO_MODEL = "resnetv2_50.a1h_in1k"
 
@@ -33,7 +34,7 @@ def run(name: str = DEMO_MODEL, image: str = None, out_dir: str = "demo_out", to
 
     x = load_images(model, [image])
     print(f"Image: {image} -> input {x.shape} (NHWC, normalized with {name}'s eval config)")
-    logits = np.asarray(jax.jit(model.apply)(variables, x))
+    logits = np.asarray(jit(model.apply)(variables, x))
     ref = timm_logits(model, checkpoint, x)
 
     kind = "pretrained" if labelled else "random-init, labels meaningless"

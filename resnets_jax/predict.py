@@ -2,12 +2,12 @@
 import os
 from typing import Callable, List, Optional, Sequence
 
-import jax
 import numpy as np
 from PIL import Image
 
 from .data import create_transform, imagenet_class_names, resolve_data_config, synset_lemmas
 from .registry import get_pretrained_cfg
+from .xla import jit
 
 
 def load_images(model, paths: Sequence[str], use_test_size: bool = False, exif_transpose: bool = False) -> np.ndarray:
@@ -66,5 +66,5 @@ def top_k(logits: np.ndarray, k: int = 5, names: Optional[Sequence[str]] = None)
 
 
 def predict(model, variables, paths: Sequence[str], k: int = 5, exif_transpose: bool = False) -> List[List[dict]]:
-    logits = jax.jit(model.apply)(variables, load_images(model, paths, exif_transpose=exif_transpose))
+    logits = jit(model.apply)(variables, load_images(model, paths, exif_transpose=exif_transpose))
     return top_k(np.asarray(logits), k, names=class_names(model))

@@ -1,5 +1,6 @@
 """The command line and the demo, run as a user runs them."""
 import json
+import os
 import subprocess
 import sys
 
@@ -80,3 +81,30 @@ def test_demo_falls_back_to_a_labelled_local_checkpoint(tmp_path):
     diff = float(next(l for l in lines if l.startswith("max |logit difference|")).split(":")[1].split()[0])
     assert diff < 1e-3
     assert sum("Top-5" in l for l in lines) == 2
+
+
+def _cache_entries(path):
+    return sorted(p.name for p in path.iterdir()) if path.exists() else []
+
+
+def test_cli_fills_and_reuses_the_compilation_cache(tmp_path):
+    cache = tmp_path / "xla"
+    env = dict(os.environ, RESNETS_JAX_CACHE_DIR=str(tmp_path),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # store every program, however fast
+    env.pop("RESNETS_JAX_NO_COMPILE_CACHE", None)  # conftest turns it off for in-process CLI calls
+    info = [sys.executable, "-m", "resnets_jax.cli", "info", "resnetv2_18"]
+
+    def run(*args):
+        res = subprocess.run(info[:3] + list(args) + info[3:], env=env, capture_output=True, text=True,
+                             timeout=600)
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    out = run("--no-compile-cache")
+    assert _cache_entries(cache) == []
+    assert run() == out
+    first = _cache_entries(cache)
+    assert any(name.startswith("jit_apply") for name in first), first
+    # a second process finds the same programs: it reads the entries instead of adding new ones
+    assert run() == out
+    assert _cache_entries(cache) == first

@@ -4,7 +4,6 @@ Each test builds timm's model, perturbs every parameter and buffer, converts its
 and compares logits at a standard and an odd input size (batch 2), plus the conversion round
 trip. Tolerance: ``PARITY_TOL`` (max |Δlogit| / max |logit|), stated per backend in conftest.
 """
-import jax
 import numpy as np
 import pytest
 
@@ -47,7 +46,7 @@ def test_logits_match_timm(name, torch_device):
         assert back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape, k
         np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
 
-    apply = jax.jit(model.apply)
+    apply = rj.jit(model.apply)  # with rj.compiler_options(), as we recommend
     rng = np.random.default_rng(0)
     standard = min(rj.get_pretrained_cfg(name)["input_size"][-1], MAX_STANDARD_SIZE)
     for size in REDUCED_SIZES.get(name, (standard, ODD_SIZE)):
