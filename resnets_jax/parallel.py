@@ -25,6 +25,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .xla import jit
+
 DATA_AXIS = "data"
 # The launcher's settings for `initialize` (JAX itself reads only JAX_COORDINATOR_ADDRESS).
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"
@@ -164,7 +166,11 @@ class DataParallel:
     def jit_step(self, step_fn: Callable, donate_state: bool = True) -> Callable:
         """``step_fn(state, batch, rng) -> (state, metrics)`` jitted with the state and the RNG
         key replicated and the batch sharded; the new state and the metrics (means over the
-        global batch) come back replicated."""
+        global batch) come back replicated.
+
+        Plain ``jax.jit``, not ``rj.jit``: the CPU compiler options that speed up inference
+        lose precision in the backward pass (one SGD step of resnetv2_18d lands 1e-2 of the
+        update away from float64's, against 5e-6 with XLA's defaults)."""
         return jax.jit(step_fn, in_shardings=(self.replicated, self.batch_sharding, self.replicated),
                        out_shardings=(self.replicated, self.replicated),
                        donate_argnums=(0,) if donate_state else ())
@@ -176,7 +182,7 @@ class DataParallel:
         if key not in self._jitted:
             def apply(variables, x):
                 return model.apply(variables, x, method=method, **kwargs)
-            self._jitted[key] = jax.jit(apply, in_shardings=(self.replicated, self.batch_sharding),
+            self._jitted[key] = jit(apply, in_shardings=(self.replicated, self.batch_sharding),
                                         out_shardings=self.batch_sharding)
         return self._jitted[key]
 

@@ -20,6 +20,9 @@ from .cache import cache_dir
 # 1.47x on resnetv2_50, 1.96x on res2net101_26w_4s at batch 8 fp32 (benchmarks/before_after.py,
 # 2-core AVX-512 Xeon; also faster in bf16), 2.4x on ResNeSt's grouped 3x3. Dots (the classifier)
 # stay on YNNPACK. Same sums to rounding: parity holds (tests/test_parity.py jits with rj.jit).
+# For inference only: in a backward pass these options lose precision (one SGD step of
+# resnetv2_18d lands 1e-2 of the update away from float64's, 5e-6 with XLA's defaults), so
+# training steps (DataParallel.jit_step) keep plain jax.jit.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 
