@@ -15,15 +15,16 @@ import jax.numpy as jnp
 
 from .cache import cache_dir
 
-# XLA:CPU (jaxlib 0.10) hands convolutions to YNNPACK by default (`xla_cpu_experimental_ynn_fusion_type`).
-# On these networks XLA's own (Eigen) convolutions are faster end to end: 1.12x on resnest101e,
-# 1.47x on resnetv2_50, 1.96x on res2net101_26w_4s at batch 8 fp32 (benchmarks/before_after.py,
-# 2-core AVX-512 Xeon; also faster in bf16), 2.4x on ResNeSt's grouped 3x3. Dots (the classifier)
-# stay on YNNPACK. Same sums to rounding: parity holds (tests/test_parity.py jits with rj.jit).
-# For inference only: in a backward pass these options lose precision (one SGD step of
-# resnetv2_18d lands 1e-2 of the update away from float64's, 5e-6 with XLA's defaults), so
-# training steps (DataParallel.jit_step) keep plain jax.jit.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# XLA:CPU (jaxlib 0.10) hands convolutions, dots, reductions and elementwise fusions to YNNPACK
+# by default (`xla_cpu_experimental_ynn_fusion_type`). On these networks XLA's own (Eigen)
+# convolutions are faster end to end (1.2-1.5x at batch 8 fp32, benchmarks/before_after.py,
+# 2-core AVX-512 Xeon; 2.4x on ResNeSt's grouped 3x3), so only dots and reductions stay on
+# YNNPACK. Reductions must: XLA's own lose precision in GroupNorm / weight standardization and
+# in backward passes (resnetv2_101x1_bit logits 1.1e-4 off float64 instead of 6.7e-5; one SGD
+# step of resnetv2_18d 1e-2 of the update off float64's instead of 5e-6). With them on YNNPACK
+# both are as exact as XLA's defaults (tests/test_parity.py and tests/test_train.py jit this way).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 
 # Our forward passes compile in seconds (resnest101e: ~10 s on 2 cores); programs that compile

@@ -254,3 +254,35 @@ def test_gradient_accumulation_averages_steps():
     mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, g1, g2)
     ref, _ = plain.update(mean, plain.init(params), params)
     np.testing.assert_allclose(np.asarray(u2["kernel"]), np.asarray(ref["kernel"]), rtol=1e-6)
+
+
+
+def _flat(tree) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(a, np.float64)) for a in jax.tree_util.tree_leaves(tree)])
+
+
+def test_sharded_train_step_is_as_exact_as_float64():
+    """``DataParallel.jit_step`` (jitted with ``rj.jit``'s CPU compiler options) in float32:
+    one SGD step of a freshly initialised model lands within 1e-4 of the update of the same
+    step in float64 (measured 5e-6; with XLA's own reductions instead of YNNPACK's, 1e-2)."""
+    import optax
+    from resnets_jax.parallel import DataParallel
+    from resnets_jax.train import TrainState, make_train_step
+    name, classes = "resnetv2_18d", 10
+    tx = optax.sgd(0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.standard_normal((16, 64, 64, 3)).astype(np.float32), "label": rng.integers(0, classes, 16)}
+    model, variables = rj.create_model(name, num_classes=classes, rng=jax.random.PRNGKey(0))
+
+    dp = DataParallel()
+    step = dp.jit_step(make_train_step(model, tx, SMOOTHING))
+    key = jax.random.PRNGKey(1)
+    ours = step(dp.replicate(TrainState.create(variables, tx)), dp.shard(batch), dp.replicate(key))[0].params
+    with jax.enable_x64(True):
+        model64 = rj.build_model(name, num_classes=classes, dtype=jnp.float64, param_dtype=jnp.float64)
+        variables64 = jax.tree_util.tree_map(
+            lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a, variables)
+        ref = _flat(jax.jit(make_train_step(model64, tx, SMOOTHING))(TrainState.create(variables64, tx), batch, key)[0].params)
+    err = np.linalg.norm(_flat(ours) - ref) / np.linalg.norm(ref - _flat(variables["params"]))
+    print(f"\n{name}: float32 sharded step vs float64: {err:.1e} of the update")
+    assert err < 1e-4
