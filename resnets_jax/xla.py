@@ -22,7 +22,8 @@ from .cache import cache_dir
 # YNNPACK. Reductions must: XLA's own lose precision in GroupNorm / weight standardization and
 # in backward passes (resnetv2_101x1_bit logits 1.1e-4 off float64 instead of 6.7e-5; one SGD
 # step of resnetv2_18d 1e-2 of the update off float64's instead of 5e-6). With them on YNNPACK
-# both are as exact as XLA's defaults (tests/test_parity.py and tests/test_train.py jit this way).
+# both are as exact as XLA's defaults (tests/test_parity.py jits this way). Training steps still
+# keep plain jax.jit: with drop path they differ from XLA's defaults (DataParallel.jit_step).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
