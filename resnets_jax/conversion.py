@@ -8,7 +8,6 @@ only with ``force``.
 """
 import dataclasses
 import os
-import tempfile
 import time
 from typing import Callable, Optional
 
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 
 from . import weights
+from .files import _commit, _temp_beside, write_atomic
 from .registry import get_pretrained_cfg, parse_hf_hub_name
 from .xla import jit
 
@@ -47,21 +47,6 @@ def check_output(output: str, force: bool = False) -> str:
     return output
 
 
-def _temp_beside(output: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=f".{os.path.basename(output)}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; the result should look like any new file
-    return tmp
-
-
-def _commit(tmp: str, output: str, force: bool) -> None:
-    if not force and os.path.exists(output):  # appeared while we were working
-        raise ValueError(f"{output} exists; pass --force (force=True) to overwrite it")
-    os.replace(tmp, output)
-
-
 def save_checkpoint(model, variables, output: str, *, format: Optional[str] = None, force: bool = False) -> str:
     """Write ``variables`` as a Flax checkpoint that ``create_model(name, checkpoint_path=output)``
     loads: safetensors (flattened keys ``params/stem/conv/kernel``, ``batch_stats/...``, with
@@ -71,21 +56,6 @@ def save_checkpoint(model, variables, output: str, *, format: Optional[str] = No
     output = check_output(output, force)
     format = resolve_format(output, format)
     return write_atomic(output, lambda tmp: weights.write_flax_checkpoint(tmp, model, variables, format), force)
-
-
-def write_atomic(output: str, write: Callable[[str], None], force: bool = True) -> str:
-    """``write(path)`` to a temporary file beside ``output``, then moved onto ``output`` with
-    ``os.replace``: a reader (or a run killed mid-write) sees the old file or the new one, never
-    half of one. Without ``force``, an ``output`` that appeared meanwhile is not replaced."""
-    output = os.path.abspath(os.fspath(output))
-    tmp = _temp_beside(output)
-    try:
-        write(tmp)
-        _commit(tmp, output, force)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return output
 
 
 def export_timm_checkpoint(model, variables, output: str, *, force: bool = False) -> str:

@@ -41,7 +41,8 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from .conversion import _commit, _temp_beside, check_output
+from .conversion import check_output
+from .files import write_atomic
 from .data import create_transform, resolve_data_config
 from .parallel import DataParallel, initialize
 from .predict import class_names, load_image, top_k
@@ -146,17 +147,14 @@ def _variables_digest(variables) -> str:
 
 
 def _write_atomic(path: str, write: Callable, force: bool = True, exit_hook: bool = False) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then moved into place."""
-    tmp = _temp_beside(path)
-    try:
+    """``write(file)`` into a temporary file beside ``path``, then moved into place;
+    ``exit_hook``: exit abruptly before the move, as a kill would."""
+    def to_file(tmp):
         with open(tmp, "wb") as f:
             write(f)
         if exit_hook:
             os._exit(EXIT_HOOK_STATUS)
-        _commit(tmp, path, force)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomic(path, to_file, force)
 
 
 def _chunk_path(parts: str, i: int) -> str:

@@ -29,7 +29,8 @@ import numpy as np
 from flax import serialization
 
 from .builder import build_model, create_model
-from .conversion import check_output, export_timm_checkpoint, write_atomic
+from .conversion import check_output, export_timm_checkpoint
+from .files import write_atomic
 from .data import create_transform, resolve_data_config
 from .image_folder import Batches, ImageFolder, eval_batches, split_indices, train_transform
 from .parallel import DataParallel

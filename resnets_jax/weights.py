@@ -145,15 +145,13 @@ def _code_fingerprint() -> str:
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    from .files import write_atomic
+
+    def write(tmp):
         with open(tmp, "w") as f:
             f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_atomic(path, write)
 
 
 def _fmt(keys, limit=12):
