@@ -18,8 +18,6 @@ os.environ.setdefault("RESNETS_JAX_NO_COMPILE_CACHE", "1")
 jax.config.update("jax_default_matmul_precision", "highest")
 
 BACKEND = jax.default_backend()
-# max |Δlogit| / max |logit| allowed, per backend, for fp32 (the bound; not loosened).
-PARITY_TOL = {"cpu": 1e-4, "gpu": 1e-4, "tpu": 1e-4}[BACKEND]
 
 
 @pytest.fixture(scope="session")

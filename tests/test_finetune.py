@@ -21,9 +21,8 @@ import resnets_jax as rj
 from resnets_jax import cli
 from resnets_jax.finetune import CHECKPOINT_NAME, FinetuneConfig, finetune, load_finetuned
 from resnets_jax.image_folder import Batches, ImageFolder, rrc_params, split_indices, train_transform
-from timm_ref import rel_err, timm_forward
+from timm_ref import PARITY_TOL, rel_err, timm_forward
 
-from conftest import PARITY_TOL
 
 import timm  # noqa: E402
 import torch  # noqa: E402

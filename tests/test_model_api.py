@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from conftest import PARITY_TOL
 from hub_cache import hub_cache
-from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
+from timm_ref import PARITY_TOL, perturb_, rel_err, timm_forward, timm_state_dict
 
 import torch  # noqa: E402  (the [dev] extra; make test installs it)
 import timm  # noqa: E402

@@ -2,14 +2,13 @@
 
 Each test builds timm's model, perturbs every parameter and buffer, converts its state dict,
 and compares logits at a standard and an odd input size (batch 2), plus the conversion round
-trip. Tolerance: ``PARITY_TOL`` (max |Δlogit| / max |logit|), stated per backend in conftest.
+trip. Tolerance: ``PARITY_TOL`` (max |Δlogit| / max |logit|), stated per backend in timm_ref.
 """
 import numpy as np
 import pytest
 
 import resnets_jax as rj
-from conftest import PARITY_TOL
-from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
+from timm_ref import PARITY_TOL, perturb_, rel_err, timm_forward, timm_state_dict
 
 # Sizes: the tag's input size (capped at 256 for CPU time: BiT's 448/480 and ResNeSt-200e/269e's
 # 320/416 run at 256), and an odd size, not a multiple of 32, that exercises padding, ceil-mode

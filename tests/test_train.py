@@ -16,9 +16,8 @@ import resnets_jax as rj
 from resnets_jax.layers import DropPath
 from resnets_jax.train import make_loss_fn, weight_decay_mask
 from resnets_jax.weights import flax_to_timm_key
-from timm_ref import perturb_, rel_err, timm_state_dict
+from timm_ref import PARITY_TOL, perturb_, rel_err, timm_state_dict
 
-from conftest import PARITY_TOL
 
 import timm  # noqa: E402
 import torch  # noqa: E402

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
+from timm_ref import PARITY_TOL, perturb_, rel_err, timm_forward, timm_state_dict
 
-from conftest import PARITY_TOL
 
 import timm  # noqa: E402
 

@@ -1,5 +1,11 @@
-"""timm reference helpers for the tests: perturbed timm models and their outputs."""
+"""Shared test helpers: perturbed timm models, their outputs, and the tolerances we hold
+ours to. Test modules import this module by name (pytest puts tests/ on sys.path), never
+``conftest``."""
+import jax
 import numpy as np
+
+# max |Δlogit| / max |logit| allowed for fp32 logits against timm's, per backend.
+PARITY_TOL = {"cpu": 1e-4, "gpu": 1e-4, "tpu": 1e-4}[jax.default_backend()]
 
 
 def perturb_(model, seed: int = 0):
