@@ -28,14 +28,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from .builder import build_model, create_model
-from .conversion import check_output, export_timm_checkpoint
-from .files import write_atomic
-from .data import create_transform, resolve_data_config
-from .image_folder import Batches, ImageFolder, eval_batches, split_indices, train_transform
-from .parallel import DataParallel
-from .train import OPTIMIZERS, TrainState, cross_entropy, make_optimizer, make_train_step, warmup_cosine_schedule
-from .weights import init_variables
+from ..convert import export_timm_checkpoint, init_variables
+from ..data import create_transform, resolve_data_config
+from ..data.image_folder import (
+    Batches,
+    ImageFolder,
+    eval_batches,
+    split_indices,
+    train_transform,
+)
+from ..factory import build_model, create_model
+from ..io.files import check_output, write_atomic
+from ..parallel import DataParallel
+from .step import (
+    OPTIMIZERS,
+    TrainState,
+    cross_entropy,
+    make_optimizer,
+    make_train_step,
+    warmup_cosine_schedule,
+)
 
 CHECKPOINT_NAME = "last.msgpack"
 METRICS_NAME = "metrics.json"
