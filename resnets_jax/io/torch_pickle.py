@@ -450,27 +450,38 @@ class _Archive:
 
 
 def _pickle_globals(data: bytes):
-    """Globals a pickle names and the strings it holds, by parsing only (pickletools.genops)."""
-    found, strings, memo, recent = [], set(), {}, []
-    try:
-        for op, arg, _pos in pickletools.genops(data):
-            if op.name in ("GLOBAL", "INST"):
-                found.append(_global_name(*arg.split(" ", 1)))
-            elif isinstance(arg, str) and "UNICODE" in op.name:
-                strings.add(arg)
-                recent = (recent + [arg])[-2:]
-            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and recent:
-                memo[arg] = recent[-1]
-            elif op.name == "MEMOIZE" and recent:
-                memo[len(memo)] = recent[-1]
-            elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
-                recent = (recent + [memo[arg]])[-2:]
-            elif op.name == "STACK_GLOBAL" and len(recent) == 2:
-                found.append(_global_name(*recent))
-            if op.name == "STOP":
-                break
-    except Exception:  # a malformed pickle: report what was parsed so far
-        pass
+    """Globals named and strings held by the pickles at the start of `data` (one, or the
+    several the legacy format concatenates), by parsing only (`pickletools.genops`)."""
+    import io  # stdlib (this package has an `io` subpackage)
+
+    found, strings, start = [], set(), 0
+    while data[start:start + 1] == b"\x80":  # PROTO: another pickle follows
+        memo, recent, start_next = {}, [], None
+        stream = io.BytesIO(data)
+        stream.seek(start)
+        try:
+            for op, arg, pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(_global_name(*arg.split(" ", 1)))
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.add(arg)
+                    recent = (recent + [arg])[-2:]
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and recent:
+                    memo[arg] = recent[-1]
+                elif op.name == "MEMOIZE" and recent:
+                    memo[len(memo)] = recent[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                    recent = (recent + [memo[arg]])[-2:]
+                elif op.name == "STACK_GLOBAL" and len(recent) == 2:
+                    found.append(_global_name(*recent))
+                if op.name == "STOP":
+                    start_next = pos + 1
+                    break
+        except Exception:  # a malformed pickle: report what was parsed so far
+            pass
+        if start_next is None:
+            break
+        start = start_next
     return list(dict.fromkeys(found)), strings
 
 
@@ -534,8 +545,10 @@ def _torch_to_numpy(obj):
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu()
-        if t.dtype == torch.bfloat16:
-            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        name = str(t.dtype).removeprefix("torch.")
+        if name.startswith(("bfloat16", "float8")):  # numpy has no such dtype: via raw bytes
+            raw = t.reshape(-1).contiguous().view(torch.uint8).numpy()
+            return raw.view(_TORCH_DTYPES[name]).reshape(t.shape)
         return t.numpy()
     if isinstance(obj, dict):
         return type(obj)((k, _torch_to_numpy(v)) for k, v in obj.items())
@@ -589,26 +602,31 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
                     IndexError, KeyError, RecursionError) as e:
                 raise TorchFileError(f"{path}: malformed data.pkl ({type(e).__name__}: {e})") from e
         legacy = head[:4] == b"\x80\x02\x8a\x0a" and head[4:14] == _LEGACY_MAGIC
-        if legacy or tarfile.is_tarfile(path):
-            if allow_torch_fallback:
-                try:
-                    import torch
-                except ImportError:
-                    torch = None
-                if torch is not None:
-                    with torch.serialization.safe_globals([argparse.Namespace]):
-                        return _torch_to_numpy(torch.load(path, map_location="cpu",
-                                                          weights_only=True))
-            raise LegacyFormatError(
-                f"{path}: the legacy {'pre-zip' if legacy else 'tar'} torch format (torch < 1.6 "
-                "or _use_new_zipfile_serialization=False) needs torch to read: install torch, or "
-                "re-save it with torch >= 1.6 (torch.save(torch.load(path, weights_only=True), "
-                "new_path))")
+        is_tar = not legacy and tarfile.is_tarfile(path)
         f.seek(0)
         data = f.read()
+    if legacy or is_tar:
+        names, _ = _pickle_globals(data) if legacy else ([], set())
+        if any(g not in _ALLOWED for g in names):  # named by parsing only, as for a zip
+            raise _refusal(path, data, "refused")
+        if allow_torch_fallback:
+            try:
+                import torch
+            except ImportError:
+                torch = None
+            if torch is not None:
+                with torch.serialization.safe_globals([argparse.Namespace]):
+                    return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+        raise LegacyFormatError(
+            f"{path}: the legacy {'pre-zip' if legacy else 'tar'} torch format (torch < 1.6 or "
+            "_use_new_zipfile_serialization=False) needs torch to read: install torch, or re-save "
+            "it with torch >= 1.6 (torch.save(torch.load(path, weights_only=True), new_path))")
+    if head[:4] == b"PK\x03\x04":
+        raise TorchFileError(f"{path}: a zip archive cut short or corrupt (no central directory; "
+                             "an interrupted download?)")
     # Not zip, not legacy: torch.load refuses it too ("Invalid magic number"). Say why, by
-    # parsing only, so a hostile bare pickle is named as such.
-    names, _ = _pickle_globals(data) if data[:1] == b"\x80" else ([], set())
+    # parsing only, so that a hostile bare pickle is named as such.
+    names, _ = _pickle_globals(data)
     if any(g not in _ALLOWED for g in names):
         raise _refusal(path, data, "refused")
     raise TorchFileError(f"{path}: not a torch checkpoint (neither torch's zip format nor its "
