@@ -63,7 +63,7 @@ def read_bit_npz(path, model_args=None) -> dict[str, np.ndarray]:
         default) and ``in_chans`` (default 3). Other entries are ignored.
 
     Returns:
-      ``{timm key: float32 array}`` with convs in OIHW (torch layout, as in a timm state dict):
+      ``{timm key: float32 array}`` in timm's state-dict order, with convs in OIHW (torch layout, as in a timm state dict):
       ``stem.conv.weight``, ``stages.{i}.blocks.{j}.{conv1,conv2,conv3}.weight``,
       ``...norm{1,2,3}.{weight,bias}``, ``...downsample.conv.weight`` (units with a ``proj``),
       ``norm.{weight,bias}``, and ``head.fc.{weight,bias}`` (weight ``(num_classes, C, 1, 1)``)
@@ -107,13 +107,13 @@ def read_bit_npz(path, model_args=None) -> dict[str, np.ndarray]:
                 raise BitNpzError(f"{path}: block{s} units must be numbered 1..{count}")
             for u in range(1, count + 1):
                 src, dst = f"block{s}/unit{u:02d}/", f"stages.{s - 1}.blocks.{u - 1}."
-                for letter, n in (("a", 1), ("b", 2), ("c", 3)):
-                    out[f"{dst}conv{n}.weight"] = _t2p(get(f"{src}{letter}/standardized_conv2d/kernel"))
-                    out[f"{dst}norm{n}.weight"] = _t2p(get(f"{src}{letter}/group_norm/gamma"))
-                    out[f"{dst}norm{n}.bias"] = _t2p(get(f"{src}{letter}/group_norm/beta"))
                 if f"{_PREFIX}{src}a/proj/standardized_conv2d/kernel" in files:
                     out[f"{dst}downsample.conv.weight"] = _t2p(
                         get(f"{src}a/proj/standardized_conv2d/kernel"))
+                for letter, n in (("a", 1), ("b", 2), ("c", 3)):  # timm's PreActBottleneck order
+                    out[f"{dst}norm{n}.weight"] = _t2p(get(f"{src}{letter}/group_norm/gamma"))
+                    out[f"{dst}norm{n}.bias"] = _t2p(get(f"{src}{letter}/group_norm/beta"))
+                    out[f"{dst}conv{n}.weight"] = _t2p(get(f"{src}{letter}/standardized_conv2d/kernel"))
         out["norm.weight"] = _t2p(get("group_norm/gamma"))
         out["norm.bias"] = _t2p(get("group_norm/beta"))
         head = get("head/conv2d/kernel")
