@@ -15,8 +15,8 @@ from resnets_jax.io.bit_npz import BitNpzError, read_bit_npz
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
-from timm.layers import StdConv2d  # noqa: E402
-from timm.models.resnetv2 import ResNetV2  # noqa: E402
+from timm.layers import StdConv2d
+from timm.models.resnetv2 import ResNetV2
 
 
 def to_bit_npz(state_dict, path):

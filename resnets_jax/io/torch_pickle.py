@@ -37,13 +37,13 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
+    "LegacyFormatError",
+    "PickledModuleError",
     "TorchFileError",
     "UnsafePickleError",
-    "PickledModuleError",
-    "LegacyFormatError",
-    "load_torch_file",
     "checkpoint_state_dict",
     "clean_state_dict",
+    "load_torch_file",
 ]
 
 
@@ -135,7 +135,7 @@ class _Dtype(_Inert):
 
 
 class _StorageType(_Inert):
-    __slots__ = ("name", "dtype")
+    __slots__ = ("dtype", "name")
 
     def __init__(self, name, dtype):
         self.name, self.dtype = name, dtype
@@ -159,7 +159,7 @@ class _Marker(_Inert):
 class _Storage(_Inert):
     """One storage: its raw bytes (uint8 numpy buffer, read once) and the dtype it was saved as."""
 
-    __slots__ = ("key", "buf", "dtype")
+    __slots__ = ("buf", "dtype", "key")
 
     def __init__(self, key, buf, dtype):
         self.key, self.buf, self.dtype = key, buf, dtype
@@ -477,8 +477,8 @@ def _pickle_globals(data: bytes):
                 if op.name == "STOP":
                     start_next = pos + 1
                     break
-        except Exception:  # a malformed pickle: report what was parsed so far
-            pass
+        except (ValueError, EOFError):  # a malformed pickle: report what was parsed so far
+            start_next = None
         if start_next is None:
             break
         start = start_next
