@@ -92,9 +92,9 @@ _TORCH_DTYPES = {
     "cdouble": np.complex128, "int64": np.int64, "long": np.int64, "int32": np.int32,
     "int": np.int32, "int16": np.int16, "short": np.int16, "int8": np.int8, "uint8": np.uint8,
     "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64, "bool": np.bool_,
-    "float8_e4m3fn": ml_dtypes.float8_e4m3fn, "float8_e5m2": ml_dtypes.float8_e5m2,
-    "float8_e4m3fnuz": ml_dtypes.float8_e4m3fnuz, "float8_e5m2fnuz": ml_dtypes.float8_e5m2fnuz,
-    "float8_e8m0fnu": ml_dtypes.float8_e8m0fnu,
+    **{n: getattr(ml_dtypes, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                                          "float8_e5m2fnuz", "float8_e8m0fnu")
+       if hasattr(ml_dtypes, n)},  # float8_e8m0fnu needs ml_dtypes >= 0.5
 }
 # torch dtypes that torch's allowlist names but numpy cannot hold.
 _NO_NUMPY_DTYPES = {
