@@ -16,6 +16,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 import zipfile
 
 import numpy as np
@@ -182,6 +183,10 @@ def files(tmp_path_factory):
     buf = io.BytesIO()
     torch.save(torch.nn.Linear(2, 2), buf, _use_new_zipfile_serialization=False)
     (d / "pickled_module_bare.pth").write_bytes(buf.getvalue())
+    save("sparse", {"s": torch.eye(3).to_sparse()})
+    with warnings.catch_warnings():  # quantized tensors are deprecated in torch; still saved
+        warnings.simplefilter("ignore")
+        save("quantized", {"q": torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.qint8)})
     save("truncated_src", {"w": torch.randn(64)})
     _rezip(out["truncated_src"], d / "truncated.pth",
            lambda n, b: [(n, b[:-4] if n.endswith("/data/0") else b)])
@@ -331,7 +336,7 @@ def test_legacy_format(files, torchfree):
     _assert_same(_torch_load(files["legacy"]), got)
 
 
-HOSTILE = {
+HOSTILE = {  # and files holding what numpy cannot represent
     # name: (error class, text the message must hold)
     "os_system_zip": ("UnsafePickleError", "refused global posix.system"),
     "os_system_bare": ("UnsafePickleError", "refused global posix.system"),
@@ -340,6 +345,8 @@ HOSTILE = {
     "torch_function": ("UnsafePickleError", "refused global torch.nn.functional.relu"),
     "pickled_module": ("PickledModuleError", "holds a pickled module"),
     "pickled_module_bare": ("PickledModuleError", "holds a pickled module"),
+    "sparse": ("TorchFileError", "a sparse tensor, which is not read without torch"),
+    "quantized": ("TorchFileError", "a quantized tensor, which is not read without torch"),
     "truncated": ("TorchFileError", "truncated storage"),
     "cut": ("TorchFileError", "cut short or corrupt"),
     "dotdot": ("TorchFileError", "'../escaped' points outside the archive"),

@@ -332,7 +332,7 @@ class _Unpickler(pickle.Unpickler):
             return _ALLOWED[full]
         if module == "torch" and name in _QUANTIZED_STORAGES:
             raise TorchFileError(f"{full}: quantized tensors are not read without torch")
-        if module == "torch" and name in _NO_NUMPY_DTYPES:
+        if module == "torch" and (name in _NO_NUMPY_DTYPES or name.startswith("float8")):
             raise TorchFileError(f"{full}: this dtype has no numpy equivalent")
         if full in _UNSUPPORTED_TORCH:
             raise TorchFileError(f"{full}: {_UNSUPPORTED_TORCH[full]}, which is not read "
@@ -596,8 +596,8 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
                 return _finalize(_Unpickler(data, archive.storage).load())
             except UnsafePickleError as e:
                 raise _refusal(path, data, e) from None
-            except TorchFileError:
-                raise
+            except TorchFileError as e:
+                raise e if str(e).startswith(path) else type(e)(f"{path}: {e}") from None
             except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
                     IndexError, KeyError, RecursionError) as e:
                 raise TorchFileError(f"{path}: malformed data.pkl ({type(e).__name__}: {e})") from e
