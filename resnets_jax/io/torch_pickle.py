@@ -277,8 +277,9 @@ def _codecs_encode(text, encoding="utf-8"):
 
 def _bytearray(source=b"", encoding=None):
     """`builtins.bytearray`, from bytes or a str only (no `bytearray(10**12)`)."""
-    if not isinstance(source, bytes | bytearray | str):
-        raise UnsafePickleError(f"bytearray({type(source).__name__}) refused")
+    if not isinstance(source, bytes | bytearray | str) or encoding not in (
+            None, "latin1", "latin-1", "utf-8"):
+        raise UnsafePickleError(f"bytearray({type(source).__name__}, {encoding!r}) refused")
     return bytearray(source, encoding) if isinstance(source, str) else bytearray(source)
 
 
