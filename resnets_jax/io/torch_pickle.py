@@ -1,0 +1,693 @@
+"""Read PyTorch checkpoints without torch: tensors become numpy arrays, nothing in the file runs.
+
+Mirrors ``torch.load(path, map_location="cpu", weights_only=True)`` for torch's zip format (the
+``torch.save`` default since torch 1.6: ``<dir>/data.pkl``, ``<dir>/data/<key>`` storages,
+``<dir>/byteorder``), with ``argparse.Namespace`` allowed as timm's ``_torch_load`` does
+(``timm/models/_helpers.py``) for the ``args`` of ``train.py`` checkpoints.
+
+The unpickler resolves globals from a fixed table of stand-ins written here (never by import):
+torch's tensor rebuild functions (``torch._utils._rebuild_tensor_v2`` and kin, whose semantics
+follow ``torch/_utils.py``), storage classes, dtypes, ``torch.Size``, ``torch.device``,
+``collections.OrderedDict``/``Counter``, ``builtins.set``/``bytearray``/``complex``,
+``_codecs.encode`` (latin-1 only) and ``argparse.Namespace``: the globals torch's
+``torch/_weights_only_unpickler.py`` allows for tensors and containers. Any other global is
+refused by name before anything is called. Tensors are rebuilt as numpy views of one buffer per
+storage (storage offset, size and stride honoured, so views, channels-last tensors and storages
+shared between tensors read as torch reads them; each storage entry is read once).
+
+dtypes: float64/32/16, bfloat16 and float8 (via ml_dtypes), complex64/128, int64/32/16/8,
+uint64/32/16/8, bool. Not read (clear error): quantized, sparse, nested, meta and tensor-subclass
+tensors; TorchScript archives; the legacy pre-1.6 format (``allow_torch_fallback=True`` hands
+that one to ``torch.load(weights_only=True)`` when torch is installed).
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import argparse
+import collections
+import os
+import pickle
+import pickletools
+import sys
+import tarfile
+import zipfile
+
+import ml_dtypes
+import numpy as np
+
+__all__ = [
+    "LegacyFormatError",
+    "PickledModuleError",
+    "TorchFileError",
+    "UnsafePickleError",
+    "checkpoint_state_dict",
+    "clean_state_dict",
+    "load_torch_file",
+]
+
+
+class TorchFileError(ValueError):
+    """A file that is not a torch checkpoint this reader can read (corrupt, truncated, unsupported)."""
+
+
+class UnsafePickleError(TorchFileError):
+    """The pickle names a global outside the allowlist; nothing in it was called."""
+
+
+class PickledModuleError(UnsafePickleError):
+    """The file holds a pickled ``nn.Module`` (``torch.save(model, ...)``), not a state dict."""
+
+
+class LegacyFormatError(TorchFileError):
+    """The pre-zip torch format (torch < 1.6, or ``_use_new_zipfile_serialization=False``)."""
+
+
+# --------------------------------------------------------------------------- allowlisted stand-ins
+
+# torch's legacy typed storage classes (torch.storage._dtype_to_storage_type_map), as numpy dtypes.
+_STORAGE_DTYPES = {
+    "DoubleStorage": np.dtype(np.float64),
+    "FloatStorage": np.dtype(np.float32),
+    "HalfStorage": np.dtype(np.float16),
+    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
+    "LongStorage": np.dtype(np.int64),
+    "IntStorage": np.dtype(np.int32),
+    "ShortStorage": np.dtype(np.int16),
+    "CharStorage": np.dtype(np.int8),
+    "ByteStorage": np.dtype(np.uint8),
+    "BoolStorage": np.dtype(np.bool_),
+    "ComplexFloatStorage": np.dtype(np.complex64),
+    "ComplexDoubleStorage": np.dtype(np.complex128),
+    "UntypedStorage": np.dtype(np.uint8),  # torch reads an UntypedStorage as uint8 bytes
+}
+_QUANTIZED_STORAGES = {"QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage",
+                       "QUInt2x4Storage"}
+
+# `torch.<name>` dtype globals (rebuild_tensor_v3 passes one; torch pickles a dtype by name).
+_TORCH_DTYPES = {
+    "float64": np.float64, "double": np.float64, "float32": np.float32, "float": np.float32,
+    "float16": np.float16, "half": np.float16, "bfloat16": ml_dtypes.bfloat16,
+    "complex64": np.complex64, "cfloat": np.complex64, "complex128": np.complex128,
+    "cdouble": np.complex128, "int64": np.int64, "long": np.int64, "int32": np.int32,
+    "int": np.int32, "int16": np.int16, "short": np.int16, "int8": np.int8, "uint8": np.uint8,
+    "uint16": np.uint16, "uint32": np.uint32, "uint64": np.uint64, "bool": np.bool_,
+    **{n: getattr(ml_dtypes, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz",
+                                          "float8_e5m2fnuz", "float8_e8m0fnu")
+       if hasattr(ml_dtypes, n)},  # float8_e8m0fnu needs ml_dtypes >= 0.5
+}
+# torch dtypes that torch's allowlist names but numpy cannot hold.
+_NO_NUMPY_DTYPES = {
+    "qint8", "qint32", "quint8", "quint4x2", "quint2x4", "complex32", "chalf", "bcomplex32",
+    "float4_e2m1fn_x2", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2",
+    *(f"uint{i}" for i in range(1, 8)), *(f"int{i}" for i in range(1, 8)),
+}
+# torch-allowlisted rebuild functions for tensors that have no numpy equivalent.
+_UNSUPPORTED_TORCH = {
+    "torch._utils._rebuild_qtensor": "a quantized tensor",
+    "torch._utils._rebuild_sparse_tensor": "a sparse tensor",
+    "torch._utils._rebuild_nested_tensor": "a nested tensor",
+    "torch._utils._rebuild_meta_tensor_no_storage": "a meta tensor (no data)",
+    "torch._utils._rebuild_wrapper_subclass": "a tensor subclass",
+    "torch._utils._rebuild_device_tensor_from_numpy": "a tensor pickled through numpy",
+    "torch._utils._rebuild_device_tensor_from_cpu_tensor": "a device tensor",
+    "torch.serialization._get_layout": "a sparse tensor layout",
+}
+
+
+class _Inert:
+    """Base of every object the unpickler may create: a pickle BUILD on it is refused."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"the pickle tries to set state on {self!r}; refused")
+
+
+class _Dtype(_Inert):
+    __slots__ = ("name", "np")
+
+    def __init__(self, name, np_dtype):
+        self.name, self.np = name, np.dtype(np_dtype)
+
+    def __repr__(self):
+        return f"torch.{self.name}"
+
+
+class _StorageType(_Inert):
+    __slots__ = ("dtype", "name")
+
+    def __init__(self, name, dtype):
+        self.name, self.dtype = name, dtype
+
+    def __repr__(self):
+        return f"torch.{self.name}"
+
+
+class _Marker(_Inert):
+    """`torch.Tensor` / `torch.nn.parameter.Parameter`: only used as `_rebuild_from_type_v2`'s type."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+
+class _Storage(_Inert):
+    """One storage: its raw bytes (uint8 numpy buffer, read once) and the dtype it was saved as."""
+
+    __slots__ = ("buf", "dtype", "key")
+
+    def __init__(self, key, buf, dtype):
+        self.key, self.buf, self.dtype = key, buf, dtype
+
+    def __repr__(self):
+        return f"<storage {self.key!r}>"
+
+
+class _Tensor(_Inert):
+    """A rebuilt tensor, held in a wrapper until the pickle is done (no numpy object is ever
+    reachable from the pickle: `ndarray.__setstate__` and `dtype.__setstate__` must stay out of
+    reach of a BUILD opcode)."""
+
+    __slots__ = ("array",)
+    __hash__ = None  # torch allows tensors as dict keys; weights files never use them
+
+    def __init__(self, array):
+        self.array = array
+
+    def __repr__(self):
+        return f"<tensor {self.array.dtype}{list(self.array.shape)}>"
+
+
+_TENSOR_MARKER = _Marker("torch.Tensor")
+_PARAMETER_MARKER = _Marker("torch.nn.parameter.Parameter")
+
+
+def _int_tuple(values, what):
+    if not isinstance(values, tuple | list) or not all(
+            type(v) is int and v >= 0 for v in values):
+        raise TorchFileError(f"tensor {what} must be non-negative ints, found {values!r}")
+    return tuple(values)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None):
+    """`torch._utils._rebuild_tensor`: `storage[offset:]` viewed with `size` and `stride` (in
+    elements). Returns a `_Tensor` wrapping a numpy view of the storage's buffer."""
+    if not isinstance(storage, _Storage):
+        raise TorchFileError(f"tensor storage must come from the archive, found {storage!r}")
+    dtype = storage.dtype if dtype is None else dtype
+    size, stride = _int_tuple(size, "size"), _int_tuple(stride, "stride")
+    if type(storage_offset) is not int or storage_offset < 0 or len(size) != len(stride):
+        raise TorchFileError(f"bad tensor geometry: offset {storage_offset!r}, size {size}, "
+                             f"stride {stride}")
+    numel = storage.buf.nbytes // dtype.itemsize
+    end = storage_offset + sum((n - 1) * s for n, s in zip(size, stride)) + 1
+    if 0 not in size and end > numel:
+        raise TorchFileError(
+            f"truncated storage {storage.key!r}: a tensor of size {list(size)} (stride "
+            f"{list(stride)}, offset {storage_offset}) needs {end} {dtype} elements, the storage "
+            f"holds {numel}")
+    array = np.ndarray(size, dtype, buffer=storage.buf,
+                       offset=storage_offset * dtype.itemsize if 0 not in size else 0,
+                       strides=tuple(s * dtype.itemsize for s in stride))
+    return _Tensor(array)
+
+
+def _check_metadata(metadata):
+    if metadata:  # `get_tensor_metadata`: only the conj / neg bits, never set in weights
+        raise TorchFileError(f"tensor with metadata {metadata!r} (a lazy conj/neg view) is not "
+                             "read without torch")
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad, backward_hooks,
+                       metadata=None):
+    """`torch._utils._rebuild_tensor_v2`; requires_grad and (always empty) hooks are dropped."""
+    _check_metadata(metadata)
+    return _rebuild_tensor(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks,
+                       dtype, metadata=None):
+    """`torch._utils._rebuild_tensor_v3`: an UntypedStorage (bytes) viewed as `dtype`."""
+    _check_metadata(metadata)
+    if not isinstance(dtype, _Dtype):
+        raise TorchFileError(f"tensor dtype must be a torch dtype, found {dtype!r}")
+    return _rebuild_tensor(storage, storage_offset, size, stride, dtype.np)
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
+    """`torch._utils._rebuild_parameter(_with_state)`: a Parameter reads as its data."""
+    if not isinstance(data, _Tensor):
+        raise TorchFileError(f"Parameter data must be a tensor, found {data!r}")
+    return data
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    """`torch._tensor._rebuild_from_type_v2`: a Tensor/Parameter with Python attributes; the
+    attributes (`state`) are dropped, the data is kept."""
+    if func not in _REBUILDERS or new_type not in (_TENSOR_MARKER, _PARAMETER_MARKER):
+        raise UnsafePickleError(f"_rebuild_from_type_v2({func!r}, {new_type!r}) refused: only "
+                                "plain tensors and parameters are read")
+    if not isinstance(args, tuple):
+        raise TorchFileError(f"_rebuild_from_type_v2 args must be a tuple, found {args!r}")
+    return func(*args)
+
+
+def _torch_size(dims=()):
+    return _int_tuple(tuple(dims), "torch.Size")
+
+
+def _torch_device(kind, index=None):
+    if not isinstance(kind, str) or not (index is None or type(index) is int):
+        raise TorchFileError(f"bad torch.device({kind!r}, {index!r})")
+    return kind if index is None else f"{kind}:{index}"
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    """`_codecs.encode`, as protocol-2 pickles use it for bytes: latin-1 only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode({type(text).__name__}, {encoding!r}) refused: "
+                                "only the latin-1 form pickle uses for bytes is allowed")
+    return text.encode("latin-1")
+
+
+def _bytearray(source=b"", encoding=None):
+    """`builtins.bytearray`, from bytes or a str only (no `bytearray(10**12)`)."""
+    if not isinstance(source, bytes | bytearray | str) or encoding not in (
+            None, "latin1", "latin-1", "utf-8"):
+        raise UnsafePickleError(f"bytearray({type(source).__name__}, {encoding!r}) refused")
+    return bytearray(source, encoding) if isinstance(source, str) else bytearray(source)
+
+
+_REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
+
+_ALLOWED = {
+    "collections.OrderedDict": collections.OrderedDict,
+    "collections.Counter": collections.Counter,
+    "argparse.Namespace": argparse.Namespace,  # timm's train.py `args`; timm allowlists it too
+    "builtins.set": set,
+    "builtins.bytearray": _bytearray,
+    "builtins.complex": complex,
+    "_codecs.encode": _codecs_encode,
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+    "torch.Size": _torch_size,
+    "torch.device": _torch_device,
+    "torch.Tensor": _TENSOR_MARKER,
+    "torch.nn.parameter.Parameter": _PARAMETER_MARKER,
+    **{f"torch.{n}": _StorageType(n, d) for n, d in _STORAGE_DTYPES.items()},
+    "torch.storage.UntypedStorage": _StorageType("UntypedStorage", np.dtype(np.uint8)),
+    **{f"torch.{n}": _Dtype(n, d) for n, d in _TORCH_DTYPES.items()},
+}
+
+
+def _global_name(module, name):
+    """`module.name` after pickle's Python 2 renames (protocol 2, torch's default, writes
+    `__builtin__.set`), as `pickle.Unpickler.find_class` applies them."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
+
+
+class _Unpickler(pickle.Unpickler):
+    """The C unpickler with every global resolved from `_ALLOWED` (never imported)."""
+
+    def __init__(self, data: bytes, storage_loader):
+        import io  # stdlib; imported here because this package has an `io` subpackage
+        super().__init__(io.BytesIO(data), encoding="utf-8")  # torch.load's default encoding
+        self._storage_loader = storage_loader
+
+    def find_class(self, module, name):
+        full = _global_name(module, name)
+        if full in _ALLOWED:
+            return _ALLOWED[full]
+        if module == "torch" and name in _QUANTIZED_STORAGES:
+            raise TorchFileError(f"{full}: quantized tensors are not read without torch")
+        if module == "torch" and (name in _NO_NUMPY_DTYPES or name.startswith("float8")):
+            raise TorchFileError(f"{full}: this dtype has no numpy equivalent")
+        if full in _UNSUPPORTED_TORCH:
+            raise TorchFileError(f"{full}: {_UNSUPPORTED_TORCH[full]}, which is not read "
+                                 "without torch")
+        raise UnsafePickleError(
+            f"refused global {full}: not allowed in a weights file (only tensors and plain "
+            "containers are read; nothing from the file was called)")
+
+    def persistent_load(self, pid):
+        # ('storage', storage_type, key, location, numel): torch/serialization.py `_load`
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] in ("storage", b"storage")):
+            raise TorchFileError(f"unknown persistent id {pid!r}: only storages are read")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType):
+            raise TorchFileError(f"bad storage type {storage_type!r}")
+        if not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise TorchFileError(f"bad storage reference {pid!r}")
+        return self._storage_loader(key, storage_type.dtype, numel)
+
+
+# --------------------------------------------------------------------------- zip archive
+
+
+def _safe_name(name):
+    parts = name.split("/")
+    return (name and not name.startswith(("/", "\\")) and "\\" not in name and ".." not in parts
+            and ":" not in parts[0] and "" not in parts[:-1])
+
+
+class _Archive:
+    """torch's zip layout: every record under one folder; storages stored (or deflated)."""
+
+    def __init__(self, path, file):
+        self.path, self.file = path, file
+        try:
+            self.zip = zipfile.ZipFile(file)
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+            raise TorchFileError(f"{path}: not a readable zip archive ({e})") from e
+        names = self.zip.namelist()
+        bad = [n for n in names if not _safe_name(n)]
+        if bad:
+            raise TorchFileError(f"{path}: zip entry {bad[0]!r} points outside the archive; "
+                                 "refused")
+        self.infos = {i.filename: i for i in self.zip.infolist()}
+        roots = sorted({n.split("/")[0] for n in names if n.count("/") == 1
+                        and n.endswith("/data.pkl")})
+        if len(roots) != 1:
+            if any(n.endswith("constants.pkl") for n in names):
+                raise TorchFileError(f"{path}: a TorchScript archive (torch.jit.save), which needs "
+                                     "torch; save the model's state_dict() instead")
+            raise TorchFileError(f"{path}: a zip archive but not a torch checkpoint (expected one "
+                                 f"<folder>/data.pkl, found {len(roots)}: {names[:5]})")
+        self.root = roots[0] + "/"
+        outside = [n for n in names if not n.startswith(self.root)]
+        if outside:
+            raise TorchFileError(f"{path}: entry {outside[0]!r} is outside the archive folder "
+                                 f"{self.root!r}")
+        self.size = os.fstat(file.fileno()).st_size
+        byteorder = self.read_small("byteorder")
+        if byteorder not in (None, b"little", b"big"):
+            raise TorchFileError(f"{path}: unknown byteorder {byteorder!r}")
+        # torch: without a byteorder record, the data is taken as native.
+        self.swap = byteorder is not None and byteorder.decode() != sys.byteorder
+        self.storages: dict[str, _Storage] = {}
+
+    def read_small(self, name):
+        info = self.infos.get(self.root + name)
+        return None if info is None else self._read_entry(info, info.file_size).tobytes()
+
+    def _read_entry(self, info, nbytes):
+        """The first `nbytes` of an entry, in one fresh uint8 buffer (one read, no copy)."""
+        if info.file_size < nbytes:
+            raise TorchFileError(f"{self.path}: truncated storage {info.filename!r}: "
+                                 f"{info.file_size} bytes, the tensors need {nbytes}")
+        if info.compress_type != zipfile.ZIP_STORED:
+            data = self.zip.read(info)  # decompresses and checks the CRC
+            return np.frombuffer(bytearray(data[:nbytes]), np.uint8)
+        self.file.seek(info.header_offset)
+        header = self.file.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise TorchFileError(f"{self.path}: bad zip local header for {info.filename!r}")
+        start = (info.header_offset + 30 + int.from_bytes(header[26:28], "little")
+                 + int.from_bytes(header[28:30], "little"))
+        if start + nbytes > self.size:
+            raise TorchFileError(f"{self.path}: truncated storage {info.filename!r}: the file "
+                                 f"ends {start + nbytes - self.size} bytes before its data does")
+        buf = np.empty(nbytes, np.uint8)
+        self.file.seek(start)
+        if self.file.readinto(memoryview(buf)) != nbytes:
+            raise TorchFileError(f"{self.path}: truncated storage {info.filename!r}")
+        return buf
+
+    def storage(self, key, dtype, numel):
+        """`persistent_load`: the storage `data/<key>`, read once however many tensors share it."""
+        nbytes = numel * dtype.itemsize
+        cached = self.storages.get(key)
+        if cached is not None:
+            if cached.buf.nbytes < nbytes:
+                raise TorchFileError(f"{self.path}: storage {key!r} is referenced with two sizes")
+            return _Storage(key, cached.buf, dtype)
+        if not key or not key.replace("_", "").isalnum():
+            raise TorchFileError(f"{self.path}: storage key {key!r} refused (not a plain name)")
+        info = self.infos.get(f"{self.root}data/{key}")
+        if info is None:
+            raise TorchFileError(f"{self.path}: storage data/{key} is missing from the archive")
+        buf = self._read_entry(info, nbytes)
+        if self.swap and dtype.itemsize > 1:
+            unit = dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+            buf.view(f"u{unit}").byteswap(inplace=True)
+        self.storages[key] = storage = _Storage(key, buf, dtype)
+        return storage
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def _pickle_globals(data: bytes):
+    """Globals named and strings held by the pickles at the start of `data` (one, or the
+    several the legacy format concatenates), by parsing only (`pickletools.genops`)."""
+    import io  # stdlib (this package has an `io` subpackage)
+
+    found, strings, start = [], set(), 0
+    while data[start:start + 1] == b"\x80":  # PROTO: another pickle follows
+        memo, recent, start_next = {}, [], None
+        stream = io.BytesIO(data)
+        stream.seek(start)
+        try:
+            for op, arg, pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(_global_name(*arg.split(" ", 1)))
+                elif isinstance(arg, str) and "UNICODE" in op.name:
+                    strings.add(arg)
+                    recent = (recent + [arg])[-2:]
+                elif op.name in ("BINPUT", "LONG_BINPUT", "PUT") and recent:
+                    memo[arg] = recent[-1]
+                elif op.name == "MEMOIZE" and recent:
+                    memo[len(memo)] = recent[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and arg in memo:
+                    recent = (recent + [memo[arg]])[-2:]
+                elif op.name == "STACK_GLOBAL" and len(recent) == 2:
+                    found.append(_global_name(*recent))
+                if op.name == "STOP":
+                    start_next = pos + 1
+                    break
+        except (ValueError, EOFError):  # a malformed pickle: report what was parsed so far
+            start_next = None
+        if start_next is None:
+            break
+        start = start_next
+    return list(dict.fromkeys(found)), strings
+
+
+def _refusal(path, data, error):
+    """Turn a refused global into the error naming every refused global (and a pickled module)."""
+    names, strings = _pickle_globals(data)
+    refused = [g for g in names if g not in _ALLOWED]
+    if any(g.startswith("torch.nn.modules.") for g in refused) or {
+            "_modules", "_parameters"} <= strings:
+        return PickledModuleError(
+            f"{path} holds a pickled module (torch.save(model, ...)) rather than a state dict: "
+            f"unpickling it would import and call {', '.join(refused)}, which a weights reader "
+            "never does. Fix: where the model class is importable, load it and save its weights "
+            "with torch.save(model.state_dict(), 'weights.pth').")
+    if refused:
+        return UnsafePickleError(
+            f"{path}: refused global {refused[0]}: not allowed in a weights file (the pickle "
+            f"names {', '.join(refused)}; only tensors and plain containers are read, nothing from "
+            "the file was called)")
+    return UnsafePickleError(f"{path}: {error}")
+
+
+# --------------------------------------------------------------------------- public
+
+
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _finalize(obj, memo=None):
+    """Replace `_Tensor`/`_Storage`/dtype stand-ins by numpy objects, in place where mutable."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, _Tensor):
+        return obj.array
+    if isinstance(obj, _Storage):
+        return obj.buf.view(obj.dtype)[: obj.buf.nbytes // obj.dtype.itemsize]
+    if isinstance(obj, _Dtype):
+        return obj.np
+    if isinstance(obj, _Inert):
+        return repr(obj)
+    if not isinstance(obj, list | tuple | dict | argparse.Namespace):
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    memo[id(obj)] = obj
+    if isinstance(obj, list):
+        obj[:] = [_finalize(v, memo) for v in obj]
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            obj[k] = _finalize(v, memo)
+    elif isinstance(obj, argparse.Namespace):
+        for k, v in vars(obj).items():
+            setattr(obj, k, _finalize(v, memo))
+    else:
+        memo[id(obj)] = obj = tuple(_finalize(v, memo) for v in obj)
+    return obj
+
+
+def _torch_to_numpy(obj):
+    """After a torch fallback load: torch tensors to numpy arrays (bfloat16 via ml_dtypes)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu()
+        name = str(t.dtype).removeprefix("torch.")
+        if name.startswith(("bfloat16", "float8")):  # numpy has no such dtype: via raw bytes
+            raw = t.reshape(-1).contiguous().view(torch.uint8).numpy()
+            return raw.view(_TORCH_DTYPES[name]).reshape(t.shape)
+        return t.numpy()
+    if isinstance(obj, dict):
+        return type(obj)((k, _torch_to_numpy(v)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return type(obj)(_torch_to_numpy(v) for v in obj)
+    if isinstance(obj, argparse.Namespace):
+        return argparse.Namespace(**{k: _torch_to_numpy(v) for k, v in vars(obj).items()})
+    return obj
+
+
+def load_torch_file(path, *, allow_torch_fallback: bool = False):
+    """Read a PyTorch checkpoint (``pytorch_model.bin``, ``.pth``, ``.pth.tar``) without torch.
+
+    Mirrors ``torch.load(path, map_location="cpu", weights_only=True)`` with
+    ``argparse.Namespace`` allowlisted (timm's ``_torch_load`` in ``timm/models/_helpers.py``).
+
+    Args:
+      path: a file in torch's zip format.
+      allow_torch_fallback: for the legacy pre-zip format only, read it with
+        ``torch.load(weights_only=True)`` when torch is importable (tensors then converted to
+        numpy). Never used for any other kind of file.
+
+    Returns:
+      The unpickled object: dicts / OrderedDicts / lists / tuples / ``argparse.Namespace`` /
+      scalars / strings as pickled, every tensor a numpy array of the tensor's dtype
+      (bfloat16 and float8 as ``ml_dtypes``), shape and strides (layout as in torch, e.g. NCHW
+      conv weights, channels-last strides kept; tensors that shared a storage share memory).
+
+    Raises:
+      UnsafePickleError: a global outside the allowlist (e.g. ``os.system``, ``builtins.eval``,
+        a model class); nothing in the file was called. ``PickledModuleError`` (a subclass)
+        when the file is a pickled ``nn.Module``: names the classes and gives the fix.
+      LegacyFormatError: the pre-zip torch format (or the older tar format) without the fallback.
+      TorchFileError: not a torch file, a truncated or inconsistent archive, an entry pointing
+        outside the archive, or a tensor kind numpy cannot hold (quantized, sparse, ...).
+      OSError: the file cannot be opened.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if zipfile.is_zipfile(f):
+            archive = _Archive(path, f)
+            data = archive.read_small("data.pkl")
+            try:
+                return _finalize(_Unpickler(data, archive.storage).load())
+            except UnsafePickleError as e:
+                raise _refusal(path, data, e) from None
+            except TorchFileError as e:
+                raise e if str(e).startswith(path) else type(e)(f"{path}: {e}") from None
+            except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
+                    IndexError, KeyError, RecursionError) as e:
+                raise TorchFileError(f"{path}: malformed data.pkl ({type(e).__name__}: {e})") from e
+        legacy = head[:4] == b"\x80\x02\x8a\x0a" and head[4:14] == _LEGACY_MAGIC
+        is_tar = not legacy and tarfile.is_tarfile(path)
+        f.seek(0)
+        data = f.read()
+    if legacy or is_tar:
+        names, _ = _pickle_globals(data) if legacy else ([], set())
+        if any(g not in _ALLOWED for g in names):  # named by parsing only, as for a zip
+            raise _refusal(path, data, "refused")
+        if allow_torch_fallback:
+            try:
+                import torch
+            except ImportError:
+                torch = None
+            if torch is not None:
+                with torch.serialization.safe_globals([argparse.Namespace]):
+                    return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+        raise LegacyFormatError(
+            f"{path}: the legacy {'pre-zip' if legacy else 'tar'} torch format (torch < 1.6 or "
+            "_use_new_zipfile_serialization=False) needs torch to read: install torch, or re-save "
+            "it with torch >= 1.6 (torch.save(torch.load(path, weights_only=True), new_path))")
+    if head[:4] == b"PK\x03\x04":
+        raise TorchFileError(f"{path}: a zip archive cut short or corrupt (no central directory; "
+                             "an interrupted download?)")
+    # Not zip, not legacy: torch.load refuses it too ("Invalid magic number"). Say why, by
+    # parsing only, so that a hostile bare pickle is named as such.
+    names, _ = _pickle_globals(data)
+    if any(g not in _ALLOWED for g in names):
+        raise _refusal(path, data, "refused")
+    raise TorchFileError(f"{path}: not a torch checkpoint (neither torch's zip format nor its "
+                         f"legacy format; starts with {head[:8]!r})")
+
+
+def clean_state_dict(state_dict):
+    """timm's ``clean_state_dict`` (``timm/models/_helpers.py``): strip the DDP ``module.`` and
+    torch.compile ``_orig_mod.`` prefixes, wrapped in either order (``_orig_mod.``, then
+    ``module.``, then ``_orig_mod.``, each at most once)."""
+    to_remove = ("_orig_mod.", "module.", "_orig_mod.")
+    cleaned = {}
+    for k, v in state_dict.items():
+        if k.startswith(to_remove):
+            for r in to_remove:
+                k = k.removeprefix(r)
+        cleaned[k] = v
+    return cleaned
+
+
+def checkpoint_state_dict(obj, use_ema: bool = True):
+    """The state dict in a loaded checkpoint, chosen as timm's ``load_state_dict`` chooses it.
+
+    Mirrors ``timm/models/_helpers.py`` ``load_state_dict`` + ``clean_state_dict``: when
+    ``use_ema`` and ``state_dict_ema`` (else ``model_ema``) is present and not None, that one;
+    else ``state_dict``; else ``model``; else the object itself. Prefixes are then stripped by
+    :func:`clean_state_dict`.
+
+    Args:
+      obj: what :func:`load_torch_file` returned.
+      use_ema: prefer the EMA weights when the checkpoint has them (timm's default: True).
+
+    Returns:
+      ``(state_dict, key)``: a dict ``{name: numpy array}`` (torch layout, e.g. OIHW convs) and
+      the key it was taken from (``"state_dict_ema"``, ``"model_ema"``, ``"state_dict"``,
+      ``"model"``), or ``None`` when the object itself is the state dict. Tell the user which.
+
+    Raises:
+      TorchFileError: the chosen object is not a dict of arrays with string keys (names the
+        first offending entry and the keys that were there).
+    """
+    key = None
+    if isinstance(obj, dict):
+        if use_ema and obj.get("state_dict_ema") is not None:
+            key = "state_dict_ema"
+        elif use_ema and obj.get("model_ema") is not None:
+            key = "model_ema"
+        elif "state_dict" in obj:
+            key = "state_dict"
+        elif "model" in obj:
+            key = "model"
+    state_dict = obj[key] if key else obj
+    where = f"checkpoint[{key!r}]" if key else "the checkpoint"
+    if not isinstance(state_dict, dict):
+        raise TorchFileError(f"{where} is a {type(state_dict).__name__}, expected a state dict "
+                             "(a dict of tensors)")
+    for k, v in state_dict.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            raise TorchFileError(
+                f"{where} is not a state dict: entry {k!r} is a {type(v).__name__}, expected a "
+                f"tensor (keys found: {list(state_dict)[:8]}; a checkpoint keeps its weights "
+                "under 'state_dict', 'state_dict_ema', 'model_ema' or 'model')")
+    return clean_state_dict(state_dict), key
