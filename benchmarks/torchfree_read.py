@@ -14,7 +14,7 @@ import sys
 _TORCHFREE = """
 import sys, time
 sys.modules["torch"] = None
-from resnets_jax.io.torch_pickle import load_torch_file
+from resnets_jax.io.torch_zip import load_torch_file
 t = time.perf_counter(); sd = load_torch_file(sys.argv[1]); dt = time.perf_counter() - t
 assert sum(v.nbytes for v in sd.values()) > 0
 print(dt)

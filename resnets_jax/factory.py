@@ -6,6 +6,7 @@ module -> its variables (timm's ``_factory.create_model`` and ``_builder.build_m
         ├─ pretrained:      pretrained.load_pretrained (hub or cfg['file'], new head, in_chans)
         └─ else:            convert.init_variables (random init)
 """
+import sys
 from typing import Any, Optional, Tuple
 
 import jax
@@ -16,7 +17,7 @@ from .io import load_state_dict
 from .io.arrays import view_state_dict
 from .io.flax_checkpoint import is_flax_layout
 from .io.hub import read_hf_hub_config
-from .pretrained import load_pretrained, pruned_prefixes
+from .pretrained import fit_bit_npz, load_pretrained, pruned_prefixes
 from .registry import (
     HF_HUB_PREFIX,
     get_pretrained_cfg,
@@ -75,7 +76,7 @@ def create_model(
         *,
         rng: Optional[jax.Array] = None,
         cache_dir: Optional[str] = None,
-        use_ema: bool = False,
+        use_ema: bool = True,
         pretrained_cfg_overlay: Optional[dict] = None,
         **kwargs,
 ) -> Tuple[Any, dict]:
@@ -83,10 +84,13 @@ def create_model(
     ``'hf-hub:<org>/<repo>'``: a timm model on the hub, built from its ``config.json``) and its
     variables.
 
-    Weights come from ``checkpoint_path`` if given (a timm checkpoint file of any kind, or a
-    Flax checkpoint written by ``save_checkpoint`` / ``resnets-jax convert``, whose recorded
-    ``num_classes``/``in_chans`` are the defaults; ``use_ema`` picks a training checkpoint's EMA
-    weights), else from the hub when ``pretrained`` (``cache_dir`` as huggingface_hub's), else
+    Weights come from ``checkpoint_path`` if given (a timm checkpoint file of any kind, read
+    without torch: safetensors, ``.bin``/``.pth``/``.pth.tar`` in torch's zip format, Google's
+    BiT ``.npz`` for ResNetV2 models, the head kept only at the file's width as timm's
+    ``load_pretrained``; or a Flax checkpoint written by ``save_checkpoint`` / ``resnets-jax
+    convert``, whose recorded ``num_classes``/``in_chans`` are the defaults. ``use_ema``, True as
+    in timm's ``load_checkpoint``, takes a training checkpoint's ``state_dict_ema`` (else
+    ``model_ema``) when it has one, else its ``state_dict``; which one is said on stderr), else from the hub when ``pretrained`` (``cache_dir`` as huggingface_hub's), else
     from a random init with ``rng``. ``pretrained_cfg_overlay`` updates the tag's pretrained config
     as timm's: ``dict(file=path)`` loads a local timm checkpoint as the pretrained weights, so that
     a different ``num_classes`` gets a new classifier (``checkpoint_path`` loads a file strictly).
@@ -104,7 +108,13 @@ def create_model(
             for k in ("num_classes", "in_chans"):
                 if meta.get(k, "").isdigit():
                     kwargs.setdefault(k, int(meta[k]))
+        source = getattr(state_dict, "source", None)
+        if source is not None:  # a training checkpoint: say which weights (timm logs it)
+            print(f"{checkpoint_path}: loaded checkpoint[{source!r}] (use_ema={use_ema})", file=sys.stderr)
         model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
+        if getattr(state_dict, "kind", "") == "bit_npz":  # timm: model.load_pretrained(path)
+            view, skip = fit_bit_npz(model, state_dict)
+            return model, load_variables(model, view, skip_missing=skip)
         return model, load_variables(model, view_state_dict(state_dict, drop=pruned_prefixes(model)))
     model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
     if pretrained:

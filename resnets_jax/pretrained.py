@@ -5,7 +5,7 @@ adapted to ``in_chans``, and only the layers a ``features_only`` model keeps.
 ``pretrained_file`` is the one way to the hub's weights: ``create_model(pretrained=True)``,
 ``resnets-jax convert --from-hub`` and the demo all come through it.
 """
-from typing import Optional, Tuple
+from typing import Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -50,6 +50,26 @@ def pruned_prefixes(model) -> Tuple[str, ...]:
     return tuple(prefixes)
 
 
+def fit_bit_npz(model, state_dict) -> Tuple[Mapping, Tuple[str, ...]]:
+    """A BiT ``.npz`` state dict (``io.load_state_dict``'s, with the file's head and RGB stem) as
+    timm's ``ResNetV2.load_pretrained`` puts it into ``model`` (``_load_weights`` in
+    ``timm/models/resnetv2.py``): the stem conv adapted to ``model.in_chans``, the head taken only
+    when the model has one of the file's width (else the model keeps its own init), the layers a
+    ``features_only`` model leaves out dropped. Returns ``(view, skip_missing)`` for
+    ``load_variables``. ``CheckpointError`` for a model that is not a ResNetV2 (timm: "Model
+    cannot load numpy checkpoint")."""
+    if type(model).__name__ != "ResNetV2":
+        raise CheckpointError(f"a BiT .npz checkpoint loads only into ResNetV2 models (timm's "
+                              f"ResNetV2.load_pretrained), not {type(model).__name__} ({model.variant})")
+    head, replace = "head.fc.", {}
+    width = state_dict["head.fc.weight"].shape[0] if "head.fc.weight" in state_dict else None
+    skip = () if not model.features_only and model.num_classes and model.num_classes == width else (head,)
+    stem = "stem.conv.weight"
+    if stem in state_dict and state_dict[stem].shape[1] != model.in_chans:
+        replace[stem] = adapt_input_conv(model.in_chans, state_dict[stem])
+    return view_state_dict(state_dict, drop=skip + pruned_prefixes(model), replace=replace), skip
+
+
 def load_pretrained(model, cfg: dict, *, cache_dir: Optional[str] = None) -> dict:
     """The variables of ``model`` from the pretrained weights ``cfg`` names (``pretrained_file``),
     as timm's ``load_pretrained``: the checkpoint's classifier is left out, and the model's
@@ -57,6 +77,9 @@ def load_pretrained(model, cfg: dict, *, cache_dir: Optional[str] = None) -> dic
     RGB first conv is adapted to ``model.in_chans``; a ``features_only`` model takes only its
     layers. Raises ``CheckpointError`` when the file cannot be had or does not fit."""
     state_dict = load_state_dict(pretrained_file(cfg, cache_dir))
+    if getattr(state_dict, "kind", "") == "bit_npz":
+        view, skip = fit_bit_npz(model, state_dict)
+        return load_variables(model, view, skip_missing=skip)
     skip, replace = (), {}
     if not model.features_only and model.num_classes != cfg["num_classes"]:
         skip = (cfg["classifier"] + ".",)

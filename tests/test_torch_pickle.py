@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from resnets_jax.io import torch_pickle as tp
+from resnets_jax.io import torch_zip as tp
 
 # The subprocess: torch made unimportable before the reader is imported; each file's result (or
 # the error it raised) pickled back, with each array's strides and (storage buffer, byte offset)
@@ -32,7 +32,7 @@ _READER = textwrap.dedent("""
     import json, pickle, sys
     sys.modules["torch"] = None  # `import torch` now raises ImportError
     import numpy as np
-    from resnets_jax.io.torch_pickle import load_torch_file
+    from resnets_jax.io.torch_zip import load_torch_file
     try:
         import torch
         raise SystemExit("torch importable")

@@ -6,7 +6,7 @@ knows how to copy a tensor straight from the file into the layout (its ``read(ke
 replaces keys without reading anything.
 """
 import collections.abc
-from typing import Mapping, Optional, Tuple
+from typing import Callable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -50,23 +50,27 @@ def tensor_shape(state_dict: Mapping[str, np.ndarray], key: str) -> tuple:
     return tuple(shape(key)) if callable(shape) else np.shape(state_dict[key])
 
 class StateView(collections.abc.Mapping):
-    def __init__(self, base: Mapping, drop: Tuple[str, ...], replace: Mapping[str, np.ndarray]):
+    def __init__(self, base: Mapping, drop: Tuple[str, ...], replace: Mapping[str, np.ndarray],
+                 rename: Optional[Callable[[str], str]] = None):
         self._base, self._replace = base, dict(replace)
-        self._keys = {k: None for k in base if not k.startswith(drop)}  # an ordered set
+        rename = rename or (lambda k: k)
+        self._keys = {rename(k): k for k in base if not rename(k).startswith(drop)}  # view key -> base key
         self.metadata = getattr(base, "metadata", {})
 
     def __getitem__(self, key):
         if key not in self._keys:
             raise KeyError(key)
-        return self._replace[key] if key in self._replace else self._base[key]
+        return self._replace[key] if key in self._replace else self._base[self._keys[key]]
 
     def read(self, key: str, perm: Optional[tuple] = None) -> np.ndarray:
         if key not in self._keys:
             raise KeyError(key)
-        return permuted_copy(self._replace[key], perm) if key in self._replace else read_permuted(self._base, key, perm)
+        if key in self._replace:
+            return permuted_copy(self._replace[key], perm)
+        return read_permuted(self._base, self._keys[key], perm)
 
     def shape(self, key: str) -> tuple:
-        return np.shape(self._replace[key]) if key in self._replace else tensor_shape(self._base, key)
+        return np.shape(self._replace[key]) if key in self._replace else tensor_shape(self._base, self._keys[key])
 
     def __iter__(self):
         return iter(self._keys)
@@ -75,7 +79,9 @@ class StateView(collections.abc.Mapping):
         return len(self._keys)
 
 def view_state_dict(state_dict: Mapping, drop: Tuple[str, ...] = (),
-                    replace: Optional[Mapping[str, np.ndarray]] = None) -> Mapping:
-    """A lazy view of ``state_dict``: keys starting with ``drop`` left out, ``replace``'s
-    values in place of the file's (nothing else is read until it is looked up)."""
-    return StateView(state_dict, tuple(drop), replace or {})
+                    replace: Optional[Mapping[str, np.ndarray]] = None,
+                    rename: Optional[Callable[[str], str]] = None) -> Mapping:
+    """A lazy view of ``state_dict``: keys renamed by ``rename`` (e.g. prefixes stripped),
+    those starting with ``drop`` left out, ``replace``'s values in place of the file's (nothing
+    else is read until it is looked up). ``KeyError`` for a key not in the view."""
+    return StateView(state_dict, tuple(drop), replace or {}, rename)

@@ -17,6 +17,8 @@ import zipfile
 
 import numpy as np
 
+from .errors import CheckpointError
+
 __all__ = ["BitNpzError", "read_bit_npz"]
 
 _PREFIX = "resnet/"
@@ -24,7 +26,7 @@ _STEM = "root_block/standardized_conv2d/kernel"
 _UNIT = re.compile(r"block(\d+)/unit(\d+)/")
 
 
-class BitNpzError(ValueError):
+class BitNpzError(CheckpointError):
     """Not a BiT ``.npz`` checkpoint, or one missing an array the model needs."""
 
 
@@ -60,7 +62,8 @@ def read_bit_npz(path, model_args=None) -> dict[str, np.ndarray]:
     Args:
       path: the ``.npz`` (read with ``allow_pickle=False``).
       model_args: the model's constructor arguments; reads ``num_classes`` (default 1000, timm's
-        default) and ``in_chans`` (default 3). Other entries are ignored.
+        default; ``None``: the file's head whatever its width) and ``in_chans`` (default 3).
+        Other entries are ignored.
 
     Returns:
       ``{timm key: float32 array}`` in timm's state-dict order, with convs in OIHW (torch layout, as in a timm state dict):
@@ -117,7 +120,7 @@ def read_bit_npz(path, model_args=None) -> dict[str, np.ndarray]:
         out["norm.weight"] = _t2p(get("group_norm/gamma"))
         out["norm.bias"] = _t2p(get("group_norm/beta"))
         head = get("head/conv2d/kernel")
-        if num_classes and head.shape[-1] == num_classes:  # timm: Conv2d head of the same width
+        if num_classes is None or num_classes and head.shape[-1] == num_classes:  # timm: Conv2d head of the same width
             out["head.fc.weight"] = _t2p(head)
             out["head.fc.bias"] = _t2p(get("head/conv2d/bias"))
     return out

@@ -1,4 +1,5 @@
 """timm's ``ClassifierHead``: global pool, dropout, then a linear or 1x1-conv ``fc``."""
+import math
 from typing import Any, Optional
 
 import jax
@@ -40,4 +41,4 @@ class ClassifierHead(nn.Module):
                 fc = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype,
                               param_dtype=self.param_dtype, name="fc")
             x = fc(x)
-        return x.reshape(x.shape[0], -1) if flatten else x
+        return x.reshape(x.shape[0], math.prod(x.shape[1:])) if flatten else x  # not -1: batch may be 0

@@ -93,4 +93,4 @@ def select_global_pool(x: jax.Array, pool_type: str = "avg", keepdims: bool = Fa
     mx = jnp.max(x, axis=(1, 2), keepdims=True)
     y = {"avg": lambda: avg, "max": lambda: mx, "avgmax": lambda: 0.5 * (avg + mx),
          "catavgmax": lambda: jnp.concatenate([avg, mx], axis=-1)}[pool_type]()
-    return y if keepdims else y.reshape(y.shape[0], -1)
+    return y if keepdims else y.reshape(y.shape[0], y.shape[-1])  # not -1: a batch may be empty

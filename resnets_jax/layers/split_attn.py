@@ -31,13 +31,13 @@ def radix_softmax(x: jax.Array, radix: int, cardinality: int) -> jax.Array:
     """timm's ``RadixSoftmax`` on (B, radix * C) logits -> (B, radix, C) weights. radix > 1:
     view as (B, card, radix, C // card), softmax over radix, back to (radix, card, C // card);
     radix 1: a sigmoid gate."""
-    b = x.shape[0]
+    b, c = x.shape[0], x.shape[-1] // radix  # sizes, never -1: the batch may be empty
     if radix > 1:
-        x = x.reshape(b, cardinality, radix, -1).swapaxes(1, 2)
+        x = x.reshape(b, cardinality, radix, x.shape[-1] // (cardinality * radix)).swapaxes(1, 2)
         x = jax.nn.softmax(x, axis=1)
     else:
         x = jax.nn.sigmoid(x)
-    return x.reshape(b, radix, -1)
+    return x.reshape(b, radix, c)
 
 
 class SplitAttn(nn.Module):
@@ -93,10 +93,10 @@ class SplitAttn(nn.Module):
         x_attn = conv(mid_chs, 1, groups=card, use_bias=True, name="fc2")(x_gap)
 
         # (B, radix, C) weights; the softmax/sigmoid at least in float32 whatever the compute dtype
-        attn = radix_softmax(x_attn.reshape(b, -1).astype(stats_dtype(x_attn.dtype)), radix, card).astype(x.dtype)
+        attn = radix_softmax(x_attn.reshape(b, x_attn.shape[-1]).astype(stats_dtype(x_attn.dtype)), radix, card).astype(x.dtype)
         if radix > 1:
             return (x * attn[:, None, None]).sum(axis=3)
-        return x * attn.reshape(b, 1, 1, -1)
+        return x * attn.reshape(b, 1, 1, attn.shape[-1] * radix)
 
     def _norm_act(self, x, name, train, drop=None):
         if self.norm_layer is not None:

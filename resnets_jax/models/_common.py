@@ -71,9 +71,11 @@ class FeatureMixin:
     @property
     def num_stages_built(self) -> int:
         """Stages to build: all, or only up to the deepest selected feature map."""
-        return max(self.feature_indices) if self.features_only else len(self.all_feature_info()) - 1
+        return max(self.feature_indices, default=0) if self.features_only else len(self.all_feature_info()) - 1
 
     def _forward_features_only(self, x, train: bool):
+        if not self.feature_indices:  # out_indices=(): no maps, as timm's FeatureListNet returns []
+            return []
         feats = self.forward_intermediates(x, train, stop=max(self.feature_indices) + 1)
         return [feats[i] for i in self.feature_indices]
 
