@@ -82,8 +82,10 @@ def test_killed_run_resumes_without_recomputing(setup, tmp_path, capsys):
 
     assert embed(setup["folder"], output, setup["weights"]) == 0
     out, err = capsys.readouterr()
-    assert "resuming: 1 of 4 batches (4 images) already done" in err
-    assert "(9 computed now, 4 resumed)" in out  # 13 files: batch 0 was not run again
+    assert "resuming: 1 of 4 batches (4 files) already done" in err
+    # 13 files: batch 0 (3 images and broken.jpg) was not run again; unreadable files are not images
+    assert "12 images (9 computed now, 3 resumed); 1 unreadable" in out
+    assert "embedded 9 images" in err and "1 unreadable (0 in this run)" in err
     assert not parts.exists()
     resumed, reference = np.load(output), np.load(setup["reference"])
     assert sorted(resumed) == sorted(reference) == ["embeddings", "failed", "paths"]

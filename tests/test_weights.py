@@ -117,7 +117,7 @@ def test_extra_key_is_unexpected(timm_model):
 @pytest.mark.parametrize("content, match", [
     (b"", "empty file"),
     (b"hello, this is not a checkpoint at all", "not a safetensors file"),
-    (b"\x80\x04K\x03.", "could not be read as a PyTorch checkpoint|expected a dict of tensors"),
+    (b"\x80\x04K\x03.", "not a torch checkpoint"),  # a bare pickle of 3: torch.load refuses it too
 ])
 def test_non_checkpoint_files(tmp_path, content, match):
     path = tmp_path / "weights.bin"
@@ -137,7 +137,7 @@ def test_truncated_safetensors_and_torch_files(tmp_path, timm_model):
     torch.save(timm_model.state_dict(), tgood)
     tbad = tmp_path / "bad.bin"
     tbad.write_bytes(tgood.read_bytes()[: os.path.getsize(tgood) // 2])
-    with pytest.raises(CheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="cut short or corrupt"):
         rj.create_model(NAME, checkpoint_path=str(tbad))
 
 
@@ -150,7 +150,7 @@ def test_pickle_that_is_not_plain_weights_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": NotWeights()}, f)
-    with pytest.raises(CheckpointError, match="weights_only=True"):
+    with pytest.raises(CheckpointError, match="refused global builtins.print"):
         rj.load_state_dict(path)
 
 

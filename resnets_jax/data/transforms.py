@@ -55,9 +55,10 @@ def resolve_data_config(model_or_name, use_test_size: bool = False) -> dict:
     name = model_or_name if isinstance(model_or_name, str) else model_or_name.variant
     cfg = resolve_pretrained_cfg(name)
     input_size, crop_pct = cfg.get("input_size", (3, 224, 224)), cfg.get("crop_pct") or DEFAULT_CROP_PCT
-    if use_test_size and cfg.get("test_input_size"):
+    if use_test_size and cfg.get("test_input_size"):  # timm's resolve_data_config: each on its own
         input_size = cfg["test_input_size"]
-        crop_pct = cfg.get("test_crop_pct") or crop_pct
+    if use_test_size and cfg.get("test_crop_pct"):
+        crop_pct = cfg["test_crop_pct"]
     mean, std = tuple(cfg.get("mean") or IMAGENET_DEFAULT_MEAN), tuple(cfg.get("std") or IMAGENET_DEFAULT_STD)
     if not isinstance(model_or_name, str):
         chans = model_or_name.in_chans

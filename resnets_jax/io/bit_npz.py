@@ -19,7 +19,7 @@ import numpy as np
 
 from .errors import CheckpointError
 
-__all__ = ["BitNpzError", "read_bit_npz"]
+__all__ = ["BitNpzError", "bit_npz_head_width", "read_bit_npz"]
 
 _PREFIX = "resnet/"
 _STEM = "root_block/standardized_conv2d/kernel"
@@ -54,6 +54,13 @@ def _adapt_input_conv(in_chans, w, base_chans=3):
         w = np.tile(w, (1, math.ceil(in_chans / base_chans), 1, 1))[:, :in_chans]
         w = w * np.float32(base_chans / float(in_chans))
     return w.astype(dtype)
+
+
+def bit_npz_head_width(path) -> int | None:
+    """The class count of a BiT ``.npz``'s head (``None`` without one); reads that array only."""
+    with np.load(os.fspath(path), allow_pickle=False) as npz:
+        key = _PREFIX + "head/conv2d/bias"
+        return int(npz[key].shape[0]) if key in npz.files else None
 
 
 def read_bit_npz(path, model_args=None) -> dict[str, np.ndarray]:

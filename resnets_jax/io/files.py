@@ -7,10 +7,21 @@ import tempfile
 from typing import Callable, Iterator
 
 
+# Names that say "PyTorch pickle": torch.load would be handed safetensors bytes, so refused.
+PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt")
+
+
 def check_output(output: str, force: bool = False) -> str:
-    """The absolute output path, after the checks a write must pass: its directory exists, it is
-    not a directory, and it does not exist unless ``force``. Raises ``ValueError`` naming the path."""
+    """The absolute output path, after the checks a write must pass: its name does not promise a
+    PyTorch pickle (``PICKLE_SUFFIXES``: every file the package writes is safetensors, msgpack,
+    npz or JSON, never a pickle), its directory exists, it is not a directory, and it does not
+    exist unless ``force``. Raises ``ValueError`` naming the path and the reason."""
     output = os.path.abspath(os.fspath(output))
+    suffix = next((s for s in PICKLE_SUFFIXES if output.lower().endswith(s)), None)
+    if suffix:
+        raise ValueError(f"{output}: a {suffix} name says PyTorch pickle, but resnets_jax writes safetensors "
+                         f"(or msgpack), never pickles; name it .safetensors (timm reads it as it is, torch "
+                         f"with safetensors.torch.load_file)")
     directory = os.path.dirname(output)
     if not os.path.isdir(directory):
         raise ValueError(f"{output}: the output directory {directory} does not exist")

@@ -46,6 +46,10 @@ def _file_kind(path: str) -> str:
         return "torch"
     return "msgpack" if magic and _is_msgpack_map(magic) else "safetensors"
 
+def is_bit_npz(path: str) -> bool:
+    """Whether ``path`` is a ``.npz`` (read as a BiT checkpoint by ``load_state_dict``)."""
+    return _file_kind(os.fspath(path)) == "npz"
+
 def is_flax_checkpoint(path: str) -> bool:
     """Whether ``path`` holds Flax variables (as ``save_checkpoint`` writes) rather than timm's
     state dict; reads only a safetensors header, never a whole pickle."""

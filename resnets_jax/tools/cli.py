@@ -4,9 +4,10 @@
     resnets-jax info NAME
     resnets-jax convert NAME (--checkpoint PATH | --from-hub) --output PATH [--format F] [--force] [--verify]
     resnets-jax convert NAME|PATTERN... --from-hub --output-dir DIR [--format F] [--force] [--verify]
-    resnets-jax predict NAME IMAGE... [--weights PATH] [--top-k K] [--json]
+    resnets-jax predict NAME IMAGE... [--weights PATH] [--top-k K] [--json] [--use-train-size]
     resnets-jax demo [NAME]
     resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
+                      [--use-train-size]
     resnets-jax finetune NAME DATA_DIR --output DIR [--checkpoint F | --pretrained] [--epochs N] ... [--export F]
 
 Compiled programs are kept in JAX's persistent compilation cache (``$RESNETS_JAX_CACHE_DIR/xla``,
@@ -86,10 +87,11 @@ def _cmd_predict(args):
     from ..factory import create_model
     from .predict import predict
     if args.weights:
-        model, variables = create_model(args.name, checkpoint_path=args.weights)
+        model, variables = create_model(args.name, checkpoint_path=args.weights, use_ema=args.use_ema)
     else:
         model, variables = create_model(args.name, pretrained=True)
-    results = predict(model, variables, args.images, k=args.top_k, exif_transpose=args.exif_transpose)
+    results = predict(model, variables, args.images, k=args.top_k, exif_transpose=args.exif_transpose,
+                      use_test_size=args.use_test_size)
     if args.json:
         print(json.dumps([{"image": p, "top_k": r} for p, r in zip(args.images, results)], indent=2))
         return
@@ -102,7 +104,8 @@ def _cmd_predict(args):
 def _cmd_embed(args):
     from .embed import run_embed
     res = run_embed(args.model, args.folder, args.output, weights=args.weights, force=args.force, k=args.top_k,
-                    batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+                    batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
+                    use_ema=args.use_ema, use_test_size=args.use_test_size)
     print(f"wrote {res.output}: {res.images} images ({res.computed} computed now, {res.resumed} resumed)"
           + (f"; {len(res.failed)} unreadable, listed as 'failed'" if res.failed else ""))
 
@@ -152,6 +155,21 @@ def _add_finetune_parser(sub) -> None:
     s.set_defaults(fn=_cmd_finetune)
 
 
+def _add_use_ema(s) -> None:
+    s.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=True,
+                   help="from a training checkpoint, its EMA weights (state_dict_ema, else model_ema) when it has "
+                        "them, else its state_dict, as timm's load_checkpoint (default); --no-use-ema: state_dict")
+
+
+def _add_test_size(s) -> None:
+    size = s.add_mutually_exclusive_group()
+    size.add_argument("--use-test-size", dest="use_test_size", action="store_true", default=True,
+                      help="the tag's test_input_size / test_crop_pct where it has them (default, as timm's "
+                           "inference.py and validate.py)")
+    size.add_argument("--use-train-size", dest="use_test_size", action="store_false",
+                      help="the train input_size / crop_pct even when the tag has a test size (timm's option)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].strip("`: "))
     p.add_argument("--no-compile-cache", action="store_true",
@@ -177,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: msgpack for a .msgpack output, else safetensors")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--verify", action="store_true", help="check the written file against timm (when installed)")
-    s.add_argument("--use-ema", action="store_true", help="a training checkpoint's EMA weights")
+    _add_use_ema(s)
     s.add_argument("--cache-dir", help="huggingface_hub cache directory")
     s.set_defaults(fn=_cmd_convert)
     s = sub.add_parser("predict", help="classify images")
@@ -188,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--exif-transpose", action="store_true",
                    help="rotate photos as their EXIF orientation says (timm does not, nor do we by default)")
+    _add_use_ema(s)
+    _add_test_size(s)
     s.set_defaults(fn=_cmd_predict)
     s = sub.add_parser("demo", help="convert a checkpoint, classify a photo, compare with timm")
     s.add_argument("name", nargs="?", default="resnetv2_50.a1h_in1k")
@@ -203,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="replace an existing output; discard an unfinished run made with other settings")
     s.add_argument("--no-progress", action="store_true")
+    _add_use_ema(s)
+    _add_test_size(s)
     s.set_defaults(fn=_cmd_embed)
     _add_finetune_parser(sub)
     return p

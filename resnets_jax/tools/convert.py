@@ -13,6 +13,8 @@ import numpy as np
 
 from ..factory import create_model, resolve_pretrained_cfg
 from ..io import CheckpointError, is_flax_checkpoint
+from ..io.bit_npz import bit_npz_head_width
+from ..io.formats import is_bit_npz
 from ..io.files import atomic_output, check_output
 from ..io.flax_checkpoint import resolve_format, write_flax_checkpoint
 from ..pretrained import pretrained_file
@@ -34,7 +36,7 @@ class ConversionResult:
 
 def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str] = None, from_hub: bool = False,
                        format: Optional[str] = None, force: bool = False, verify: bool = False,
-                       cache_dir: Optional[str] = None, use_ema: bool = False, verify_tol: float = VERIFY_TOL,
+                       cache_dir: Optional[str] = None, use_ema: bool = True, verify_tol: float = VERIFY_TOL,
                        log: Callable[[str], None] = lambda s: None) -> ConversionResult:
     """Convert the timm checkpoint of ``name`` (``checkpoint_path``, or the tag's hub weights
     with ``from_hub``; ``hf-hub:<org>/<repo>`` names work too) into a Flax checkpoint at
@@ -58,6 +60,7 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
         verify_note = "the source is already a resnets_jax checkpoint"
     else:
         verify_note = "" if timm_available() else "timm is not installed"
+        verify_note = verify_note or _bit_npz_note(checkpoint_path, model)
     parity = None
     with atomic_output(output, force) as tmp:
         write_flax_checkpoint(tmp, model, variables, format)
@@ -74,6 +77,18 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
                             num_params=num_params, file_bytes=os.path.getsize(output),
                             seconds=time.perf_counter() - start, parity=parity,
                             note=verify_note if verify else "")
+
+
+def _bit_npz_note(path: str, model) -> str:
+    """Why timm cannot be held against a model read from a BiT ``.npz`` ('' when it can): timm
+    reads one only by its ``.npz`` name, and a head of another width stays a random init in both."""
+    if not is_bit_npz(path):
+        return ""
+    if not os.fspath(path).lower().endswith(".npz"):
+        return "timm reads a BiT checkpoint only from a file named .npz"
+    if bit_npz_head_width(path) != model.num_classes:
+        return "the BiT file's head has another width, so both heads are random inits"
+    return ""
 
 
 def expand_names(names):

@@ -61,8 +61,8 @@ class EmbedResult:
     output: str
     images: int          # rows in the output (readable images)
     failed: List[str]    # files that could not be read
-    computed: int        # files decoded and run in this invocation (not those resumed)
-    resumed: int         # files whose batches were already done
+    computed: int        # images embedded in this invocation (readable ones; process 0's count)
+    resumed: int         # images taken from batches an earlier run had done (readable ones)
     seconds: float
 
 
@@ -108,12 +108,13 @@ def embed_folder(model, variables, folder: str, output: str, **kwargs) -> EmbedR
     ``output`` (a ``.npz``); see the module docstring. Keyword arguments: ``k``,
     ``batch_size`` (global, over all devices; default 64), ``force``, ``workers`` (decode
     threads; default: CPU count), ``dp`` (a ``DataParallel``; default all devices),
-    ``progress``, ``log``."""
+    ``progress``, ``log``, ``use_test_size`` (default True: the tag's ``test_input_size`` /
+    ``test_crop_pct`` where it has them, as timm's ``inference.py``)."""
     return _run(_Job.check(folder, output, kwargs.pop("force", False)), model, variables, **kwargs)
 
 
 def run_embed(name: str, folder: str, output: str, weights: Optional[str] = None, force: bool = False,
-              **kwargs) -> EmbedResult:
+              use_ema: bool = True, **kwargs) -> EmbedResult:
     """``embed_folder`` with the model ``name`` and ``weights`` (a timm or resnets_jax
     checkpoint file; default: the tag's pretrained hub weights), checking the folder and the
     output before loading anything, under ``jax.distributed`` when launched as several
@@ -122,7 +123,7 @@ def run_embed(name: str, folder: str, output: str, weights: Optional[str] = None
     initialize()
     job = _Job.check(folder, output, force)
     if weights:
-        model, variables = create_model(name, checkpoint_path=weights)
+        model, variables = create_model(name, checkpoint_path=weights, use_ema=use_ema)
     else:
         model, variables = create_model(name, pretrained=True)
     return _run(job, model, variables, **kwargs)
@@ -189,7 +190,8 @@ def _agree(dp: DataParallel, error: Optional[BaseException]) -> None:
 
 
 def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int = 64, workers: Optional[int] = None,
-         dp: Optional[DataParallel] = None, progress: bool = True, log: Optional[Callable] = None) -> EmbedResult:
+         dp: Optional[DataParallel] = None, progress: bool = True, log: Optional[Callable] = None,
+         use_test_size: bool = True) -> EmbedResult:
     log = log or _log
     start = time.perf_counter()
     if batch_size < 1 or (k is not None and k < 1):
@@ -199,7 +201,7 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
     k = k and min(k, model.num_classes)
     dp = dp or DataParallel()
     main_process = jax.process_index() == 0
-    cfg = resolve_data_config(model)
+    cfg = resolve_data_config(model, use_test_size=use_test_size)
     transform = create_transform(**cfg)
     n_files, procs, me = len(job.files), jax.process_count() if dp.multi_process else 1, jax.process_index()
     share = -(-batch_size // procs)  # a process's files in a batch
@@ -223,9 +225,9 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
         raise error
 
     todo = [i for i in range(num_batches) if not done[i]]
-    resumed = sum(min(batch_size, n_files - i * batch_size) for i in range(num_batches) if done[i])
+    resumed = sum(min(batch_size, n_files - i * batch_size) for i in range(num_batches) if done[i])  # files
     if resumed and main_process:
-        log(f"resuming: {num_batches - len(todo)} of {num_batches} batches ({resumed} images) already done in {job.parts}")
+        log(f"resuming: {num_batches - len(todo)} of {num_batches} batches ({resumed} files) already done in {job.parts}")
     variables = dp.replicate(variables)
     names = class_names(model) if k else None
     method = None if k else pooled_features
@@ -243,7 +245,7 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
             return None
 
     bar = _progress_bar(n_files, resumed, progress and main_process)
-    computed = 0
+    computed, unreadable = 0, 0  # images embedded now, files of this run that could not be read
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
         pending = deque()
 
@@ -266,9 +268,9 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
             rows = dp.predict_all(model, variables, x, method=method, pad_to=share)
             oks = dp.allgather(ok)  # (processes, share): which files of the batch were read
             batch = np.arange(i * batch_size, min((i + 1) * batch_size, n_files))
-            computed += len(batch)
             if main_process:
                 valid = np.concatenate([oks[p][:len(batch[p * share:(p + 1) * share])] for p in range(procs)])
+                computed, unreadable = computed + int(valid.sum()), unreadable + int((~valid).sum())
                 arrays = dict(index=batch[valid], failed=batch[~valid])
                 if k:
                     preds = top_k(rows, k, names)
@@ -279,14 +281,16 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
                 _write_atomic(_chunk_path(job.parts, i), lambda f: np.savez(f, **arrays), exit_hook=j == exit_after)
                 bar.update(len(batch))
     bar.close()
-    result = EmbedResult(output=job.output, images=0, failed=[], computed=computed, resumed=resumed,
+    result = EmbedResult(output=job.output, images=0, failed=[], computed=computed, resumed=0,
                          seconds=time.perf_counter() - start)
     if main_process:
         _assemble(job, num_batches, k, result)
         shutil.rmtree(job.parts)
+        result.resumed = result.images - computed
         rate = computed / max(result.seconds, 1e-9)
         log(f"embedded {computed} images in {result.seconds:.1f}s ({rate:.1f} images/s over {dp.num_devices} "
-            f"device(s)); {resumed} resumed; {len(result.failed)} unreadable")
+            f"device(s)); {result.resumed} resumed; {len(result.failed)} unreadable "
+            f"({unreadable} in this run), left out")
     return result
 
 

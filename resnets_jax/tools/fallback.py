@@ -31,7 +31,7 @@ def timm_checkpoint(name: str, fallback_dir: str, cache_dir: Optional[str] = Non
         path = pretrained_file(resolve_pretrained_cfg(name, cache_dir), cache_dir=cache_dir)
         return TimmCheckpoint(path, True, f"Pretrained weights for {name} from the Hugging Face hub: {path}")
     except CheckpointError as e:
-        reason = str(e).splitlines()[0]
+        reason = " ".join(str(e).split())  # whole: huggingface_hub's messages break lines mid-sentence
     os.makedirs(fallback_dir, exist_ok=True)
     path = os.path.join(os.path.abspath(fallback_dir), f"{name.replace('.', '_')}_random_init.safetensors")
     if not os.path.exists(path):

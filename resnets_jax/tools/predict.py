@@ -70,6 +70,11 @@ def top_k(logits: np.ndarray, k: int = 5, names: Optional[Sequence[str]] = None)
     return out
 
 
-def predict(model, variables, paths: Sequence[str], k: int = 5, exif_transpose: bool = False) -> List[List[dict]]:
-    logits = jit(model.apply)(variables, load_images(model, paths, exif_transpose=exif_transpose))
+def predict(model, variables, paths: Sequence[str], k: int = 5, exif_transpose: bool = False,
+            use_test_size: bool = True) -> List[List[dict]]:
+    """Top-``k`` classes of each image (see ``top_k``). ``use_test_size``: the tag's
+    ``test_input_size`` / ``test_crop_pct`` where it has them, as timm's ``inference.py`` and
+    ``validate.py`` by default (their ``--use-train-size`` is ``use_test_size=False``)."""
+    x = load_images(model, paths, use_test_size=use_test_size, exif_transpose=exif_transpose)
+    logits = jit(model.apply)(variables, x)
     return top_k(np.asarray(logits), k, names=class_names(model))

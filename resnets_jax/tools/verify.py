@@ -27,7 +27,7 @@ def _verification_input(model) -> np.ndarray:
     with Image.open(sample_image_path()) as img:
         return create_transform(**cfg)(img)[None]
 
-def timm_logits(model, checkpoint_path: str, x: np.ndarray, *, use_ema: bool = False) -> np.ndarray:
+def timm_logits(model, checkpoint_path: str, x: np.ndarray, *, use_ema: bool = True) -> np.ndarray:
     """timm's logits (float64 numpy) for NHWC ``x``: timm's model of ``model``'s architecture
     and class count, loading ``checkpoint_path`` with timm's own reader. Needs torch and timm."""
     import timm
@@ -40,7 +40,7 @@ def timm_logits(model, checkpoint_path: str, x: np.ndarray, *, use_ema: bool = F
     with torch.no_grad():
         return tmodel.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
 
-def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = False) -> float:
+def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = True) -> float:
     """max |Δlogit| / max |logit| between ``model`` and timm's model loading ``checkpoint_path``
     with timm's own reader, on the bundled photo. Needs torch and timm."""
     x = _verification_input(model)
