@@ -53,7 +53,9 @@ def test_predict_json_matches_timm(tmp_path, capsys):
                      "--top-k", "3", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 1 and len(out[0]["top_k"]) == 3
-    x = rj.predict.load_images(rj.build_model("resnetv2_18"), [sample_image_path()])
+    # the tag's test size (288 px, crop 1.0), as timm's inference.py uses by default
+    x = rj.predict.load_images(rj.build_model("resnetv2_18"), [sample_image_path()], use_test_size=True)
+    assert x.shape == (1, 288, 288, 3)
     with torch.no_grad():
         ref = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).softmax(-1).numpy()[0]
     assert [r["index"] for r in out[0]["top_k"]] == list(np.argsort(-ref)[:3])
