@@ -169,7 +169,7 @@ def _truncated(ckpt, name):
     ("empty", "empty file"),
     ("text", "not a safetensors file"),
     ("truncated-safetensors", "truncated"),
-    ("truncated-bin", "could not be read as a PyTorch checkpoint"),
+    ("truncated-bin", "cut short or corrupt"),
     ("directory", "a directory, expected a checkpoint file"),
     ("missing", "no such file"),
     ("json", "not a safetensors file"),
@@ -205,7 +205,7 @@ def test_pickle_that_is_not_plain_weights(tmp_path, capsys):
         pickle.dump({"state_dict": _RunsCode()}, f)
     out = tmp_path / "out.safetensors"
     code, stdout, err = _convert(capsys, NAME, "--checkpoint", src, "-o", out)
-    _assert_refused(code, err, out, r"weights_only=True")
+    _assert_refused(code, err, out, r"refused global posix.system")
     assert "this pickle runs code" not in stdout
 
 

@@ -55,7 +55,7 @@ def test_reference_output(setup):
     assert list(out["paths"]) == images and len(images) == 12  # sorted, recursive, .txt not listed
     assert list(out["failed"]) == ["broken.jpg"]
     model, variables = setup["model"], setup["variables"]
-    x = load_images(model, [str(setup["folder"] / p) for p in images])
+    x = load_images(model, [str(setup["folder"] / p) for p in images], use_test_size=True)  # embed: the test size by default
     direct = np.asarray(model.apply(variables, x, method=pooled_features))
     assert out["embeddings"].shape == (12, model.num_features) and out["embeddings"].dtype == np.float32
     assert np.abs(out["embeddings"] - direct).max() / np.abs(direct).max() < EMBED_TOL
@@ -102,7 +102,7 @@ def test_top_k(setup, tmp_path):
     assert sorted(out) == ["failed", "indices", "labels", "paths", "probabilities"]
     paths = list(out["paths"])
     model, variables = setup["model"], setup["variables"]
-    logits = np.asarray(model.apply(variables, load_images(model, [str(setup["folder"] / p) for p in paths])))
+    logits = np.asarray(model.apply(variables, load_images(model, [str(setup["folder"] / p) for p in paths], use_test_size=True)))
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     assert out["indices"].shape == out["probabilities"].shape == out["labels"].shape == (12, 3)
