@@ -9,7 +9,7 @@ import warnings
 
 MOVED = {
     "resnets_jax.weights": ("resnets_jax.io.errors", "resnets_jax.io.arrays", "resnets_jax.io.safetensors",
-                            "resnets_jax.io.torch_file", "resnets_jax.io.flax_checkpoint", "resnets_jax.io.formats",
+                            "resnets_jax.io.torch_zip", "resnets_jax.io.flax_checkpoint", "resnets_jax.io.formats",
                             "resnets_jax.io.hub", "resnets_jax.convert.keys", "resnets_jax.convert.shapes",
                             "resnets_jax.convert.matcher", "resnets_jax.convert.export", "resnets_jax.pretrained"),
     "resnets_jax.conversion": ("resnets_jax.io.files", "resnets_jax.io.flax_checkpoint", "resnets_jax.convert.export",
@@ -27,7 +27,8 @@ MOVED = {
 # names that changed as well as moved: old name -> (new module, new name)
 RENAMED = {
     "resnets_jax.weights": {"hf_hub_config": ("resnets_jax.factory", "resolve_pretrained_cfg"),
-                            "load_flax_state_dict": ("resnets_jax.convert.matcher", "load_variables")},
+                            "load_flax_state_dict": ("resnets_jax.convert.matcher", "load_variables"),
+                            "read_torch_checkpoint": ("resnets_jax.io.formats", "load_state_dict")},
 }
 
 
