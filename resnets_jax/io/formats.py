@@ -11,7 +11,12 @@ from .bit_npz import read_bit_npz
 from .errors import CheckpointError
 from .flax_checkpoint import _is_msgpack_map, is_flax_layout, read_flax_msgpack
 from .safetensors import read_safetensors
-from .torch_zip import _CLEAN_PREFIXES, checkpoint_state_dict, clean_key, load_torch_file
+from .torch_zip import (
+    _CLEAN_PREFIXES,
+    checkpoint_state_dict,
+    clean_key,
+    load_torch_file,
+)
 
 
 class StateDict(dict):

@@ -14,9 +14,9 @@ import numpy as np
 from ..factory import create_model, resolve_pretrained_cfg
 from ..io import CheckpointError, is_flax_checkpoint
 from ..io.bit_npz import bit_npz_head_width
-from ..io.formats import is_bit_npz
 from ..io.files import atomic_output, check_output
 from ..io.flax_checkpoint import resolve_format, write_flax_checkpoint
+from ..io.formats import is_bit_npz
 from ..pretrained import pretrained_file
 from ..registry import list_pretrained
 from .verify import VERIFY_TOL, timm_available, verify_with_timm
