@@ -38,11 +38,9 @@ from .builder import build_model, create_model
 from .conversion import check_output, export_timm_checkpoint
 from .files import write_atomic
 from .data import create_transform, resolve_data_config
-from .grain_data import ImageFolderSource, to_iter_dataset, train_dataset
 from .image_folder import ImageFolder, eval_batches, split_indices, train_transform
 from .parallel import DataParallel
 from .train import OPTIMIZERS, TrainState, cross_entropy, make_optimizer, make_train_step, warmup_cosine_schedule
-from .train_checkpoint import TrainCheckpoints, read_train_checkpoint
 from .weights import init_variables
 
 CHECKPOINT_DIR = "checkpoints"  # Orbax steps: output_dir/checkpoints/<step>/{state,data,meta}
@@ -370,6 +368,7 @@ def load_finetuned(output_dir: str, best: bool = False, step: Optional[int] = No
     if not os.path.isdir(ckpt_dir) and os.path.exists(legacy):
         raw = _read_legacy_checkpoint(legacy)
     else:
+        from .train_checkpoint import read_train_checkpoint
         saved = read_train_checkpoint(ckpt_dir, step=step, best=best)
         raw = {"state": saved["state"], "config": saved["meta"]["config"]}
     cfg, state = raw["config"], raw["state"]

@@ -4,6 +4,13 @@ not, the Grain batches equal to ``image_folder.Batches`` and resumed at the same
 the calling process and in worker processes), and a run directory of the msgpack format."""
 import functools
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +20,7 @@ import pytest
 from flax import serialization
 
 import resnets_jax as rj
-from resnets_jax.finetune import (LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME, FinetuneConfig, finetune,
+from resnets_jax.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME, FinetuneConfig, finetune,
                                   load_finetuned)
 from resnets_jax.grain_data import ImageFolderSource, to_iter_dataset, train_dataset
 from resnets_jax.image_folder import Batches, ImageFolder, split_indices, train_transform
@@ -22,6 +29,7 @@ from resnets_jax.train_checkpoint import TrainCheckpoints, read_train_checkpoint
 from test_finetune import MEAN, MODEL, STD, make_folder
 
 SIZE = 24
+SCRIPTS = Path(__file__).parent / "scripts"
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +139,59 @@ def test_msgpack_run_dir_is_read_but_not_resumed(folder, tmp_path):
     for resume in (True, False):
         with pytest.raises(ValueError, match="msgpack format of resnets_jax 0.1.*load_finetuned.*--checkpoint"):
             finetune(FinetuneConfig(MODEL, str(folder), str(out), resume=resume, progress=False))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(data_dir, out_dir, env, *flags):
+    port = _free_port()
+    return [subprocess.Popen([sys.executable, str(SCRIPTS / "finetune_multihost.py"), str(data_dir), str(out_dir), *flags],
+                             env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                      JAX_PROCESS_ID=str(pid)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(2)]
+
+
+def _wait(procs):
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    return logs
+
+
+def test_two_processes_killed_and_resumed_equal_uninterrupted(tmp_path):
+    """Two processes on loopback (1 CPU device each): each reads its own rows through Grain and
+    writes its iterator position into every Orbax checkpoint. Both killed (SIGKILL) after the
+    first checkpoint, then resumed: the same parameters, statistics and optimizer state, bit for
+    bit, as an uninterrupted two-process run."""
+    data_dir = make_folder(tmp_path / "images", n=16)  # 24 training images: 3 batches of 8 per epoch
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _wait(_launch(data_dir, full, env))
+    procs = _launch(data_dir, cut, env)
+    ckpts = cut / CHECKPOINT_DIR
+    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())) and \
+            all(p.poll() is None for p in procs):
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+    a = read_train_checkpoint(str(full / CHECKPOINT_DIR))
+    interrupted = read_train_checkpoint(str(ckpts))
+    assert 0 < int(interrupted["state"]["step"]) < int(a["state"]["step"]), "the run was not interrupted midway"
+    assert sorted(p.name for p in (ckpts / str(interrupted["step"]) / "data").glob("process_*")) == \
+        ["process_0-of-2.json", "process_1-of-2.json"]  # each process wrote its iterator
+    logs = _wait(_launch(data_dir, cut, env, "--resume"))
+    assert "resuming" in logs[0]
+    b = read_train_checkpoint(str(ckpts))
+    assert a["step"] == b["step"]
+    leaves_a, leaves_b = (jax.tree_util.tree_flatten_with_path(x["state"])[0] for x in (a, b))
+    assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b]
+    for (k, x), (_, y) in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(k))
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(b["meta"]["history"]) == strip(a["meta"]["history"])
