@@ -195,7 +195,10 @@ def evaluate(dp: DataParallel, model, variables, batches) -> Dict[str, float]:
 def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.data_dir`` (see the module docstring and ``FinetuneConfig``).
     Checkpoints go to ``cfg.output_dir/checkpoints/<step>/`` (each epoch and every
-    ``checkpoint_every`` steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``."""
+    ``checkpoint_every`` steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``. Needs
+    the ``train`` extra (grain, orbax-checkpoint)."""
+    from .grain_data import ImageFolderSource, to_iter_dataset, train_dataset
+    from .train_checkpoint import TrainCheckpoints
     dp = DataParallel()
     _check_config(cfg, dp)
     dataset = ImageFolder(cfg.data_dir)
