@@ -62,6 +62,16 @@ class ResNetNNX(nnx.bridge.ToNNX):
     def deterministic(self, value: bool):
         self.to_nnx__train = not value
 
+    def set_view(self, deterministic: Optional[bool] = None, use_running_average: Optional[bool] = None):
+        """Used by ``nnx.view``; the two must agree when both are given (one ``train`` flag).
+        Raises ``ValueError`` when they differ."""
+        if None not in (deterministic, use_running_average) and deterministic != use_running_average:
+            raise ValueError("the linen modules take one train flag: deterministic and use_running_average must "
+                             f"agree, got {deterministic} and {use_running_average}")
+        for value in (deterministic, use_running_average):
+            if value is not None:
+                self.to_nnx__train = not value
+
     def __call__(self, *args, method=None, **kwargs):
         train = self.to_nnx__train
         has_stats = any(isinstance(v, nnx.BatchStat) for _, v in nnx.iter_graph(self))

@@ -64,6 +64,8 @@ def test_eval_and_train_mode_match_linen(name):
 
     model.eval()  # back to running statistics: the updated ones
     np.testing.assert_array_equal(model(x), module.apply(after, x))
+    view = nnx.view(model, use_running_average=False, deterministic=False)  # a training-mode view
+    assert model.use_running_average and not view.use_running_average
 
 
 def test_create_model_loads_as_linen(tmp_path):
