@@ -49,7 +49,8 @@ class TrainCheckpoints:
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(
                 best_fn=best_fn, best_mode="max", preservation_policy=ocm.AnyPreservationPolicy(policies),
-                enable_async_checkpointing=async_save, create=True))
+                enable_async_checkpointing=async_save, create=True,
+                cleanup_tmp_directories=True))  # what a killed run left half-written
 
     def all_steps(self):
         return list(self.manager.all_steps())
