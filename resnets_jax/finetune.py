@@ -225,7 +225,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
                                   interpolation=cfg.interpolation, hflip=cfg.hflip)
     train_ds = train_dataset(ImageFolderSource(dataset, mode), train_idx, cfg.batch_size, cfg.seed, cfg.epochs,
                              transform, jax.process_index(), jax.process_count())
-    data = iter(to_iter_dataset(train_ds, workers=cfg.worker_processes, threads=cfg.workers or min(8, os.cpu_count() or 1)))
+    threads = cfg.workers or min(8, os.cpu_count() or 1)
+    data = iter(to_iter_dataset(train_ds, workers=cfg.worker_processes, threads=threads))
     eval_transform = create_transform(**{**data_cfg, "input_size": (chans, *size)})
     steps_per_epoch = len(train_idx) // cfg.batch_size
     updates, warmup = _schedule_steps(cfg, steps_per_epoch)
@@ -242,7 +243,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
         step = ckpts.latest_step()
         _check_fingerprint(f"{ckpt_dir}/{step}", ckpts.meta(step), fingerprint)
         target = jax.eval_shape(lambda v: TrainState.create(v, tx), variables)
-        target = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), target)
+        target = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), target)
         state, meta = ckpts.restore(step, target, data_iterator=data)
         rng, history = np.asarray(meta["rng"], np.uint32), meta["history"]
         epoch, start_batch, epoch_sums = meta["epoch"], meta["batch"], meta["epoch_sums"]

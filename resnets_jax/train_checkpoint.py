@@ -117,7 +117,8 @@ def _check_shapes(directory: str, step: int, saved: Any, abstract: Any) -> None:
            if flat_saved.get(k) != v]
     bad += [f"{k}: only in the checkpoint" for k in flat_saved.keys() - flat_target.keys()]
     if bad:
-        raise ValueError(f"{directory}/{step}: the training state does not fit the model: " + "; ".join(sorted(bad)[:5]))
+        raise ValueError(f"{directory}/{step}: the training state does not fit the model: "
+                         + "; ".join(sorted(bad)[:5]))
 
 
 def _saved_state(step_dir: str):

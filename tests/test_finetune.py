@@ -18,7 +18,7 @@ from PIL import Image
 
 import resnets_jax as rj
 from resnets_jax import cli
-from resnets_jax.finetune import CHECKPOINT_DIR, LEGACY_CHECKPOINT_NAME, FinetuneConfig, finetune, load_finetuned
+from resnets_jax.finetune import CHECKPOINT_DIR, FinetuneConfig, finetune, load_finetuned
 from resnets_jax.train_checkpoint import read_train_checkpoint
 from resnets_jax.image_folder import Batches, ImageFolder, rrc_params, split_indices, train_transform
 from timm_ref import PARITY_TOL, rel_err, timm_forward

@@ -20,8 +20,8 @@ import pytest
 from flax import serialization
 
 import resnets_jax as rj
-from resnets_jax.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME, FinetuneConfig, finetune,
-                                  load_finetuned)
+from resnets_jax.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME, FinetuneConfig,
+                                  finetune, load_finetuned)
 from resnets_jax.grain_data import ImageFolderSource, to_iter_dataset, train_dataset
 from resnets_jax.image_folder import Batches, ImageFolder, split_indices, train_transform
 from resnets_jax.train import TrainState
@@ -39,7 +39,8 @@ def folder(tmp_path_factory):
 
 def _state(step=0, width=2):
     tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
-    state = TrainState.create({"params": {"w": jnp.full((3, width), 0.5), "b": jnp.arange(width, dtype=jnp.float32)}}, tx)
+    params = {"w": jnp.full((3, width), 0.5), "b": jnp.arange(width, dtype=jnp.float32)}
+    state = TrainState.create({"params": params}, tx)
     return state.replace(step=jnp.int32(step))
 
 
@@ -72,7 +73,8 @@ def test_restore_exact_and_refuses_other_shapes(tmp_path):
     assert meta["rng"] == [1, 2]
     for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match=r"does not fit the model: .*\['params'\]\['w'\]: checkpoint \(3, 2\) vs model \(3, 4\)"):
+    fit = r"does not fit the model: .*\['params'\]\['w'\]: checkpoint \(3, 2\) vs model \(3, 4\)"
+    with pytest.raises(ValueError, match=fit):
         ckpts.restore(7, jax.eval_shape(lambda: _state(width=4)))
     with pytest.raises(ValueError, match="keep must be at least 1"):
         TrainCheckpoints(str(tmp_path / "x"), keep=0)
@@ -126,7 +128,8 @@ def test_msgpack_run_dir_is_read_but_not_resumed(folder, tmp_path):
     state = TrainState.create(variables, optax.sgd(0.1))
     config = {"model": MODEL, "num_classes": None, "classes": ["blue", "red"], "bf16": False}
     blob = serialization.msgpack_serialize({
-        "format": LEGACY_CHECKPOINT_FORMAT, "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
+        "format": LEGACY_CHECKPOINT_FORMAT,
+        "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
         "rng": np.zeros(2, np.uint32), "epoch": 1, "batch": 0, "epoch_sums": {}, "history": "[]",
         "config": json.dumps(config)})
     out = tmp_path / "old_run"
@@ -149,7 +152,8 @@ def _free_port():
 
 def _launch(data_dir, out_dir, env, *flags):
     port = _free_port()
-    return [subprocess.Popen([sys.executable, str(SCRIPTS / "finetune_multihost.py"), str(data_dir), str(out_dir), *flags],
+    script = [sys.executable, str(SCRIPTS / "finetune_multihost.py"), str(data_dir), str(out_dir), *flags]
+    return [subprocess.Popen(script,
                              env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                                       JAX_PROCESS_ID=str(pid)),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(2)]
