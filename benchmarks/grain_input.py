@@ -4,7 +4,7 @@ at 224, per worker count) beside resnetv2_50's training step time, on this machi
     python benchmarks/grain_input.py [--images 96] [--batch 16] [--workers 0 1 2] [--steps 3]
 
 The images are synthetic JPEGs of ImageNet's typical size (500x375, quality 90) in two class
-folders. Input: ``grain_data.train_dataset`` + ``to_iter_dataset`` over them, one epoch after a
+folders. Input: ``data.grain_pipeline.train_dataset`` + ``to_iter_dataset`` over them, one epoch after a
 warm-up batch, ``--workers 0`` meaning 2 decoding threads in this process. Step: resnetv2_50
 (random weights, 2 classes), ``make_train_step`` (SGD, train mode: batch statistics) under
 ``jax.jit``, median of ``--steps`` after compiling. Prints one line per measurement and the
@@ -31,8 +31,8 @@ def make_images(root: str, n: int) -> None:
 
 
 def input_rate(root: str, batch: int, workers: int) -> float:
-    from resnets_jax.grain_data import ImageFolderSource, to_iter_dataset, train_dataset
-    from resnets_jax.image_folder import ImageFolder, train_transform
+    from resnets_jax.data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset
+    from resnets_jax.data.image_folder import ImageFolder, train_transform
     ds = ImageFolder(root)
     transform = functools.partial(train_transform, size=(224, 224), mean=(0.485, 0.456, 0.406),
                                   std=(0.229, 0.224, 0.225))

@@ -3,20 +3,31 @@
     import resnets_jax as rj
     model, variables = rj.create_model("resnetv2_50.a1h_in1k", pretrained=True)
     logits = model.apply(variables, x)   # x: (B, H, W, 3), normalized, NHWC
+
+The rooms (docs/architecture.md): ``registry`` (pure tables), ``factory`` (name -> config ->
+module -> weights), ``pretrained``, ``convert`` (timm <-> Flax), ``io`` (checkpoint files, the
+hub), ``layers`` and ``models``, ``data``, ``train``, ``parallel``, ``xla``, ``tools`` (CLI).
 """
-from . import data, layers, models  # noqa: F401  (models registers every architecture)
-from . import predict  # noqa: F401
-from .builder import build_model, create_model
-from .conversion import convert_checkpoint, export_timm_checkpoint, save_checkpoint
+from . import _deprecated, data, layers, models  # noqa: F401  (models registers every architecture)
+from .convert import (
+    convert_timm_state_dict,
+    export_timm_checkpoint,
+    export_timm_state_dict,
+    load_variables,
+)
+from .factory import build_model, create_model, resolve_pretrained_cfg
+from .io import CheckpointError, load_state_dict, save_checkpoint
 from .registry import get_pretrained_cfg, list_models, list_pretrained
+from .tools import predict  # noqa: F401  (rj.predict.top_k / class_names, as in 0.1)
+from .tools.convert import convert_checkpoint
 from .xla import compiler_options, enable_compilation_cache, jit
-from .weights import (CheckpointError, convert_timm_state_dict, export_timm_state_dict,
-                      load_state_dict, load_variables)
 
 __version__ = "0.1.0"
 
+_deprecated.install()
+
 __all__ = [
-    "create_model", "build_model", "list_models", "list_pretrained", "get_pretrained_cfg",
+    "create_model", "build_model", "resolve_pretrained_cfg", "list_models", "list_pretrained", "get_pretrained_cfg",
     "convert_timm_state_dict", "export_timm_state_dict", "load_state_dict", "load_variables", "CheckpointError",
     "save_checkpoint", "convert_checkpoint", "export_timm_checkpoint",
     "jit", "compiler_options", "enable_compilation_cache",

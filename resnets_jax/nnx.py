@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 from flax.nnx.bridge import variables as bridge_variables
 
-from . import builder, weights
+from .convert import export_timm_state_dict as _export_linen
+from .factory import create_model as _create_linen
 
 __all__ = ["ResNetNNX", "create_model", "from_linen", "to_linen", "export_timm_state_dict"]
 
@@ -98,7 +99,7 @@ def create_model(name: str, pretrained: bool = False, checkpoint_path: Optional[
     names, ``CheckpointError`` for a checkpoint that does not fit). In eval mode."""
     rngs = rngs if rngs is not None else nnx.Rngs(0)
     rng = None if pretrained or checkpoint_path is not None else rngs.params()
-    module, variables = builder.create_model(name, pretrained, checkpoint_path, rng=rng, **timm_kwargs)
+    module, variables = _create_linen(name, pretrained, checkpoint_path, rng=rng, **timm_kwargs)
     return from_linen(module, variables, rngs=rngs)
 
 
@@ -113,4 +114,4 @@ def to_linen(model: ResNetNNX) -> Tuple[Any, Dict[str, Any]]:
 def export_timm_state_dict(model: ResNetNNX) -> Dict[str, np.ndarray]:
     """timm's state dict (keys, layouts; numpy) of ``model``: ``resnets_jax.export_timm_state_dict``
     of ``to_linen(model)``; ``torch.save`` it or load it into ``timm.create_model(arch, ...)``."""
-    return weights.export_timm_state_dict(*to_linen(model))
+    return _export_linen(*to_linen(model))

@@ -2,10 +2,12 @@
 
 As in timm, a family module defines ``default_cfgs`` (``'arch.tag' -> cfg``) and registers one
 function per architecture with ``@register_model``; the first tag listed for an architecture
-is its default.
+is its default. Pure tables: no I/O, and nothing of the package is imported here (an
+``hf-hub:`` repo's config is read by ``factory.resolve_pretrained_cfg`` and registered here).
 """
 import difflib
 import fnmatch
+import re
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -55,7 +57,7 @@ def parse_hf_hub_name(name: str) -> Optional[str]:
 
 
 def register_hf_hub_cfg(model_id: str, cfg: dict) -> dict:
-    """Remember the config of ``hf-hub:<model_id>`` (read by ``weights.hf_hub_config``)."""
+    """Remember the config of ``hf-hub:<model_id>`` (as ``factory.resolve_pretrained_cfg`` read it)."""
     _hf_hub_cfgs[model_id] = cfg
     return cfg
 
@@ -83,12 +85,14 @@ def model_entrypoint(name: str) -> Callable:
 
 def get_pretrained_cfg(name: str) -> dict:
     """The config of ``arch.tag`` (or of the architecture's default tag), or of
-    ``hf-hub:<org>/<repo>`` (its ``config.json``, fetched with huggingface_hub on first use)."""
+    ``hf-hub:<org>/<repo>`` once its ``config.json`` has been read (``create_model``,
+    ``build_model`` and ``factory.resolve_pretrained_cfg`` read it). ``ValueError`` for an
+    unknown name, or an hf-hub name not read yet."""
     model_id = parse_hf_hub_name(name)
     if model_id:
         if model_id not in _hf_hub_cfgs:
-            from .weights import hf_hub_config
-            hf_hub_config(name)
+            raise ValueError(f"{name}: its config.json has not been read yet; "
+                             "resnets_jax.factory.resolve_pretrained_cfg(name) reads it from the hub")
         return _hf_hub_cfgs[model_id]
     arch, tag = split_model_name(name)
     model_entrypoint(arch)
@@ -124,5 +128,4 @@ def list_pretrained(pattern="", exclude: Optional[str] = None) -> List[str]:
 
 
 def _natural_key(name: str):
-    import re
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from resnets_jax import cli
+from resnets_jax.tools import cli
 from resnets_jax.data import sample_image_path
 
 import torch  # noqa: E402  (the [dev] extra; make test installs it)
@@ -72,7 +72,7 @@ def test_predict_rejects_a_file_that_is_not_an_image(tmp_path, capsys):
 
 def test_demo_falls_back_to_a_labelled_local_checkpoint(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([sys.executable, "-m", "resnets_jax.demo"], cwd=tmp_path, env=env,
+    res = subprocess.run([sys.executable, "-m", "resnets_jax.tools.demo"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
@@ -92,7 +92,7 @@ def test_cli_fills_and_reuses_the_compilation_cache(tmp_path):
     env = dict(os.environ, RESNETS_JAX_CACHE_DIR=str(tmp_path),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")  # store every program, however fast
     env.pop("RESNETS_JAX_NO_COMPILE_CACHE", None)  # conftest turns it off for in-process CLI calls
-    info = [sys.executable, "-m", "resnets_jax.cli", "info", "resnetv2_18"]
+    info = [sys.executable, "-m", "resnets_jax.tools.cli", "info", "resnetv2_18"]
 
     def run(*args):
         res = subprocess.run(info[:3] + list(args) + info[3:], env=env, capture_output=True, text=True,

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from resnets_jax import CheckpointError, cli
+from resnets_jax.io.flax_checkpoint import flatten_variables
+from resnets_jax import CheckpointError
+from resnets_jax.tools import cli
 from hub_cache import hub_cache, timm_hub_export
 from timm_ref import perturb_, rel_err, timm_forward
 
@@ -65,7 +67,7 @@ def test_convert_verify_and_load_back(tmp_path, capsys, ckpt, timm_model, x, fmt
     assert code == 0, err
     parity = float(re.search(r"max \|logit difference\| / max \|logit\| = (\S+)", stdout).group(1))
     assert parity < 1e-4
-    assert rj.weights.is_flax_checkpoint(out) and _leftovers(tmp_path) == []
+    assert rj.io.is_flax_checkpoint(out) and _leftovers(tmp_path) == []
     assert (out.read_bytes()[8:9] == b"{") == (fmt == "safetensors")  # format as asked
     model, variables = rj.create_model(NAME, checkpoint_path=str(out))
     assert rel_err(np.asarray(model.apply(variables, x)), timm_forward(timm_model, x)) < 1e-4
@@ -74,7 +76,7 @@ def test_convert_verify_and_load_back(tmp_path, capsys, ckpt, timm_model, x, fmt
 
 
 def _identical(a, b) -> bool:
-    a, b = rj.weights.flatten_variables(a), rj.weights.flatten_variables(b)
+    a, b = flatten_variables(a), flatten_variables(b)
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -82,7 +84,7 @@ def test_safetensors_output_is_standard_and_labelled(tmp_path, ckpt):
     from safetensors import safe_open
     model, variables = rj.create_model(NAME, checkpoint_path=str(ckpt / "model.safetensors"))
     path = rj.save_checkpoint(model, variables, tmp_path / "r18.safetensors")
-    flat = rj.weights.flatten_variables(variables)
+    flat = flatten_variables(variables)
     with safe_open(path, "np") as f:  # the safetensors library reads what we stream out
         meta = f.metadata()
         assert set(f.keys()) == set(flat) and "params/stem/conv/kernel" in flat
@@ -132,7 +134,7 @@ def test_force_overwrites(tmp_path, capsys, ckpt):
     out.write_bytes(b"old")
     code, _, err = _convert(capsys, NAME, "--checkpoint", ckpt / "model.safetensors", "-o", out, "--force")
     assert code == 0, err
-    assert rj.weights.is_flax_checkpoint(out)
+    assert rj.io.is_flax_checkpoint(out)
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -261,13 +263,13 @@ def test_fallback_checkpoint_is_labelled_and_loads_in_timm(tmp_path, monkeypatch
     """Without the hub, demos get a random-init checkpoint in timm's layout, written by timm or
     (without torch) by our exporter, and say so; timm loads either strictly."""
     import timm
-    from resnets_jax import conversion
+    from resnets_jax.tools import fallback
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     if not with_timm:
-        monkeypatch.setattr(conversion, "timm_available", lambda: False)
-    source = conversion.timm_checkpoint("resnetv2_18.ra4_e3600_r224_in1k", tmp_path / "fallback")
-    assert not source.pretrained and source.message.startswith(conversion.FALLBACK_BANNER)
+        monkeypatch.setattr(fallback, "timm_available", lambda: False)
+    source = fallback.timm_checkpoint("resnetv2_18.ra4_e3600_r224_in1k", tmp_path / "fallback")
+    assert not source.pretrained and source.message.startswith(fallback.FALLBACK_BANNER)
     assert os.path.dirname(source.path) == str(tmp_path / "fallback")
     timm.models.load_checkpoint(timm.create_model("resnetv2_18"), source.path, strict=True)
-    assert conversion.timm_checkpoint("resnetv2_18.ra4_e3600_r224_in1k", tmp_path / "fallback").path == source.path
+    assert fallback.timm_checkpoint("resnetv2_18.ra4_e3600_r224_in1k", tmp_path / "fallback").path == source.path

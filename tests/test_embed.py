@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 import resnets_jax as rj
-from resnets_jax import cli
-from resnets_jax.embed import EXIT_AFTER_ENV, EXIT_HOOK_STATUS, pooled_features
-from resnets_jax.predict import load_images
+from resnets_jax.tools import cli
+from resnets_jax.tools.embed import EXIT_AFTER_ENV, EXIT_HOOK_STATUS, pooled_features
+from resnets_jax.tools.predict import load_images
 
 NAME = "resnetv2_18d"
 BATCH = 4  # 13 files -> 4 batches; the last one is short (padded)
@@ -69,7 +69,7 @@ def test_killed_run_resumes_without_recomputing(setup, tmp_path, capsys):
     parts = tmp_path / "emb.npz.parts"
     # the CLI in a subprocess that exits abruptly (os._exit) while writing its second chunk
     env = dict(os.environ, **{EXIT_AFTER_ENV: "1"}, JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-m", "resnets_jax.cli", "embed", str(setup["folder"]), "--model", NAME,
+    proc = subprocess.run([sys.executable, "-m", "resnets_jax.tools.cli", "embed", str(setup["folder"]), "--model", NAME,
                            "--weights", str(setup["weights"]), "--output", str(output), "--batch-size", str(BATCH)],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == EXIT_HOOK_STATUS, proc.stderr[-3000:]

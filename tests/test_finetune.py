@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 
 import resnets_jax as rj
-from resnets_jax import cli
-from resnets_jax.finetune import CHECKPOINT_DIR, FinetuneConfig, finetune, load_finetuned
-from resnets_jax.train_checkpoint import read_train_checkpoint
-from resnets_jax.image_folder import Batches, ImageFolder, rrc_params, split_indices, train_transform
+from resnets_jax.tools import cli
+from resnets_jax.train.finetune import CHECKPOINT_DIR, FinetuneConfig, finetune, load_finetuned
+from resnets_jax.train.checkpoint import read_train_checkpoint
+from resnets_jax.data.image_folder import Batches, ImageFolder, rrc_params, split_indices, train_transform
 from timm_ref import PARITY_TOL, rel_err, timm_forward
 
 
@@ -101,7 +101,7 @@ def test_split_and_batches_are_deterministic(folder):
 # --------------------------------------------------------------------------- end to end
 
 def _cli(args, env, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "resnets_jax.cli", "finetune", *map(str, args)], env=env,
+    return subprocess.Popen([sys.executable, "-m", "resnets_jax.tools.cli", "finetune", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from resnets_jax import CheckpointError, cli
+from resnets_jax import CheckpointError
+from resnets_jax.tools import cli
 from resnets_jax.data import sample_image_path
 from hub_cache import hub_cache, timm_hub_export
 from timm_ref import perturb_, rel_err, timm_forward
@@ -49,7 +50,7 @@ def test_hf_hub_name_with_7_classes(finetuned, offline):
 
 def test_hf_hub_data_config_is_the_repos(finetuned, offline):
     _, cache, config = finetuned
-    rj.weights.hf_hub_config(f"hf-hub:{REPO}", cache_dir=str(cache))  # reads config.json only
+    rj.resolve_pretrained_cfg(f"hf-hub:{REPO}", cache_dir=str(cache))  # reads config.json only
     model = rj.build_model(f"hf-hub:{REPO}")
     cfg = rj.data.resolve_data_config(model)
     want = config["pretrained_cfg"]

@@ -71,7 +71,7 @@ def test_features_only_matches_timm(name, out_indices):
 
 def _kept_prefixes(fmodel):
     shapes = jax.eval_shape(fmodel.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
-    return {rj.weights.flax_to_timm_key("params", (m, "")) for m in shapes["params"]}
+    return {rj.convert.flax_to_timm_key("params", (m, "")) for m in shapes["params"]}
 
 
 def test_features_only_loads_a_full_checkpoint_and_prunes(tmp_path):

@@ -20,12 +20,12 @@ import pytest
 from flax import serialization
 
 import resnets_jax as rj
-from resnets_jax.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME, FinetuneConfig,
-                                  finetune, load_finetuned)
-from resnets_jax.grain_data import ImageFolderSource, to_iter_dataset, train_dataset
-from resnets_jax.image_folder import Batches, ImageFolder, split_indices, train_transform
+from resnets_jax.train.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME,
+                                        FinetuneConfig, finetune, load_finetuned)
+from resnets_jax.data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset
+from resnets_jax.data.image_folder import Batches, ImageFolder, split_indices, train_transform
 from resnets_jax.train import TrainState
-from resnets_jax.train_checkpoint import TrainCheckpoints, read_train_checkpoint
+from resnets_jax.train.checkpoint import TrainCheckpoints, read_train_checkpoint
 from test_finetune import MEAN, MODEL, STD, make_folder
 
 SIZE = 24

@@ -204,39 +204,55 @@ def _shapes_cache_files(root):
 def test_expected_shapes_are_cached_on_disk(tmp_path, monkeypatch):
     """The converter's model trace is written once per configuration and read back by later
     processes; the file really is what they use (an edited shape is reported as the model's)."""
-    from resnets_jax import weights
+    from resnets_jax.convert import shapes
     monkeypatch.setenv("RESNETS_JAX_CACHE_DIR", str(tmp_path))
-    weights._remembered_variables.cache_clear()  # earlier tests may have traced it in this process
+    shapes._remembered_variables.cache_clear()  # earlier tests may have traced it in this process
     model = rj.build_model("resnetv2_18", num_classes=7)
-    traced = weights.expected_variables(model)
+    traced = shapes.expected_variables(model)
     (path,) = _shapes_cache_files(tmp_path)
-    weights._remembered_variables.cache_clear()  # as a new process
-    assert {k: (v.shape, v.dtype) for k, v in weights.expected_variables(model).items()} == \
+    shapes._remembered_variables.cache_clear()  # as a new process
+    assert {k: (v.shape, v.dtype) for k, v in shapes.expected_variables(model).items()} == \
         {k: (v.shape, v.dtype) for k, v in traced.items()}
 
     rows = json.loads(path.read_text())
     head = next(r for r in rows if r[1] == ["head", "fc", "bias"])
     head[2] = [8]
     path.write_text(json.dumps(rows))
-    weights._remembered_variables.cache_clear()
+    shapes._remembered_variables.cache_clear()
     sd = rj.export_timm_state_dict(model, rj.create_model("resnetv2_18", num_classes=7)[1])
     with pytest.raises(CheckpointError, match=r"head\.fc\.bias: checkpoint \(7,\) vs model \(8,\)"):
         rj.convert_timm_state_dict(model, sd)
 
     path.write_text("{not json")  # a damaged file is traced again and rewritten
-    weights._remembered_variables.cache_clear()
-    assert weights.expected_variables(model)[("params", ("head", "fc", "bias"))].shape == (7,)
+    shapes._remembered_variables.cache_clear()
+    assert shapes.expected_variables(model)[("params", ("head", "fc", "bias"))].shape == (7,)
     assert json.loads(path.read_text())
 
-    weights.expected_variables(model.clone(num_classes=5))  # another configuration, another file
+    shapes.expected_variables(model.clone(num_classes=5))  # another configuration, another file
     assert len(_shapes_cache_files(tmp_path)) == 2
 
 
 def test_shapes_cache_can_be_turned_off(tmp_path, monkeypatch):
-    from resnets_jax import weights
+    from resnets_jax.convert import shapes
     monkeypatch.setenv("RESNETS_JAX_CACHE_DIR", "")
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
-    weights._remembered_variables.cache_clear()
-    assert weights.expected_variables(rj.build_model("resnetv2_18", num_classes=3))
+    shapes._remembered_variables.cache_clear()
+    assert shapes.expected_variables(rj.build_model("resnetv2_18", num_classes=3))
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_safetensors_whose_header_length_looks_like_msgpack(tmp_path):
+    """A safetensors file starts with its header's length (u64, little-endian, a multiple of 8):
+    one in 32 lengths end in 0x88, the first byte of a msgpack map of 8 entries. Such a file is
+    still read as safetensors (it was once taken for msgpack and refused)."""
+    low_byte = 0x88
+    from resnets_jax.io.safetensors import write_safetensors
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = tmp_path / "x.safetensors"
+    for pad in range(512):  # grow the metadata until the header length ends in low_byte
+        write_safetensors(path, tensors, {"pad": "x" * pad})
+        if path.read_bytes()[0] == low_byte:
+            break
+    assert path.read_bytes()[0] == low_byte
+    assert np.array_equal(rj.load_state_dict(path)["w"], tensors["w"])

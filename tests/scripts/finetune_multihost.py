@@ -11,7 +11,7 @@ from resnets_jax.parallel import initialize
 
 initialize(initialization_timeout=120)  # before any device is touched
 
-from resnets_jax.finetune import FinetuneConfig, finetune  # noqa: E402
+from resnets_jax.train.finetune import FinetuneConfig, finetune  # noqa: E402
 
 # a short run: 2 epochs of 3 steps (batch 8: 4 rows per process), a checkpoint after every step
 SETTINGS = dict(epochs=2, batch_size=8, img_size=32, val_fraction=0.25, opt="adamw", lr=2e-3, weight_decay=0.05,

@@ -3,6 +3,7 @@
     resnets-jax list [PATTERN] [--pretrained]
     resnets-jax info NAME
     resnets-jax convert NAME (--checkpoint PATH | --from-hub) --output PATH [--format F] [--force] [--verify]
+    resnets-jax convert NAME|PATTERN... --from-hub --output-dir DIR [--format F] [--force] [--verify]
     resnets-jax predict NAME IMAGE... [--weights PATH] [--top-k K] [--json]
     resnets-jax demo [NAME]
     resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
@@ -13,14 +14,15 @@ default ``~/.cache/resnets_jax/xla``), so a second run does not recompile; ``--n
 or ``RESNETS_JAX_NO_COMPILE_CACHE=1`` turns it off.
 
 NAME is timm's ``arch`` or ``arch.tag``, or ``hf-hub:<org>/<repo>`` for a timm model on the hub.
-Errors print ``error: ...`` on stderr and exit with status 2.
+Errors print ``error: ...`` on stderr and exit with status 2; ``convert --output-dir`` goes on
+past a failed model, prints a table and exits with status 1 if any failed.
 """
 import argparse
 import json
 import os
 import sys
 
-from .registry import list_models, list_pretrained
+from ..registry import list_models, list_pretrained
 
 NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
 
@@ -47,22 +49,41 @@ def _cmd_info(args):
 
 
 def _cmd_convert(args):
-    from .conversion import convert_checkpoint
-    res = convert_checkpoint(args.name, args.output, checkpoint_path=args.checkpoint, from_hub=args.from_hub,
-                             format=args.format, force=args.force, verify=args.verify,
-                             cache_dir=args.cache_dir, use_ema=args.use_ema,
-                             log=lambda m: print(m, file=sys.stderr))
-    print(f"wrote {res.output} ({res.format}, {res.num_params:,} parameters, "
-          f"{res.file_bytes / 2**20:.1f} MiB) in {res.seconds:.1f}s")
-    if args.verify:
-        if res.parity is None:
-            print(f"verification skipped: {res.note}")
-        else:
-            print(f"verified against timm: max |logit difference| / max |logit| = {res.parity:.2e}")
+    from .convert import convert_checkpoint, convert_many
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    kwargs = dict(checkpoint_path=args.checkpoint, from_hub=args.from_hub, force=args.force, verify=args.verify,
+                  cache_dir=args.cache_dir, use_ema=args.use_ema, log=log)
+    if args.output_dir is None:
+        if len(args.names) != 1:
+            raise ValueError(f"--output names one file, but {len(args.names)} models were given: use --output-dir")
+        res = convert_checkpoint(args.names[0], args.output, format=args.format, **kwargs)
+        print(f"wrote {res.output} ({res.format}, {res.num_params:,} parameters, "
+              f"{res.file_bytes / 2**20:.1f} MiB) in {res.seconds:.1f}s")
+        if args.verify:
+            print(f"verification skipped: {res.note}" if res.parity is None else
+                  f"verified against timm: max |logit difference| / max |logit| = {res.parity:.2e}")
+        return 0
+    if args.checkpoint:
+        raise ValueError("--output-dir converts hub weights (--from-hub); --checkpoint takes one model and --output")
+    results, errors = convert_many(args.names, args.output_dir, format=args.format or "safetensors", **kwargs)
+    _print_table(("model", "status", "params", "MiB", "vs timm", "seconds"),
+                 [(r.name, "ok", f"{r.num_params:,}", f"{r.file_bytes / 2**20:.1f}",
+                   f"{r.parity:.2e}" if r.parity is not None else (r.note or "-"), f"{r.seconds:.1f}")
+                  for r in results] + [(name, "FAILED", "", "", "", "") for name, _ in errors])
+    print(f"\n{len(results)}/{len(results) + len(errors)} converted into {os.path.abspath(args.output_dir)}")
+    if errors:
+        print("\nfailures:\n" + "\n".join(f"  {name}: {message}".replace("\n", "\n    ") for name, message in errors))
+    return 1 if errors else 0
+
+
+def _print_table(header, rows) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
 
 
 def _cmd_predict(args):
-    from .builder import create_model
+    from ..factory import create_model
     from .predict import predict
     if args.weights:
         model, variables = create_model(args.name, checkpoint_path=args.weights)
@@ -93,7 +114,8 @@ def _cmd_demo(args):
 
 def _cmd_finetune(args):
     import dataclasses
-    from .finetune import FinetuneConfig, finetune
+
+    from ..train.finetune import FinetuneConfig, finetune
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     result = finetune(FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields}))
     last = result.history[-1] if result.history else {}
@@ -102,8 +124,8 @@ def _cmd_finetune(args):
 
 
 def _add_finetune_parser(sub) -> None:
-    from .finetune import FinetuneConfig
-    from .train import OPTIMIZERS
+    from ..train.finetune import FinetuneConfig
+    from ..train.step import OPTIMIZERS
     d = FinetuneConfig("", "", "")
     s = sub.add_parser("finetune", help="fine-tune on a folder of images (one sub-folder per class)")
     s.add_argument("model", help="arch or arch.tag")
@@ -145,11 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.set_defaults(fn=_cmd_info)
     s = sub.add_parser("convert", help="convert a timm checkpoint into a Flax checkpoint file")
-    s.add_argument("name", help="arch, arch.tag or hf-hub:<org>/<repo>")
+    s.add_argument("names", nargs="+", metavar="NAME",
+                   help="arch, arch.tag, hf-hub:<org>/<repo>, or (with --output-dir) a pattern over pretrained tags")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="a timm checkpoint file (.safetensors, .bin, .pth)")
     src.add_argument("--from-hub", action="store_true", help="the tag's weights on the Hugging Face hub")
-    s.add_argument("--output", "-o", required=True, metavar="PATH")
+    out = s.add_mutually_exclusive_group(required=True)
+    out.add_argument("--output", "-o", metavar="PATH", help="the output file (one model)")
+    out.add_argument("--output-dir", metavar="DIR", help="one <name>.<format> file per model (created if missing)")
     s.add_argument("--format", choices=["safetensors", "msgpack"],
                    help="default: msgpack for a .msgpack output, else safetensors")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
@@ -189,13 +214,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if not (args.no_compile_cache or os.environ.get(NO_COMPILE_CACHE_ENV, "") not in ("", "0")):
-            from .xla import enable_compilation_cache
+            from ..xla import enable_compilation_cache
             enable_compilation_cache()
-        args.fn(args)
+        return args.fn(args) or 0
     except (ValueError, OSError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

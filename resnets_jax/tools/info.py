@@ -4,7 +4,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from .registry import get_pretrained_cfg
+from ..registry import get_pretrained_cfg
 
 
 def _variable_shapes(model):
@@ -36,8 +36,8 @@ def model_gmacs(model, input_size: Sequence[int], shapes=None) -> float:
 def model_info(name: str, input_size: Optional[Sequence[int]] = None) -> dict:
     """Name, architecture, parameters, GMACs (at the tag's input size unless given), classes,
     hub repository and eval data config of ``name`` (``arch``, ``arch.tag`` or ``hf-hub:...``)."""
-    from .builder import build_model
-    from .data import resolve_data_config
+    from ..data import resolve_data_config
+    from ..factory import build_model
     model = build_model(name)
     cfg = get_pretrained_cfg(name)
     data_cfg = resolve_data_config(model)

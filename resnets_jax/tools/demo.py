@@ -13,11 +13,12 @@ import time
 import jax
 import numpy as np
 
-from .builder import create_model
-from .conversion import timm_checkpoint, timm_logits
-from .data import sample_image_path
+from ..data import sample_image_path
+from ..factory import create_model
+from ..xla import jit
+from .fallback import timm_checkpoint
 from .predict import load_images, top_k
-from .xla import jit
+from .verify import timm_logits
 
 DEMO_MODEL = "resnetv2_50.a1h_in1k"
 

@@ -6,7 +6,7 @@ batches in an order that is a pure function of ``(seed, epoch)``.
       dog/ ...
 
 Classes are the sorted sub-folder names (as torchvision's ``find_classes``); a class's images
-are every file below its folder with one of ``IMG_EXTENSIONS``, in sorted order. The training
+are every file below its folder with one of ``IMAGE_EXTENSIONS``, in sorted order. The training
 transform is timm's ``transforms_imagenet_train`` without auto-augment, colour jitter or random
 erasing: ``RandomResizedCropAndInterpolation`` (timm's sampling, drawn from a ``random.Random``
 seeded per ``(seed, epoch, image)``: the same crop as timm's with ``random.seed`` of that seed),
@@ -22,9 +22,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .data import _PIL_INTERPOLATION, to_model_mode
+from .transforms import _PIL_INTERPOLATION, to_model_mode
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+# What PIL decodes: torchvision's IMG_EXTENSIONS plus .gif (timm's ImageDataset lists only .png/.jpg/.jpeg).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 RRC_SCALE = (0.08, 1.0)  # timm's default crop area range (fraction of the image)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # timm's default crop aspect ratio range
 RRC_ATTEMPTS = 10  # tries before the centre-crop fallback, as timm / torchvision
@@ -49,12 +50,12 @@ class ImageFolder:
         empty = []
         for idx, name in enumerate(self.classes):
             files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, name), followlinks=True)
-                           for f in fs if f.lower().endswith(IMG_EXTENSIONS))
+                           for f in fs if f.lower().endswith(IMAGE_EXTENSIONS))
             if not files:
                 empty.append(name)
             self.samples += [(f, idx) for f in files]
         if empty:
-            raise ValueError(f"{root}: no images ({', '.join(IMG_EXTENSIONS)}) in class folder(s) "
+            raise ValueError(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in class folder(s) "
                              f"{', '.join(map(repr, empty))}")
         self.labels = np.asarray([label for _, label in self.samples], np.int64)
 

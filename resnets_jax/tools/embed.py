@@ -41,14 +41,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from .conversion import check_output
-from .files import write_atomic
-from .data import create_transform, resolve_data_config
-from .parallel import DataParallel, initialize
+from ..data import IMAGE_EXTENSIONS, create_transform, resolve_data_config
+from ..io.files import check_output, write_atomic
+from ..parallel import DataParallel, initialize
 from .predict import class_names, load_image, top_k
 
-# What PIL decodes; timm's ImageDataset lists only .png/.jpg/.jpeg, we take every common still format.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 PREFETCH_BATCHES = 2  # decoded ahead of the device: one to feed it next, one to absorb slow files
 MANIFEST_VERSION = 1
 # Test hook: after this many chunks written in a run, write the next chunk's temporary file and
@@ -121,7 +118,7 @@ def run_embed(name: str, folder: str, output: str, weights: Optional[str] = None
     checkpoint file; default: the tag's pretrained hub weights), checking the folder and the
     output before loading anything, under ``jax.distributed`` when launched as several
     processes (``parallel.initialize``). What ``resnets-jax embed`` runs."""
-    from .builder import create_model
+    from ..factory import create_model
     initialize()
     job = _Job.check(folder, output, force)
     if weights:

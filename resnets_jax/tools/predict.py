@@ -5,9 +5,14 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .data import create_transform, imagenet_class_names, resolve_data_config, synset_lemmas
-from .registry import get_pretrained_cfg
-from .xla import jit
+from ..data import (
+    create_transform,
+    imagenet_class_names,
+    resolve_data_config,
+    synset_lemmas,
+)
+from ..registry import get_pretrained_cfg
+from ..xla import jit
 
 
 def load_images(model, paths: Sequence[str], use_test_size: bool = False, exif_transpose: bool = False) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Eval preprocessing from a model's pretrained config, and ImageNet class names.
+"""Eval preprocessing from a model's pretrained config.
 
 ``create_transform(**resolve_data_config(name))`` reproduces timm's eval pipeline with PIL and
 numpy (no torch): the image converted to RGB as timm's datasets do (``Image.convert('RGB')``;
@@ -24,13 +24,13 @@ tests/test_data.py against timm's transform applied to what timm's ``ImageDatase
 import functools
 import math
 import warnings
-from importlib import resources
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from .registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, get_pretrained_cfg
+from ..factory import resolve_pretrained_cfg
+from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 _PIL_INTERPOLATION = {
     "nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
@@ -53,7 +53,7 @@ def resolve_data_config(model_or_name, use_test_size: bool = False) -> dict:
     For a model with other than 3 input channels, ``input_size`` follows it and a 3-value
     mean/std becomes its average, as timm's ``resolve_input_data_config``."""
     name = model_or_name if isinstance(model_or_name, str) else model_or_name.variant
-    cfg = get_pretrained_cfg(name)
+    cfg = resolve_pretrained_cfg(name)
     input_size, crop_pct = cfg.get("input_size", (3, 224, 224)), cfg.get("crop_pct") or DEFAULT_CROP_PCT
     if use_test_size and cfg.get("test_input_size"):
         input_size = cfg["test_input_size"]
@@ -126,29 +126,3 @@ def _eval_transform(img: Image.Image, size, crop_pct, resample, mode, mean, std,
     if x.ndim == 2:
         x = x[..., None]
     return (x - mean) / std
-
-
-@functools.lru_cache(maxsize=None)
-def _read_asset(name: str) -> List[str]:
-    return resources.files("resnets_jax").joinpath("assets", name).read_text().splitlines()
-
-
-@functools.lru_cache(maxsize=None)
-def synset_lemmas() -> dict:
-    """WordNet synset id (``'n02123045'``) -> its words (``'tabby, tabby cat'``)."""
-    return dict(line.split("\t", 1) for line in _read_asset("imagenet_synset_to_lemma.txt"))
-
-
-@functools.lru_cache(maxsize=None)
-def imagenet_class_names(num_classes: int = 1000) -> List[str]:
-    """Class names for ImageNet-1k (1000) or Google's ImageNet-21k (21843, BiT's in21k tags)."""
-    synset_files = {1000: "imagenet_synsets.txt", 21843: "imagenet21k_goog_synsets.txt"}
-    if num_classes not in synset_files:
-        raise ValueError(f"No class names for {num_classes} classes (known: {sorted(synset_files)})")
-    lemmas = synset_lemmas()
-    return [lemmas[s] for s in _read_asset(synset_files[num_classes])]
-
-
-def sample_image_path(name: str = "chelsea.png") -> str:
-    """A bundled photo (Chelsea the cat, CC0, by Stefan van der Walt; from scikit-image)."""
-    return str(resources.files("resnets_jax").joinpath("assets", name))

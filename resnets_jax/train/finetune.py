@@ -10,9 +10,9 @@ state replicated), per-epoch metrics, checkpoints that resume exactly, and expor
 
 Exact resume: the data order of an epoch is a function of ``(seed, epoch)``, each image's
 augmentation of ``(seed, epoch, image)``, and each step's dropout / drop path key of ``(seed,
-step)``. The input pipeline is Grain (``grain_data``: each process reads its own slice of every
+step)``. The input pipeline is Grain (``data.grain_pipeline``: each process reads its own slice of every
 batch, in threads or worker processes). ``output_dir/checkpoints/<step>/`` (Orbax, see
-``train_checkpoint``) holds the whole ``TrainState`` (parameters, running statistics, optimizer
+``train.checkpoint``) holds the whole ``TrainState`` (parameters, running statistics, optimizer
 state, step), every process's Grain iterator position and the epoch's running metrics, written
 atomically and in the background; the ``keep_checkpoints`` latest and the best by ``best_metric``
 are kept. A run killed at any point and resumed (``resume=True``) from its latest checkpoint ends
@@ -34,14 +34,25 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from .builder import build_model, create_model
-from .conversion import check_output, export_timm_checkpoint
-from .files import write_atomic
-from .data import create_transform, resolve_data_config
-from .image_folder import ImageFolder, eval_batches, split_indices, train_transform
-from .parallel import DataParallel
-from .train import OPTIMIZERS, TrainState, cross_entropy, make_optimizer, make_train_step, warmup_cosine_schedule
-from .weights import init_variables
+from ..convert import export_timm_checkpoint, init_variables
+from ..data import create_transform, resolve_data_config
+from ..data.image_folder import (
+    ImageFolder,
+    eval_batches,
+    split_indices,
+    train_transform,
+)
+from ..factory import build_model, create_model
+from ..io.files import check_output, write_atomic
+from ..parallel import DataParallel
+from .step import (
+    OPTIMIZERS,
+    TrainState,
+    cross_entropy,
+    make_optimizer,
+    make_train_step,
+    warmup_cosine_schedule,
+)
 
 CHECKPOINT_DIR = "checkpoints"  # Orbax steps: output_dir/checkpoints/<step>/{state,data,meta}
 LEGACY_CHECKPOINT_NAME = "last.msgpack"  # the msgpack format of resnets_jax 0.1 (read, never resumed)
@@ -197,8 +208,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     Checkpoints go to ``cfg.output_dir/checkpoints/<step>/`` (each epoch and every
     ``checkpoint_every`` steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``. Needs
     the ``train`` extra (grain, orbax-checkpoint)."""
-    from .grain_data import ImageFolderSource, to_iter_dataset, train_dataset
-    from .train_checkpoint import TrainCheckpoints
+    from ..data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset
+    from .checkpoint import TrainCheckpoints
     dp = DataParallel()
     _check_config(cfg, dp)
     dataset = ImageFolder(cfg.data_dir)
@@ -373,7 +384,7 @@ def load_finetuned(output_dir: str, best: bool = False, step: Optional[int] = No
     if not os.path.isdir(ckpt_dir) and os.path.exists(legacy):
         raw = _read_legacy_checkpoint(legacy)
     else:
-        from .train_checkpoint import read_train_checkpoint
+        from .checkpoint import read_train_checkpoint
         saved = read_train_checkpoint(ckpt_dir, step=step, best=best)
         raw = {"state": saved["state"], "config": saved["meta"]["config"]}
     cfg, state = raw["config"], raw["state"]

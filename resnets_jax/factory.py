@@ -1,0 +1,112 @@
+"""``create_model`` / ``build_model``: a name -> its pretrained config (resolved once) -> the Flax
+module -> its variables (timm's ``_factory.create_model`` and ``_builder.build_model_with_cfg``).
+
+    name ──resolve_pretrained_cfg──> cfg ──build_model──> module
+        ├─ checkpoint_path: io.load_state_dict -> convert.load_variables (strict)
+        ├─ pretrained:      pretrained.load_pretrained (hub or cfg['file'], new head, in_chans)
+        └─ else:            convert.init_variables (random init)
+"""
+from typing import Any, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from .convert import init_variables, load_variables
+from .io import load_state_dict
+from .io.arrays import view_state_dict
+from .io.flax_checkpoint import is_flax_layout
+from .io.hub import read_hf_hub_config
+from .pretrained import load_pretrained, pruned_prefixes
+from .registry import (
+    HF_HUB_PREFIX,
+    get_pretrained_cfg,
+    model_entrypoint,
+    parse_hf_hub_name,
+    register_hf_hub_cfg,
+)
+
+
+def resolve_pretrained_cfg(model_name: str, cache_dir: Optional[str] = None, overlay: Optional[dict] = None) -> dict:
+    """The pretrained config of ``model_name``: a registered ``arch[.tag]``'s, or an
+    ``hf-hub:<org>/<repo>`` model's ``config.json`` (read from the hub, or its cache in
+    ``cache_dir``, the first time only, then registered), updated with ``overlay`` (timm's
+    ``pretrained_cfg_overlay``). ``ValueError`` for an unknown name; ``CheckpointError`` when an
+    hf-hub config cannot be had."""
+    model_id = parse_hf_hub_name(model_name)
+    if model_id:
+        try:
+            cfg = get_pretrained_cfg(model_name)
+        except ValueError:  # not read yet
+            cfg = register_hf_hub_cfg(model_id, read_hf_hub_config(model_name, cache_dir=cache_dir))
+    else:
+        cfg = get_pretrained_cfg(model_name)
+    return {**cfg, **(overlay or {})}
+
+
+def build_model(model_name: str, *, num_classes: Optional[int] = None, in_chans: int = 3,
+                global_pool: Optional[str] = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, pretrained_cfg: Optional[dict] = None,
+                **kwargs):
+    """The Flax module of ``model_name`` (``'arch'``, ``'arch.tag'`` or ``'hf-hub:org/repo'``),
+    without variables. Keyword arguments have timm's meaning; ``num_classes`` defaults to the
+    tag's config (an hf-hub model's: its ``config.json``, ``model_args`` included).
+    ``pretrained_cfg``: the config already resolved (``resolve_pretrained_cfg``)."""
+    cfg = resolve_pretrained_cfg(model_name) if pretrained_cfg is None else pretrained_cfg
+    entrypoint = model_entrypoint(cfg["architecture"])
+    hub_id = parse_hf_hub_name(model_name)
+    saved = dict(cfg.get("model_args", {}))  # an hf-hub model's saved arguments: defaults, as in timm
+    saved.pop("num_classes", None)  # already cfg["num_classes"]
+    in_chans = saved.pop("in_chans", in_chans) if in_chans == 3 else in_chans
+    global_pool = saved.pop("global_pool", None) if global_pool is None else global_pool
+    for k, v in saved.items():
+        kwargs.setdefault(k, v)
+    if global_pool is not None:
+        kwargs["global_pool"] = global_pool
+    return entrypoint(num_classes=cfg["num_classes"] if num_classes is None else num_classes,
+                      in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                      dtype=dtype, param_dtype=param_dtype,
+                      variant=HF_HUB_PREFIX + hub_id if hub_id else f"{cfg['architecture']}.{cfg['tag']}", **kwargs)
+
+
+def create_model(
+        model_name: str,
+        pretrained: bool = False,
+        checkpoint_path: Optional[str] = None,
+        *,
+        rng: Optional[jax.Array] = None,
+        cache_dir: Optional[str] = None,
+        use_ema: bool = False,
+        pretrained_cfg_overlay: Optional[dict] = None,
+        **kwargs,
+) -> Tuple[Any, dict]:
+    """Build ``model_name`` (``'arch'``, ``'arch.tag'`` as timm spells them, or
+    ``'hf-hub:<org>/<repo>'``: a timm model on the hub, built from its ``config.json``) and its
+    variables.
+
+    Weights come from ``checkpoint_path`` if given (a timm checkpoint file of any kind, or a
+    Flax checkpoint written by ``save_checkpoint`` / ``resnets-jax convert``, whose recorded
+    ``num_classes``/``in_chans`` are the defaults; ``use_ema`` picks a training checkpoint's EMA
+    weights), else from the hub when ``pretrained`` (``cache_dir`` as huggingface_hub's), else
+    from a random init with ``rng``. ``pretrained_cfg_overlay`` updates the tag's pretrained config
+    as timm's: ``dict(file=path)`` loads a local timm checkpoint as the pretrained weights, so that
+    a different ``num_classes`` gets a new classifier (``checkpoint_path`` loads a file strictly).
+    Other keyword arguments go to ``build_model`` (timm's meaning: ``num_classes``, ``in_chans``,
+    ``global_pool``, ``drop_rate``, ``drop_path_rate``, ... and ``dtype``/``param_dtype``).
+    Returns ``(model, variables)``; ``model.apply(variables, x)`` gives logits in eval mode.
+    Raises ``ValueError`` for an unknown name, ``CheckpointError`` for a file that is not a
+    checkpoint or does not fit the model.
+    """
+    cfg = resolve_pretrained_cfg(model_name, cache_dir, pretrained_cfg_overlay)
+    if checkpoint_path is not None:
+        state_dict = load_state_dict(checkpoint_path, use_ema=use_ema)
+        if is_flax_layout(state_dict):  # our own checkpoints say what they hold
+            meta = getattr(state_dict, "metadata", None) or {}
+            for k in ("num_classes", "in_chans"):
+                if meta.get(k, "").isdigit():
+                    kwargs.setdefault(k, int(meta[k]))
+        model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
+        return model, load_variables(model, view_state_dict(state_dict, drop=pruned_prefixes(model)))
+    model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
+    if pretrained:
+        return model, load_pretrained(model, cfg, cache_dir=cache_dir)
+    return model, init_variables(model, rng)

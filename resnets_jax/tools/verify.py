@@ -1,0 +1,50 @@
+"""Our logits against timm's on the same checkpoint: what ``convert --verify``, the demo and the
+notebooks show. Needs torch and timm (``timm_available``)."""
+import jax
+import numpy as np
+
+from ..data import create_transform, resolve_data_config, sample_image_path
+from ..registry import get_pretrained_cfg
+from ..xla import jit
+
+VERIFY_TOL = 1e-4  # max |Δlogit| / max |logit| against timm, fp32: the parity suite's bound
+
+def timm_available() -> bool:
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+def _verification_input(model) -> np.ndarray:
+    """The bundled photo, preprocessed as the model's data config says (random values for
+    models that do not take 3 channels)."""
+    from PIL import Image
+    cfg = resolve_data_config(model)
+    if model.in_chans != 3:
+        return np.random.default_rng(0).standard_normal((1, *cfg["input_size"][1:], model.in_chans), np.float32)
+    with Image.open(sample_image_path()) as img:
+        return create_transform(**cfg)(img)[None]
+
+def timm_logits(model, checkpoint_path: str, x: np.ndarray, *, use_ema: bool = False) -> np.ndarray:
+    """timm's logits (float64 numpy) for NHWC ``x``: timm's model of ``model``'s architecture
+    and class count, loading ``checkpoint_path`` with timm's own reader. Needs torch and timm."""
+    import timm
+    import torch
+    cfg = get_pretrained_cfg(model.variant)
+    args = {k: v for k, v in cfg.get("model_args", {}).items() if k not in ("num_classes", "in_chans")}
+    tmodel = timm.create_model(cfg["architecture"], pretrained=False, num_classes=model.num_classes,
+                               in_chans=model.in_chans, **args)
+    timm.models.load_checkpoint(tmodel, checkpoint_path, use_ema=use_ema, strict=True)
+    with torch.no_grad():
+        return tmodel.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
+
+def verify_with_timm(model, variables, checkpoint_path: str, *, use_ema: bool = False) -> float:
+    """max |Δlogit| / max |logit| between ``model`` and timm's model loading ``checkpoint_path``
+    with timm's own reader, on the bundled photo. Needs torch and timm."""
+    x = _verification_input(model)
+    with jax.default_matmul_precision("highest"):
+        ours = np.asarray(jit(model.apply)(variables, x), np.float64)
+    theirs = timm_logits(model, checkpoint_path, x, use_ema=use_ema)
+    return float(np.abs(ours - theirs).max() / np.abs(theirs).max())

@@ -1,0 +1,15 @@
+"""Training: one step in timm's ``model.train()`` mode with the optimizers timm fine-tunes with
+(``step``), and fine-tuning on a folder of images with exact resume (``finetune``)."""
+from .step import (
+                   OPTIMIZERS,
+                   TrainState,
+                   cross_entropy,
+                   make_loss_fn,
+                   make_optimizer,
+                   make_train_step,
+                   warmup_cosine_schedule,
+                   weight_decay_mask,
+)
+
+__all__ = ["OPTIMIZERS", "TrainState", "cross_entropy", "make_loss_fn", "make_optimizer", "make_train_step",
+           "warmup_cosine_schedule", "weight_decay_mask"]
