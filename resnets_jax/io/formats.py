@@ -14,9 +14,11 @@ from .torch_file import read_torch_checkpoint
 def _file_kind(path: str) -> str:
     """'torch', 'msgpack' or 'safetensors' (anything else), from the first bytes."""
     with open(path, "rb") as f:
-        magic = f.read(8)
+        magic = f.read(9)
     if magic[:4] == b"PK\x03\x04" or magic[:1] == b"\x80":  # torch zip archive / legacy pickle
         return "torch"
+    if magic[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header. Checked
+        return "safetensors"  # first: the length's low byte may look like a msgpack map's first byte
     return "msgpack" if magic and _is_msgpack_map(magic) else "safetensors"
 
 def is_flax_checkpoint(path: str) -> bool:
