@@ -19,10 +19,10 @@ demo: $(STAMP)
 
 # The suite (CI runs this). The very large variants are marked `slow`: `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15
+	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -n 2 --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow --durations=15
+	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -m slow --durations=15
 
 # Our models against timm's (images/s, first call, peak memory): benchmarks/results/bench.{csv,md,png}.
 # Modest defaults (~10 min on 2 cores); e.g. BENCH_ARGS="--batch 1 8 32 --torch-compile 8" for more.

@@ -24,8 +24,8 @@ from resnets_jax.data.image_folder import Batches, ImageFolder, rrc_params, spli
 from timm_ref import PARITY_TOL, rel_err, timm_forward
 
 
-import timm  # noqa: E402
-import torch  # noqa: E402
+timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
+torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make test installs it)
 
 COLORS = {"blue": (30, 30, 200), "red": (200, 30, 30)}  # separable classes
 IMAGES_PER_CLASS = 24

@@ -155,7 +155,7 @@ def _add_finetune_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].strip("`: "))
+    p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].replace("``", ""))
     p.add_argument("--no-compile-cache", action="store_true",
                    help=f"do not use the persistent compilation cache (or set {NO_COMPILE_CACHE_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)
