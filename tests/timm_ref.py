@@ -4,8 +4,20 @@ ours to. Test modules import this module by name (pytest puts tests/ on sys.path
 import jax
 import numpy as np
 
-# max |Δlogit| / max |logit| allowed for fp32 logits against timm's, per backend.
+# max |Δlogit| / max |logit| allowed for fp32 logits against timm's, per backend. Eval-mode
+# logits are continuous in every rounding (ReLU and max are continuous; only their derivatives
+# jump, which is what makes training steps ill-conditioned: docs/exactness.md), so fp32 logits
+# carry fp32 rounding grown over the depth, well under this bound.
 PARITY_TOL = {"cpu": 1e-4, "gpu": 1e-4, "tpu": 1e-4}[jax.default_backend()]
+
+# The numerics-sensitive tests run under both: XLA's defaults (plain jax.jit) and the options
+# we recommend (rj.jit / rj.compiler_options(); the same as the defaults off CPU).
+OPTION_SETS = ("xla-defaults", "rj-options")
+
+
+def compiler_options_for(option_set: str) -> dict:
+    import resnets_jax as rj
+    return {"xla-defaults": {}, "rj-options": rj.compiler_options()}[option_set]
 
 
 def perturb_(model, seed: int = 0):
