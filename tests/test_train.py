@@ -14,10 +14,10 @@ from flax import linen as nn
 
 import resnets_jax as rj
 from resnets_jax.layers import DropPath
-from resnets_jax.layers.norm import BatchNormAct2d
 from resnets_jax.train import make_loss_fn, weight_decay_mask
 from resnets_jax.weights import flax_to_timm_key
-from timm_ref import OPTION_SETS, PARITY_TOL, compiler_options_for, perturb_, rel_err, timm_state_dict
+from timm_ref import (OPTION_SETS, PARITY_TOL, compiler_options_for, perturb_, rel_err, relu_inputs, timm_state_dict,
+                      with_decisions)
 
 
 import timm  # noqa: E402
@@ -346,43 +346,6 @@ def test_train_step_as_exact_as_timm(option_set, ill_conditioned_step):
     assert err <= AS_TIMM_FACTOR * c["timm_err"], (err, c["timm_err"])
 
 
-def _relu_inputs(model, variables, x) -> dict:
-    """Every BatchNormAct2d's input to its ReLU (training mode), by module path."""
-    found = {}
-
-    def grab(next_fun, args, kwargs, context):
-        m = context.module
-        if isinstance(m, BatchNormAct2d) and context.method_name == "__call__" and m.apply_act:
-            found["/".join(m.path)] = _without_act(m, args, kwargs)
-        return next_fun(*args, **kwargs)
-
-    def f(v, x):
-        with nn.intercept_methods(grab):
-            model.apply(v, x, train=True, mutable=["batch_stats"])
-        return dict(found)
-    return jax.jit(f)(variables, x)
-
-
-def _without_act(m, args, kwargs):
-    return m.clone(parent=None, apply_act=False).apply(m.variables, *args, mutable=["batch_stats"], **kwargs)[0]
-
-
-def _with_decisions(step_fn, decisions):
-    """``step_fn`` with every BatchNormAct2d's ReLU replaced by its input times ``decisions``
-    (0/1 arrays by module path); running statistics are left as they were."""
-    def fixed(next_fun, args, kwargs, context):
-        m = context.module
-        if isinstance(m, BatchNormAct2d) and context.method_name == "__call__" and m.apply_act:
-            pre = _without_act(m, args, kwargs)
-            return pre * decisions["/".join(m.path)].astype(pre.dtype)
-        return next_fun(*args, **kwargs)
-
-    def step(state, batch, rng):
-        with nn.intercept_methods(fixed):
-            return step_fn(state, batch, rng)
-    return step
-
-
 @pytest.fixture(scope="module")
 def fixed_decisions(ill_conditioned_step):
     """The ReLU decisions of one fp32 forward of the ill-conditioned step's batch, and the
@@ -390,14 +353,14 @@ def fixed_decisions(ill_conditioned_step):
     import optax
     from resnets_jax.train import TrainState, make_train_step
     c = ill_conditioned_step
-    decisions = {k: np.asarray(v) > 0 for k, v in _relu_inputs(c["model"], c["variables"], c["batch"]["image"]).items()}
+    decisions = {k: np.asarray(v) > 0 for k, v in relu_inputs(c["model"], c["variables"], c["batch"]["image"]).items()}
     assert len(decisions) == 19  # stem 2, 8 blocks x 2, the final norm
     tx = optax.sgd(STEP_LR, momentum=0.9)
     with jax.enable_x64(True):
         model64 = rj.build_model("resnetv2_18d", num_classes=STEP_CLASSES, dtype=jnp.float64, param_dtype=jnp.float64)
         v64 = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                                      c["variables"])
-        ref = _flat(jax.jit(_with_decisions(make_train_step(model64, tx, STEP_SMOOTHING), decisions))(
+        ref = _flat(jax.jit(with_decisions(make_train_step(model64, tx, STEP_SMOOTHING), decisions))(
             TrainState.create(v64, tx), c["batch"], jax.random.PRNGKey(1))[0].params)
     return decisions, ref
 
@@ -414,7 +377,7 @@ def test_train_step_with_fixed_decisions_is_tight(option_set, ill_conditioned_st
     decisions, ref = fixed_decisions
     tx = optax.sgd(STEP_LR, momentum=0.9)
     dp = DataParallel()
-    step = dp.jit_step(_with_decisions(make_train_step(c["model"], tx, STEP_SMOOTHING), decisions),
+    step = dp.jit_step(with_decisions(make_train_step(c["model"], tx, STEP_SMOOTHING), decisions),
                        compiler_options=compiler_options_for(option_set))
     ours = _flat(step(dp.replicate(TrainState.create(c["variables"], tx)), dp.shard(c["batch"]),
                       dp.replicate(jax.random.PRNGKey(1)))[0].params)
