@@ -22,7 +22,6 @@ from flax import linen as nn
 
 import resnets_jax as rj
 from resnets_jax.layers.conv import Conv2d
-from resnets_jax.layers.norm import BatchNormAct2d
 from resnets_jax.train import TrainState, make_train_step
 from step_conditioning import CLASSES, LR, SMOOTHING, batch_for
 
