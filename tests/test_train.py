@@ -15,13 +15,13 @@ from flax import linen as nn
 import resnets_jax as rj
 from resnets_jax.layers import DropPath
 from resnets_jax.train import make_loss_fn, weight_decay_mask
-from resnets_jax.weights import flax_to_timm_key
+from resnets_jax.convert import flax_to_timm_key
 from timm_ref import (OPTION_SETS, PARITY_TOL, compiler_options_for, perturb_, rel_err, relu_inputs, timm_state_dict,
                       with_decisions)
 
 
-import timm  # noqa: E402
-import torch  # noqa: E402
+timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
+torch = pytest.importorskip("torch")  # the reference
 
 # Depth-50 models at depths (2, 1, 1, 1) (timm's `layers` override, on both sides): every kind of
 # block the family has (each stage's first block with its shortcut, a plain block) at a fraction

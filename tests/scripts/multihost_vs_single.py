@@ -26,7 +26,7 @@ initialize(initialization_timeout=120)  # before any device is touched; a no-op 
 jax.config.update("jax_default_matmul_precision", "highest")
 
 import resnets_jax as rj  # noqa: E402
-from resnets_jax.embed import embed_folder  # noqa: E402
+from resnets_jax.tools.embed import embed_folder  # noqa: E402
 from resnets_jax.train import TrainState, make_train_step  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
