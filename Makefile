@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow bench clean
 
-$(STAMP): pyproject.toml
+# The tested versions (constraints.txt; pip also applies any `constraint` of its own config).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 # The main job: convert resnetv2_50.a1h_in1k (hub weights, or a labelled local fallback),
@@ -19,10 +20,10 @@ demo: $(STAMP)
 
 # The suite (CI runs this). The very large variants are marked `slow`: `make test-slow`.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --durations=15
+	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -n 2 --durations=15
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow --durations=15
+	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -m slow --durations=15
 
 # Our models against timm's (images/s, first call, peak memory): benchmarks/results/bench.{csv,md,png}.
 # Modest defaults (~10 min on 2 cores); e.g. BENCH_ARGS="--batch 1 8 32 --torch-compile 8" for more.

@@ -25,7 +25,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .xla import jit
+from .xla import compiler_options as default_compiler_options, jit
 
 DATA_AXIS = "data"
 # The launcher's settings for `initialize` (JAX itself reads only JAX_COORDINATOR_ADDRESS).
@@ -163,18 +163,22 @@ class DataParallel:
             return multihost_utils.process_allgather(x, tiled=True)
         return jax.tree_util.tree_map(get, tree)
 
-    def jit_step(self, step_fn: Callable, donate_state: bool = True) -> Callable:
+    def jit_step(self, step_fn: Callable, donate_state: bool = True,
+                 compiler_options: Optional[dict] = None) -> Callable:
         """``step_fn(state, batch, rng) -> (state, metrics)`` jitted with the state and the RNG
         key replicated and the batch sharded; the new state and the metrics (means over the
-        global batch) come back replicated.
+        global batch) come back replicated. ``compiler_options``: XLA's (``{}``: its defaults);
+        default ``rj.compiler_options()``, as inference.
 
-        Plain ``jax.jit``, not ``rj.jit``: with drop path, a training step under the CPU
-        compiler options lands 1e-2 of the update away from the same step under XLA's
-        defaults (without drop path both agree with float64 to 5e-6; the cause is not pinned
-        down), so training keeps the defaults, which sharded and single-device agree on."""
+        Any fp32 training step is only as exact as its ReLU decisions: an input within fp32
+        rounding of zero goes either way depending on the summation order, and one such
+        decision moves a step by up to ~1e-2 of the update (timm's own fp32 step as much;
+        docs/exactness.md). Under these options and under XLA's defaults a step is equally
+        exact, with the same drop path decisions."""
         return jax.jit(step_fn, in_shardings=(self.replicated, self.batch_sharding, self.replicated),
                        out_shardings=(self.replicated, self.replicated),
-                       donate_argnums=(0,) if donate_state else ())
+                       donate_argnums=(0,) if donate_state else (),
+                       compiler_options=default_compiler_options() if compiler_options is None else compiler_options)
 
     def predict_fn(self, model, method: Optional[str] = None, **kwargs) -> Callable:
         """A jitted ``f(variables, images)`` (global arrays) running ``model.apply`` in eval

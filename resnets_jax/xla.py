@@ -19,11 +19,12 @@ from .cache import cache_dir
 # by default (`xla_cpu_experimental_ynn_fusion_type`). On these networks XLA's own (Eigen)
 # convolutions are faster end to end (1.2-1.5x at batch 8 fp32, benchmarks/before_after.py,
 # 2-core AVX-512 Xeon; 2.4x on ResNeSt's grouped 3x3), so only dots and reductions stay on
-# YNNPACK. Reductions must: XLA's own lose precision in GroupNorm / weight standardization and
-# in backward passes (resnetv2_101x1_bit logits 1.1e-4 off float64 instead of 6.7e-5; one SGD
-# step of resnetv2_18d 1e-2 of the update off float64's instead of 5e-6). With them on YNNPACK
-# both are as exact as XLA's defaults (tests/test_parity.py jits this way). Training steps still
-# keep plain jax.jit: with drop path they differ from XLA's defaults (DataParallel.jit_step).
+# YNNPACK. Reductions must: XLA's own lose precision in GroupNorm / weight standardization
+# (resnetv2_101x1_bit logits 1.1e-4 off float64 instead of 6.7e-5). With them on YNNPACK, logits
+# are as exact as under XLA's defaults (tests/test_parity.py runs both), and so are training
+# steps (DataParallel.jit_step uses these options): an fp32 step is only as exact as its ReLU
+# decisions, whichever the options, a near-zero input going either way with the order of the
+# sums (docs/exactness.md). The option name is jaxlib's: pyproject.toml caps jaxlib below 0.11.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}

@@ -17,6 +17,20 @@ os.environ.setdefault("RESNETS_JAX_NO_COMPILE_CACHE", "1")
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+# Tests that need the reference (torch, timm) skip themselves where it is not installed, so that a
+# JAX-only install runs the rest. `make test` and CI install it and set this variable: there, a
+# missing reference fails the run instead of skipping half the suite.
+REQUIRE_REFERENCE_ENV = "RESNETS_JAX_REQUIRE_REFERENCE"
+
+
+def pytest_configure(config):
+    if os.environ.get(REQUIRE_REFERENCE_ENV, "") not in ("", "0"):
+        import importlib.util
+        missing = [m for m in ("torch", "timm") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise pytest.UsageError(f"{REQUIRE_REFERENCE_ENV} is set but {', '.join(missing)} is not installed: "
+                                    "pip install -e '.[dev]'")
+
 BACKEND = jax.default_backend()
 
 

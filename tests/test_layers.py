@@ -6,7 +6,7 @@ import pytest
 
 from resnets_jax import layers
 
-import torch  # noqa: E402  (the [dev] extra; make test installs it)
+torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make test installs it)
 F = torch.nn.functional
 
 
@@ -118,3 +118,25 @@ def test_drop_path_schedule_matches_timm():
     theirs = calculate_drop_path_rates(0.2, [3, 4, 6, 3], stagewise=True)
     np.testing.assert_allclose(np.concatenate(ours), np.concatenate(theirs), rtol=1e-6)
     assert [len(s) for s in ours] == [3, 4, 6, 3]
+
+
+def test_split_attn_attention_width():
+    """timm's rule: make_divisible(in * radix * 0.25, divisor=8, min_value=32)."""
+    timm_make_divisible = pytest.importorskip("timm.layers.helpers").make_divisible
+    for in_chs in (64, 128, 160, 256, 320, 512):
+        for radix in (1, 2, 4):
+            assert layers.split_attn_channels(in_chs, radix) == timm_make_divisible(
+                in_chs * radix * 0.25, min_value=32, divisor=8)
+
+
+@pytest.mark.parametrize("groups,stride,dilation", [(2, 1, 1), (8, 2, 1), (4, 1, 2)])
+def test_grouped_conv_split_equals_feature_group_count(groups, stride, dilation):
+    """Conv2d's CPU fast path (one conv per group, concatenated) computes the grouped conv."""
+    x = jnp.asarray(np.random.RandomState(4).randn(2, 19, 19, 1).astype(np.float32).repeat(32, -1) * np.linspace(0.5, 1.5, 32), jnp.float32)
+    outs = []
+    for split in (False, True):
+        conv = layers.Conv2d(64, 3, stride=stride, dilation=dilation, groups=groups, split_groups=split)
+        variables = conv.init(jax.random.PRNGKey(0), x)
+        outs.append(np.asarray(conv.apply(variables, x)))
+    assert outs[0].shape == outs[1].shape
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)

@@ -12,16 +12,26 @@ import pytest
 from PIL import Image
 
 from resnets_jax.parallel import DataParallel
-from timm_ref import rel_err
+from timm_ref import OPTION_SETS, rel_err
 
 SCRIPTS = Path(__file__).parent / "scripts"
-# fp32; the sharded program sums BatchNorm statistics and gradients in another order
+# Inference (eval-mode logits, continuous in every rounding) in fp32; the sharded program sums
+# in another order. Measured 3e-7.
 SHARDED_TOL = 2e-5
 # the same 4-way program in one process or two: only the collectives' summation order differs
-# (measured: inference rows bitwise equal; parameters after a step 6e-6 in whole-model L2,
-# 1.1e-4 of the update's norm, as 4 devices against 1 in one process: 3e-6 and 6e-5)
+# (measured: inference rows bitwise equal)
 MULTIHOST_TOL = 1e-5
-UPDATE_TOL = 1e-3
+# Training steps, their ReLU decisions held (an fp32 step is only as exact as its ReLU
+# decisions, which another summation order may flip: docs/exactness.md): sharded against one
+# device, or two processes against one, within SPREAD_FACTOR times the spread of two
+# single-device steps that differ only in the order of their sums (the batch reordered), as a
+# fraction of the update. A rounding difference is a sum of many small independent roundings,
+# so two orders' differences are of one size (measured: sharded 7.5e-6, reordered 7.4e-6);
+# 4x leaves room for one order landing further than another. The spread is taken at least
+# SPREAD_FLOOR, the step's smooth conditioning (fp32-sized noise on every conv output moves the
+# float64 step by 1e-6 of the update), should two orders happen to agree closely.
+SPREAD_FACTOR = 4.0
+SPREAD_FLOOR = 1e-6
 
 
 def run_script(name, *args, devices=8, timeout=600):
@@ -32,16 +42,18 @@ def run_script(name, *args, devices=8, timeout=600):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_sharded_equals_single_device():
+@pytest.mark.parametrize("option_set", OPTION_SETS)
+def test_sharded_equals_single_device(option_set):
     # 21 images: not a multiple of 8, so inference pads and drops the padding again
-    out = run_script("sharded_vs_single.py", "resnetv2_18d", 21)
+    out = run_script("sharded_vs_single.py", "resnetv2_18d", 21, option_set)
+    print(f"\n{option_set}: {out}")
     assert (out["single_devices"], out["sharded_devices"]) == (1, 8)
     assert out["logits_shape"] == [21, 10]
     assert out["logits"] < SHARDED_TOL
     assert out["loss"] < SHARDED_TOL
-    # parameters and running statistics after one step, as whole-model norms (see below)
-    assert out["variables"] < MULTIHOST_TOL
-    assert out["of_update"] < UPDATE_TOL
+    # parameters and running statistics after one step (drop path 0.1: different drop decisions
+    # under sharding would move the step by O(1) of the update)
+    assert out["of_update"] <= SPREAD_FACTOR * max(out["spread_of_update"], SPREAD_FLOOR)
 
 
 def test_pad_and_shard_errors():
@@ -58,11 +70,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("option_set", OPTION_SETS)
+def test_two_processes_equal_one(tmp_path, option_set):
     """Two processes under jax.distributed on loopback (2 CPU devices each, gloo collectives),
     each handing in its own share, against one process with 4 devices handing in everything:
     the same sharded program, so inference rows and the parameters after one training step
-    agree to fp32 rounding. (Sharded against one device is the test above.)"""
+    agree to fp32 rounding, the step's within SPREAD_FACTOR x the spread of one-device steps.
+    (Sharded against one device is the test above.)"""
     images = tmp_path / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
@@ -73,7 +87,8 @@ def test_two_processes_equal_one(tmp_path):
     runs = [dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(pid)) for pid in range(2)]
     runs.append(dict(base, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "multihost_vs_single.py"), str(tmp_path), str(images)], env=env,
+    procs = [subprocess.Popen([sys.executable, str(SCRIPTS / "multihost_vs_single.py"), str(tmp_path), str(images), option_set],
+                              env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in runs]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs):
@@ -90,15 +105,17 @@ def test_two_processes_equal_one(tmp_path):
     assert rel_err(r0["small"], one["logits"][:3]) < MULTIHOST_TOL
     keys = [k for k in one if k.startswith("variables/")]
     assert len(keys) > 10
-    initial = whole([one[k.replace("variables/", "initial/")] for k in keys])
+    params = [k for k in keys if k.startswith("variables/['params']")]
+    initial = whole([one[k.replace("variables/", "initial/")] for k in params])
+    update = np.linalg.norm(whole([one[k] for k in params]) - initial)
+    assert update > 1e-2  # the step did move the parameters
+    # whole-model L2 norms of parameters and running statistics, as fractions of the update
+    spread = np.linalg.norm(whole([one[k.replace("variables/", "reordered/")] for k in keys])
+                            - whole([one[k.replace("variables/", "one_device/")] for k in keys])) / update
     for r in (r0, r1):
-        ours, ref = whole([r[k] for k in keys]), whole([one[k] for k in keys])
-        assert np.linalg.norm(ref - initial) > 1e-2  # the step did move the parameters
-        # Whole-model norms, not per-leaf maxima: in fp32 a step's ReLU/max-pool decisions and
-        # BatchNorm backward amplify summation-order rounding on a few small leaves (zero-init
-        # biases differ by ~0.5% of their update even between 4 devices and 1 in one process).
-        assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < MULTIHOST_TOL
-        assert np.linalg.norm(ours - ref) / np.linalg.norm(ref - initial) < UPDATE_TOL
+        diff = np.linalg.norm(whole([r[k] for k in keys]) - whole([one[k] for k in keys])) / update
+        print(f"\n{option_set}: two processes vs one {diff:.1e} of the update, spread {spread:.1e}")
+        assert diff <= SPREAD_FACTOR * max(spread, SPREAD_FLOOR)
         assert rel_err(r["metrics/['loss']"], one["metrics/['loss']"]) < MULTIHOST_TOL
     # the batch job: each process decodes its share; process 0 writes every row
     e2, e1 = np.load(tmp_path / "embed_2proc.npz"), np.load(tmp_path / "embed_1proc.npz")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from timm_ref import PARITY_TOL, perturb_, rel_err, timm_forward, timm_state_dict
+from timm_ref import OPTION_SETS, PARITY_TOL, compiler_options_for, perturb_, rel_err, timm_forward, timm_state_dict
 
 # Sizes: the tag's input size (capped at 256 for CPU time: BiT's 448/480 and ResNeSt-200e/269e's
 # 320/416 run at 256), and an odd size, not a multiple of 32, that exercises padding, ceil-mode
@@ -23,14 +23,20 @@ REDUCED_SIZES = {
     "resnetv2_152x4_bit": (128, 97),
 }
 SLOW = {"resnetv2_152x4_bit"}  # 936M parameters: ~15 GB with timm beside it, minutes on CPU
+# Every model under the options we recommend (rj.jit); under XLA's defaults (plain jax.jit) one
+# model per family and norm kind, which covers every kind of layer at a fraction of the time.
+XLA_DEFAULTS_CASES = ["res2net50_26w_4s", "resnest14d", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
+                      "resnetv2_50x1_bit"]
 
 
 def _params(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in names]
+    cases = [(n, "rj-options") for n in names] + [(n, "xla-defaults") for n in XLA_DEFAULTS_CASES if n in names]
+    return [pytest.param(n, o, marks=pytest.mark.slow) if n in SLOW else (n, o) for n, o in cases]
 
 
-@pytest.mark.parametrize("name", _params(rj.list_models()))
-def test_logits_match_timm(name, torch_device):
+@pytest.mark.parametrize("name, option_set", _params(rj.list_models()))
+def test_logits_match_timm(name, option_set, torch_device):
+    import jax
     import timm
     import torch
     torch.manual_seed(0)
@@ -45,7 +51,8 @@ def test_logits_match_timm(name, torch_device):
         assert back[k].dtype == sd[k].dtype and back[k].shape == sd[k].shape, k
         np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
 
-    apply = rj.jit(model.apply)  # with rj.compiler_options(), as we recommend
+    assert option_set in OPTION_SETS
+    apply = jax.jit(model.apply, compiler_options=compiler_options_for(option_set))
     rng = np.random.default_rng(0)
     standard = min(rj.get_pretrained_cfg(name)["input_size"][-1], MAX_STANDARD_SIZE)
     for size in REDUCED_SIZES.get(name, (standard, ODD_SIZE)):
@@ -57,6 +64,6 @@ def test_logits_match_timm(name, torch_device):
         assert ref.std() > 1e-3 * np.abs(ref).max()
         assert not np.allclose(ref[0], ref[1])
         err = rel_err(out, ref)
-        print(f"{name} {size}x{size}: max|Δlogit|/max|logit| = {err:.2e}")
+        print(f"{name} {size}x{size} ({option_set}): max|Δlogit|/max|logit| = {err:.2e}")
         assert err <= PARITY_TOL, f"{name} at {size}: {err:.2e} > {PARITY_TOL}"
 

@@ -11,8 +11,8 @@ from resnets_jax import CheckpointError
 from hub_cache import hub_cache
 from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
 
-import torch  # noqa: E402  (the [dev] extra; make test installs it)
-import timm  # noqa: E402
+torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make test installs it)
+timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
 
 NAME = "resnetv2_18"  # the smallest architecture: these tests are about files, not numerics
 
@@ -240,3 +240,19 @@ def test_shapes_cache_can_be_turned_off(tmp_path, monkeypatch):
     shapes._remembered_variables.cache_clear()
     assert shapes.expected_variables(rj.build_model("resnetv2_18", num_classes=3))
     assert not list(tmp_path.rglob("*.json"))
+
+
+def test_safetensors_whose_header_length_looks_like_msgpack(tmp_path):
+    """A safetensors file starts with its header's length (u64, little-endian, a multiple of 8):
+    one in 32 lengths end in 0x88, the first byte of a msgpack map of 8 entries. Such a file is
+    still read as safetensors (it was once taken for msgpack and refused)."""
+    low_byte = 0x88
+    from resnets_jax.io.safetensors import write_safetensors
+    tensors = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = tmp_path / "x.safetensors"
+    for pad in range(512):  # grow the metadata until the header length ends in low_byte
+        write_safetensors(path, tensors, {"pad": "x" * pad})
+        if path.read_bytes()[0] == low_byte:
+            break
+    assert path.read_bytes()[0] == low_byte
+    assert np.array_equal(rj.load_state_dict(path)["w"], tensors["w"])

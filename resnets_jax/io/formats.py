@@ -44,11 +44,13 @@ def _is_npz(path: str) -> bool:
 def _file_kind(path: str) -> str:
     """'torch', 'npz', 'msgpack' or 'safetensors' (anything else), from the content."""
     with open(path, "rb") as f:
-        magic = f.read(8)
+        magic = f.read(9)
     if magic[:4] == b"PK\x03\x04":  # a zip: torch's archive or numpy's .npz
         return "npz" if _is_npz(path) else "torch"
     if magic[:1] == b"\x80":  # a pickle: torch's legacy format (or a bare pickle, refused there)
         return "torch"
+    if magic[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header. Checked
+        return "safetensors"  # first: the length's low byte may look like a msgpack map's first byte
     return "msgpack" if magic and _is_msgpack_map(magic) else "safetensors"
 
 def is_bit_npz(path: str) -> bool:

@@ -1,7 +1,10 @@
-"""Helpers shared by the model families."""
+"""What both trunks share: input checks, the stride plan, timm's feature API and the
+forward path around a trunk's own ``forward_intermediates`` and ``forward_head``."""
 from typing import List, Tuple
 
 import jax
+
+from ..layers import global_pool_feat_mult
 
 
 def check_input(x: jax.Array, in_chans: int) -> None:
@@ -49,14 +52,42 @@ def feature_take_indices(num_features: int, indices) -> Tuple[int, ...]:
     return tuple(sorted(set(taken)))
 
 
-class FeatureMixin:
-    """timm's feature-extraction API for a trunk with a stride-2 stem feature and stages.
+class Trunk:
+    """The part of timm's model API both trunks share (a base of the ResNet v1 and v2 modules).
 
-    The model defines the fields ``features_only`` and ``out_indices``, ``all_feature_info()``
-    (one dict per feature map: ``num_chs``, ``reduction``, ``module`` in timm's names) and
-    ``forward_intermediates(x, train, stop)`` (the first ``stop`` feature maps, unnormalized).
-    With ``features_only`` the model returns the list of the selected NHWC maps, in network
-    order, and holds only the layers they need (as timm's ``FeatureListNet``)."""
+    The model defines the fields ``features_only``, ``out_indices`` and ``global_pool``,
+    ``all_feature_info()`` (one dict per feature map: ``num_chs``, ``reduction``, ``module`` in
+    timm's names), ``forward_intermediates(x, train, stop)`` (the first ``stop`` feature maps,
+    unnormalized) and ``forward_head(x, pre_logits, train)``; a trunk with a final norm
+    overrides ``final_norm``. With ``features_only`` the model returns the list of the selected
+    NHWC maps, in network order, and holds only the layers they need (as timm's
+    ``FeatureListNet``)."""
+
+    @property
+    def num_features(self) -> int:
+        """Channels of the last feature map (what ``forward_features`` returns)."""
+        return self.all_feature_info()[-1]["num_chs"]
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the pooled features the classifier sees (``pre_logits=True``)."""
+        return self.num_features * global_pool_feat_mult(self.global_pool)
+
+    def final_norm(self, x: jax.Array, train: bool) -> jax.Array:
+        return x  # v1 has none; ResNetV2's pre-activation trunk ends with ``norm``
+
+    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """(B, H, W, C) -> (B, H/32, W/32, num_features) at output_stride 32 (NHWC)."""
+        self._require_head("forward_features")
+        return self.final_norm(self.forward_intermediates(x, train)[-1], train)
+
+    def __call__(self, x: jax.Array, train: bool = False):
+        """Logits (B, num_classes), or pooled features when num_classes=0; with
+        ``features_only`` the list of selected feature maps. ``train``: batch statistics,
+        dropout and drop path (needs ``mutable=['batch_stats']`` and a ``'dropout'`` RNG)."""
+        if self.features_only:
+            return self._forward_features_only(x, train)
+        return self.forward_head(self.forward_features(x, train), train=train)
 
     @property
     def feature_indices(self) -> Tuple[int, ...]:

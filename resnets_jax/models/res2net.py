@@ -40,8 +40,8 @@ class Bottle2neck(nn.Module):
     drop_path_rate: float = 0.0
     drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
     zero_init_last: bool = True
-    conv: ModuleDef = None
-    norm: ModuleDef = None
+    conv_layer: ModuleDef = None
+    norm_layer: ModuleDef = None
     scale: int = 4
 
     @nn.compact
@@ -52,17 +52,17 @@ class Bottle2neck(nn.Module):
         first_dilation = self.first_dilation or self.dilation
         shortcut = x
 
-        out = self.conv(width * self.scale, 1, name="conv1")(x)
-        out = self.norm(name="bn1")(out, train)
+        out = self.conv_layer(width * self.scale, 1, name="conv1")(x)
+        out = self.norm_layer(name="bn1")(out, train)
 
         spx = jnp.split(out, list(range(width, out.shape[-1], width)), axis=-1)  # torch.split(out, width, 1)
         spo = []
         sp = spx[0]
         for i in range(num_scales):
             sp = spx[i] if i == 0 or is_first else sp + spx[i]
-            sp = self.conv(width, 3, stride=self.stride, padding=first_dilation, dilation=first_dilation,
+            sp = self.conv_layer(width, 3, stride=self.stride, padding=first_dilation, dilation=first_dilation,
                            groups=self.cardinality, name=f"convs_{i}")(sp)
-            sp = self.norm(name=f"bns_{i}")(sp, train)
+            sp = self.norm_layer(name=f"bns_{i}")(sp, train)
             spo.append(sp)
         if self.scale > 1:
             spo.append(avg_pool2d(spx[-1], 3, self.stride, padding=1) if is_first else spx[-1])
@@ -70,9 +70,9 @@ class Bottle2neck(nn.Module):
         if self.drop_block is not None:
             out = self.drop_block(name="drop_block")(out, train)
 
-        out = self.conv(self.planes * self.expansion, 1, name="conv3")(out)
+        out = self.conv_layer(self.planes * self.expansion, 1, name="conv3")(out)
         scale_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
-        out = self.norm(apply_act=False, scale_init=scale_init, name="bn3")(out, train)
+        out = self.norm_layer(apply_act=False, scale_init=scale_init, name="bn3")(out, train)
         out = DropPath(self.drop_path_rate, name="drop_path")(out, train)
         if self.downsample is not None:
             shortcut = self.downsample(x, train)

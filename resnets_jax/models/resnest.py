@@ -36,8 +36,8 @@ class ResNestBottleneck(nn.Module):
     drop_path_rate: float = 0.0
     drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
     zero_init_last: bool = True
-    conv: ModuleDef = None
-    norm: ModuleDef = None
+    conv_layer: ModuleDef = None
+    norm_layer: ModuleDef = None
     radix: int = 1
     avd: bool = False
     avd_first: bool = False
@@ -53,26 +53,26 @@ class ResNestBottleneck(nn.Module):
             avd_stride, stride = stride, 1
         shortcut = x
 
-        out = self.conv(group_width, 1, name="conv1")(x)
-        out = self.norm(name="bn1")(out, train)
+        out = self.conv_layer(group_width, 1, name="conv1")(x)
+        out = self.norm_layer(name="bn1")(out, train)
         if avd_stride > 0 and self.avd_first:
             out = avg_pool2d(out, 3, avd_stride, padding=1)
         if self.radix >= 1:
             out = SplitAttn(group_width, 3, stride=stride, padding=first_dilation, dilation=first_dilation,
-                            groups=self.cardinality, radix=self.radix, conv_layer=self.conv,
-                            norm_layer=self.norm, drop_layer=self.drop_block, name="conv2")(out, train)
+                            groups=self.cardinality, radix=self.radix, conv_layer=self.conv_layer,
+                            norm_layer=self.norm_layer, drop_layer=self.drop_block, name="conv2")(out, train)
         else:
-            out = self.conv(group_width, 3, stride=stride, padding=first_dilation, dilation=first_dilation,
+            out = self.conv_layer(group_width, 3, stride=stride, padding=first_dilation, dilation=first_dilation,
                             groups=self.cardinality, name="conv2")(out)
-            out = self.norm(apply_act=False, name="bn2")(out, train)
+            out = self.norm_layer(apply_act=False, name="bn2")(out, train)
             if self.drop_block is not None:
                 out = self.drop_block(name="drop_block")(out, train)
             out = nn.relu(out)
         if avd_stride > 0 and not self.avd_first:
             out = avg_pool2d(out, 3, avd_stride, padding=1)
-        out = self.conv(self.planes * 4, 1, name="conv3")(out)
+        out = self.conv_layer(self.planes * self.expansion, 1, name="conv3")(out)
         scale_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
-        out = self.norm(apply_act=False, scale_init=scale_init, name="bn3")(out, train)
+        out = self.norm_layer(apply_act=False, scale_init=scale_init, name="bn3")(out, train)
 
         if self.downsample is not None:
             # As timm's ResNestBottleneck: drop-path acts on the block *input*, and only where it
@@ -107,9 +107,11 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _resnest(layers, stem_width=32, base_width=64, cardinality=1, radix=2, avd_first=False, **kwargs):
+def _resnest(default_layers, stem_width=32, base_width=64, cardinality=1, radix=2, avd_first=False, layers=None,
+             **kwargs):
     # Every ResNeSt: deep stem, avg-pool shortcuts ('d'/'e' in the names: stem_width 32/64), avd.
-    return ResNet(block=ResNestBottleneck, layers=layers, stem_type="deep", stem_width=stem_width,
+    # `layers` overrides the depths as in timm (keyword arguments override the model's).
+    return ResNet(block=ResNestBottleneck, layers=tuple(layers or default_layers), stem_type="deep", stem_width=stem_width,
                   avg_down=True, base_width=base_width, cardinality=cardinality,
                   block_args=(("radix", radix), ("avd", True), ("avd_first", avd_first)), **kwargs)
 

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ..layers import BatchNormAct2d, Conv2d, avg_down_pool, drop_block_layers, global_pool_feat_mult, max_pool2d, select_global_pool
-from ._common import FeatureMixin, check_input, stride_plan
+from ..layers import BatchNormAct2d, Conv2d, avg_down_pool, drop_block_layers, max_pool2d, select_global_pool
+from ._common import Trunk, check_input, stride_plan
 
 ModuleDef = Any
 
@@ -40,18 +40,18 @@ class Shortcut:
     first_dilation: int
     avg_down: bool
     kernel_size: int
-    conv: ModuleDef
-    norm: ModuleDef
+    conv_layer: ModuleDef
+    norm_layer: ModuleDef
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         if self.avg_down:
             x = avg_down_pool(x, self.stride, self.dilation)
-            x = self.conv(self.out_chs, 1, name="downsample_1")(x)
-            return self.norm(apply_act=False, name="downsample_2")(x, train)
+            x = self.conv_layer(self.out_chs, 1, name="downsample_1")(x)
+            return self.norm_layer(apply_act=False, name="downsample_2")(x, train)
         k = 1 if self.stride == 1 and self.dilation == 1 else self.kernel_size
         d = self.first_dilation if k > 1 else 1
-        x = self.conv(self.out_chs, k, stride=self.stride, dilation=d, name="downsample_0")(x)
-        return self.norm(apply_act=False, name="downsample_1")(x, train)
+        x = self.conv_layer(self.out_chs, k, stride=self.stride, dilation=d, name="downsample_0")(x)
+        return self.norm_layer(apply_act=False, name="downsample_1")(x, train)
 
 
 def _torch_linear_init(fan_in: int):
@@ -62,11 +62,12 @@ def _torch_linear_init(fan_in: int):
     return uniform, uniform
 
 
-class ResNet(FeatureMixin, nn.Module):
+class ResNet(Trunk, nn.Module):
     """timm's ``ResNet`` v1 trunk with the stems and shortcuts its ResNeSt/Res2Net variants use.
 
     ``block`` is a bottleneck class taking ``(planes, stride, downsample, cardinality,
-    base_width, dilation, first_dilation, drop_path_rate, drop_block, conv, norm, **block_args)``, with a
+    base_width, dilation, first_dilation, drop_path_rate, drop_block, zero_init_last, conv_layer, norm_layer,
+    **block_args)``, with a
     class attribute ``expansion``."""
     block: ModuleDef
     layers: Sequence[int]
@@ -150,8 +151,8 @@ class ResNet(FeatureMixin, nn.Module):
                     drop_path_rate=dpr,
                     drop_block=drop_blocks[stage_idx],
                     zero_init_last=self.zero_init_last,
-                    conv=conv,
-                    norm=norm,
+                    conv_layer=conv,
+                    norm_layer=norm,
                     **block_args,
                 ))
                 prev_dilation = dilation
@@ -165,14 +166,6 @@ class ResNet(FeatureMixin, nn.Module):
                 k_init, b_init = _torch_linear_init(self.head_hidden_size)
                 self.fc = nn.Dense(self.num_classes, kernel_init=k_init, bias_init=b_init, dtype=self.dtype,
                                    param_dtype=self.param_dtype)
-
-    @property
-    def num_features(self) -> int:
-        return self.channels[-1] * self.block.expansion
-
-    @property
-    def head_hidden_size(self) -> int:
-        return self.num_features * global_pool_feat_mult(self.global_pool)
 
     def stages(self):
         return [getattr(self, f"layer{i + 1}") for i in range(self.num_stages_built)]
@@ -198,10 +191,6 @@ class ResNet(FeatureMixin, nn.Module):
                 feats.append(x)
         return feats
 
-    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        self._require_head("forward_features")
-        return self.forward_intermediates(x, train)[-1]
-
     def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
         self._require_head("forward_head")
         x = select_global_pool(x, self.global_pool)
@@ -209,8 +198,3 @@ class ResNet(FeatureMixin, nn.Module):
         if pre_logits or self.num_classes <= 0:
             return x
         return self.fc(x)
-
-    def __call__(self, x: jax.Array, train: bool = False):
-        if self.features_only:
-            return self._forward_features_only(x, train)
-        return self.forward_head(self.forward_features(x, train), train=train)

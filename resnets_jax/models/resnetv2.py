@@ -17,9 +17,9 @@ from flax import linen as nn
 
 from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2dS0,
                       FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_down_pool, drop_path_rates,
-                      global_pool_feat_mult, make_divisible, max_pool2d)
+                      make_divisible, max_pool2d)
 from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
-from ._common import FeatureMixin, check_input, stride_plan
+from ._common import Trunk, check_input, stride_plan
 
 ModuleDef = Any
 
@@ -174,6 +174,7 @@ def stem_pool(x: jax.Array, stem_type: str) -> jax.Array:
     return max_pool2d(x, 3, 2, padding=1)
 
 
+CONV_TYPES = {"std": StdConv2d, "plain": Conv2d}
 NORM_LAYERS = {
     "batchnorm": BatchNormAct2d,
     "groupnorm": partial(GroupNormAct, num_groups=32),
@@ -182,7 +183,7 @@ NORM_LAYERS = {
 }
 
 
-class ResNetV2(FeatureMixin, nn.Module):
+class ResNetV2(Trunk, nn.Module):
     """Pre-activation ResNet v2 (timm's ``ResNetV2`` with ``preact=True``, which every
     registered resnetv2 uses)."""
     layers: Sequence[int]
@@ -198,7 +199,8 @@ class ResNetV2(FeatureMixin, nn.Module):
     basic: bool = False
     bottle_ratio: float = 0.25
     norm_layer: str = "groupnorm"
-    std_conv_eps: Optional[float] = 1e-6  # None: plain conv (timm's create_conv2d)
+    conv_type: str = "std"  # 'std': StdConv2d (BiT); 'plain': Conv2d (timm's create_conv2d, newer v2s)
+    std_conv_eps: float = 1e-6  # timm's StdConv2d default; BiT binds BIT_STD_CONV_EPS
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     features_only: bool = False
@@ -220,10 +222,11 @@ class ResNetV2(FeatureMixin, nn.Module):
                          for i, (c, _, _, r) in enumerate(self.stage_plan())]
 
     def setup(self):
-        if self.std_conv_eps is None:
-            conv = partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        else:
-            conv = partial(StdConv2d, eps=self.std_conv_eps, dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.conv_type not in CONV_TYPES:
+            raise ValueError(f"conv_type={self.conv_type!r}: expected one of {sorted(CONV_TYPES)}")
+        conv = partial(CONV_TYPES[self.conv_type], dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.conv_type == "std":
+            conv = partial(conv, eps=self.std_conv_eps)
         norm = partial(NORM_LAYERS[self.norm_layer], dtype=self.dtype, param_dtype=self.param_dtype)
         self.stem = ResNetV2Stem(make_divisible(self.stem_chs * self.width_factor), self.stem_type, conv, norm)
         block_fn = PreActBasic if self.basic else PreActBottleneck
@@ -238,14 +241,6 @@ class ResNetV2(FeatureMixin, nn.Module):
             self.head = ClassifierHead(self.num_classes, self.global_pool, self.drop_rate, use_conv=True,
                                        dtype=self.dtype, param_dtype=self.param_dtype)
 
-    @property
-    def num_features(self) -> int:
-        return make_divisible(self.channels[-1] * self.width_factor)
-
-    @property
-    def head_hidden_size(self) -> int:
-        return self.num_features * global_pool_feat_mult(self.global_pool)
-
     def forward_intermediates(self, x: jax.Array, train: bool = False, stop: int = 5) -> List[jax.Array]:
         """The first ``stop`` feature maps: the stem conv's (stride 2), then each stage's."""
         check_input(x, self.in_chans)
@@ -258,18 +253,12 @@ class ResNetV2(FeatureMixin, nn.Module):
                 feats.append(x)
         return feats
 
-    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        self._require_head("forward_features")
-        return self.norm(self.forward_intermediates(x, train)[-1], train)
+    def final_norm(self, x: jax.Array, train: bool) -> jax.Array:
+        return self.norm(x, train)
 
     def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
         self._require_head("forward_head")
         return self.head(x, pre_logits=pre_logits, train=train)
-
-    def __call__(self, x: jax.Array, train: bool = False):
-        if self.features_only:
-            return self._forward_features_only(x, train)
-        return self.forward_head(self.forward_features(x, train), train=train)
 
 
 def _cfg(**kwargs):
@@ -327,16 +316,16 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _bit(layers, width_factor, **kwargs):
+def _bit(default_layers, width_factor, layers=None, **kwargs):
     # BiT: StdConv2d (eps 1e-8) + GroupNorm(32), 'fixed' stem padding as in the original TF models
-    return ResNetV2(layers=layers, width_factor=width_factor, stem_type="fixed",
-                    norm_layer="groupnorm", std_conv_eps=BIT_STD_CONV_EPS, **kwargs)
+    return ResNetV2(layers=tuple(layers or default_layers), width_factor=width_factor, stem_type="fixed",
+                    norm_layer="groupnorm", conv_type="std", std_conv_eps=BIT_STD_CONV_EPS, **kwargs)
 
 
 def _v2(default_layers, norm_layer="batchnorm", layers=None, **kwargs):
     # timm's newer ResNetV2s: plain conv (create_conv2d) with a norm+act layer. `layers` overrides the
     # depths as in timm (create_model(name, layers=...): keyword arguments override the model's)
-    return ResNetV2(layers=tuple(layers or default_layers), norm_layer=norm_layer, std_conv_eps=None, **kwargs)
+    return ResNetV2(layers=tuple(layers or default_layers), norm_layer=norm_layer, conv_type="plain", **kwargs)
 
 
 _basic = dict(channels=(64, 128, 256, 512), basic=True, bottle_ratio=1.0)

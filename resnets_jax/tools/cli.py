@@ -134,11 +134,11 @@ def _add_finetune_parser(sub) -> None:
     s.add_argument("model", help="arch or arch.tag")
     s.add_argument("data_dir", help="a folder with one sub-folder of images per class")
     s.add_argument("--output", "-o", dest="output_dir", required=True, metavar="DIR",
-                   help="checkpoints (last.msgpack) and metrics.json go here")
+                   help="checkpoints (Orbax, DIR/checkpoints/<step>) and metrics.json go here")
     src = s.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="FILE", help="start from this timm checkpoint (new head if needed)")
     src.add_argument("--pretrained", action="store_true", help="start from the tag's hub weights")
-    s.add_argument("--resume", action="store_true", help="continue from DIR/last.msgpack")
+    s.add_argument("--resume", action="store_true", help="continue from DIR's latest checkpoint")
     s.add_argument("--export", metavar="FILE.safetensors", help="write the result as a timm checkpoint")
     s.add_argument("--num-classes", type=int, help="default: the number of class folders")
     s.add_argument("--opt", choices=OPTIMIZERS, default=d.opt)
@@ -146,9 +146,11 @@ def _add_finetune_parser(sub) -> None:
                       ("warmup_epochs", float), ("warmup_lr", float), ("weight_decay", float), ("momentum", float),
                       ("smoothing", float), ("drop_rate", float), ("drop_path_rate", float), ("img_size", int),
                       ("hflip", float), ("val_fraction", float), ("seed", int), ("checkpoint_every", int),
-                      ("workers", int)]:
+                      ("workers", int), ("worker_processes", int), ("keep_checkpoints", int)]:
         s.add_argument("--" + name.replace("_", "-"), type=typ, default=getattr(d, name),
                        help=f"default: {getattr(d, name)}")
+    s.add_argument("--best-metric", choices=("val_acc", "val_loss"), default=d.best_metric,
+                   help="the best checkpoint, kept besides the latest ones, is best at this")
     s.add_argument("--interpolation", default=d.interpolation, help="'random' (bilinear or bicubic), or one of them")
     s.add_argument("--bf16", action="store_true", help="bfloat16 compute (parameters stay float32)")
     s.add_argument("--no-progress", dest="progress", action="store_false")
@@ -171,7 +173,7 @@ def _add_test_size(s) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].strip("`: "))
+    p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].replace("``", ""))
     p.add_argument("--no-compile-cache", action="store_true",
                    help=f"do not use the persistent compilation cache (or set {NO_COMPILE_CACHE_ENV}=1)")
     sub = p.add_subparsers(dest="command", required=True)

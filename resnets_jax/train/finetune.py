@@ -10,10 +10,16 @@ state replicated), per-epoch metrics, checkpoints that resume exactly, and expor
 
 Exact resume: the data order of an epoch is a function of ``(seed, epoch)``, each image's
 augmentation of ``(seed, epoch, image)``, and each step's dropout / drop path key of ``(seed,
-step)``; ``output_dir/last.msgpack`` holds the whole ``TrainState`` (parameters, running
-statistics, optimizer state, step), the position in the data and the epoch's running metrics,
-written atomically. A run killed at any point and resumed (``resume=True``) from its last
-checkpoint ends with the same parameters, bit for bit, as a run that was never interrupted.
+step)``. The input pipeline is Grain (``data.grain_pipeline``: each process reads its own slice of every
+batch, in threads or worker processes). ``output_dir/checkpoints/<step>/`` (Orbax, see
+``train.checkpoint``) holds the whole ``TrainState`` (parameters, running statistics, optimizer
+state, step), every process's Grain iterator position and the epoch's running metrics, written
+atomically and in the background; the ``keep_checkpoints`` latest and the best by ``best_metric``
+are kept. A run killed at any point and resumed (``resume=True``) from its latest checkpoint ends
+with the same parameters, bit for bit, as a run that was never interrupted.
+
+Run directories of the earlier msgpack format (``last.msgpack``) are not resumed (a clear error
+says so); ``load_finetuned`` still reads their weights.
 """
 import dataclasses
 import functools
@@ -31,7 +37,6 @@ from flax import serialization
 from ..convert import export_timm_checkpoint, init_variables
 from ..data import create_transform, resolve_data_config
 from ..data.image_folder import (
-    Batches,
     ImageFolder,
     eval_batches,
     split_indices,
@@ -49,11 +54,14 @@ from .step import (
     warmup_cosine_schedule,
 )
 
-CHECKPOINT_NAME = "last.msgpack"
+CHECKPOINT_DIR = "checkpoints"  # Orbax steps: output_dir/checkpoints/<step>/{state,data,meta}
+LEGACY_CHECKPOINT_NAME = "last.msgpack"  # the msgpack format of resnets_jax 0.1 (read, never resumed)
 METRICS_NAME = "metrics.json"
-CHECKPOINT_FORMAT = "resnets_jax.finetune/1"
+CHECKPOINT_FORMAT = "resnets_jax.finetune/2"
+LEGACY_CHECKPOINT_FORMAT = "resnets_jax.finetune/1"
 # settings that do not change the result: a resumed run may change them
-_RUN_ONLY = ("output_dir", "resume", "export", "checkpoint_every", "progress", "workers")
+_RUN_ONLY = ("output_dir", "resume", "export", "checkpoint_every", "progress", "workers", "worker_processes",
+             "keep_checkpoints", "best_metric")
 
 
 @dataclasses.dataclass
@@ -94,7 +102,10 @@ class FinetuneConfig:
     resume: bool = False
     export: Optional[str] = None       # a timm .safetensors written at the end
     progress: bool = True
-    workers: Optional[int] = None      # image decoding threads
+    workers: Optional[int] = None      # image decoding threads (per process, or per worker process)
+    worker_processes: int = 0          # Grain worker processes decoding images (0: threads of this process)
+    keep_checkpoints: int = 2          # the latest checkpoints kept, besides the best one
+    best_metric: str = "val_acc"       # the kept best checkpoint's metric: 'val_acc' (max) or 'val_loss' (min)
 
 
 @dataclasses.dataclass
@@ -152,46 +163,6 @@ def _initial_variables(cfg: FinetuneConfig, model, num_classes: int, restoring: 
     return create_model(cfg.model, pretrained=cfg.pretrained, rng=jax.random.PRNGKey(cfg.seed), **kwargs)[1]
 
 
-def save_train_checkpoint(path: str, state: TrainState, *, rng: np.ndarray, epoch: int, batch: int,
-                          epoch_sums: dict, history: List[dict], fingerprint: dict) -> str:
-    """The whole training state (numpy), the position in the data (``epoch``, next ``batch``),
-    the epoch's running metric sums and the history, as msgpack; atomic (``os.replace``)."""
-    tree = {"format": CHECKPOINT_FORMAT,
-            "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
-            "rng": np.asarray(rng), "epoch": int(epoch), "batch": int(batch),
-            "epoch_sums": {k: float(v) for k, v in epoch_sums.items()}, "history": json.dumps(history),
-            "config": json.dumps(fingerprint)}
-    blob = serialization.msgpack_serialize(tree)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-    return write_atomic(path, write)
-
-
-def load_train_checkpoint(path: str, target: TrainState, fingerprint: Optional[dict] = None) -> dict:
-    """What ``save_train_checkpoint`` wrote, with ``state`` restored into ``target``'s structure
-    (arrays or shapes), checked against ``target``'s shapes and, given ``fingerprint``, against
-    the settings of the run that wrote it."""
-    raw = _read_checkpoint(path)
-    saved = json.loads(raw["config"])
-    if fingerprint is not None and saved != fingerprint:
-        diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {fingerprint.get(k)!r}"
-                for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
-        raise ValueError(f"{path} was written by a run with other settings; resuming would not continue it. "
-                         + "; ".join(diff))
-    state = serialization.from_state_dict(target, raw["state"])
-    pairs = zip(jax.tree_util.tree_leaves_with_path(state), jax.tree_util.tree_leaves(target))
-    bad = [f"{jax.tree_util.keystr(p)}: {np.shape(a)} vs {np.shape(b)}" for (p, a), b in pairs
-           if np.shape(a) != np.shape(b)]
-    if bad:
-        raise ValueError(f"{path}: the training state does not fit the model: " + "; ".join(bad[:5]))
-    return dict(raw, state=state, history=json.loads(raw["history"]), config=saved,
-                epoch=int(raw["epoch"]), batch=int(raw["batch"]))
-
-
 def _progress(total: int, initial: int, enabled: bool):
     """tqdm on stderr when installed, else a plain line every tenth of the way."""
     if not enabled:
@@ -234,8 +205,11 @@ def evaluate(dp: DataParallel, model, variables, batches) -> Dict[str, float]:
 
 def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> FinetuneResult:
     """Fine-tune ``cfg.model`` on ``cfg.data_dir`` (see the module docstring and ``FinetuneConfig``).
-    Checkpoints go to ``cfg.output_dir/last.msgpack`` (each epoch and every ``checkpoint_every``
-    steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``."""
+    Checkpoints go to ``cfg.output_dir/checkpoints/<step>/`` (each epoch and every
+    ``checkpoint_every`` steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``. Needs
+    the ``train`` extra (grain, orbax-checkpoint)."""
+    from ..data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset
+    from .checkpoint import TrainCheckpoints
     dp = DataParallel()
     _check_config(cfg, dp)
     dataset = ImageFolder(cfg.data_dir)
@@ -245,12 +219,11 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     train_idx, val_idx = split_indices(dataset.labels, cfg.val_fraction, cfg.seed)
     if cfg.val_fraction and not len(val_idx):
         raise ValueError(f"val_fraction {cfg.val_fraction} holds out no image of {cfg.data_dir}; raise it (or use 0)")
+    if cfg.best_metric not in ("val_acc", "val_loss"):
+        raise ValueError(f"Unknown best_metric {cfg.best_metric!r}: expected 'val_acc' or 'val_loss'")
+    ckpt_dir = os.path.join(cfg.output_dir, CHECKPOINT_DIR)
+    _check_output_dir(cfg, ckpt_dir)
     os.makedirs(cfg.output_dir, exist_ok=True)
-    ckpt_path = os.path.join(cfg.output_dir, CHECKPOINT_NAME)
-    if cfg.resume and not os.path.exists(ckpt_path):
-        raise ValueError(f"nothing to resume: {ckpt_path} does not exist")
-    if not cfg.resume and os.path.exists(ckpt_path):
-        raise ValueError(f"{ckpt_path} exists: resume it (--resume) or choose another output directory")
     if cfg.export:  # fail now rather than after training
         check_output(cfg.export, force=cfg.resume)
 
@@ -259,26 +232,34 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     chans = model.in_chans
     size = (cfg.img_size,) * 2 if cfg.img_size else tuple(data_cfg["input_size"][1:])
     mode = "RGB" if chans == 3 else "L"
-    batches = Batches(dataset, train_idx, cfg.batch_size, cfg.seed, functools.partial(
-        train_transform, size=size, mean=data_cfg["mean"], std=data_cfg["std"], interpolation=cfg.interpolation,
-        hflip=cfg.hflip), mode=mode, workers=cfg.workers)
+    transform = functools.partial(train_transform, size=size, mean=data_cfg["mean"], std=data_cfg["std"],
+                                  interpolation=cfg.interpolation, hflip=cfg.hflip)
+    train_ds = train_dataset(ImageFolderSource(dataset, mode), train_idx, cfg.batch_size, cfg.seed, cfg.epochs,
+                             transform, jax.process_index(), jax.process_count())
+    threads = cfg.workers or min(8, os.cpu_count() or 1)
+    data = iter(to_iter_dataset(train_ds, workers=cfg.worker_processes, threads=threads))
     eval_transform = create_transform(**{**data_cfg, "input_size": (chans, *size)})
-    steps_per_epoch = batches.steps_per_epoch
+    steps_per_epoch = len(train_idx) // cfg.batch_size
     updates, warmup = _schedule_steps(cfg, steps_per_epoch)
     schedule = warmup_cosine_schedule(cfg.lr, updates, warmup, cfg.warmup_lr, cfg.min_lr)  # for the log
     tx = make_optimizer(cfg.opt, cfg.lr, updates, warmup_steps=warmup, warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr,
                         weight_decay=cfg.weight_decay, momentum=cfg.momentum, accum_steps=cfg.accum_steps)
     fingerprint = _fingerprint(cfg, dataset)
     variables = _initial_variables(cfg, model, num_classes, restoring=cfg.resume)
+    ckpts = TrainCheckpoints(ckpt_dir, keep=cfg.keep_checkpoints, best_metric=cfg.best_metric if len(val_idx) else None)
     rng = np.asarray(jax.random.PRNGKey(cfg.seed))
     epoch, start_batch, history = 0, 0, []
     epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     if cfg.resume:
+        step = ckpts.latest_step()
+        _check_fingerprint(f"{ckpt_dir}/{step}", ckpts.meta(step), fingerprint)
         target = jax.eval_shape(lambda v: TrainState.create(v, tx), variables)
-        saved = load_train_checkpoint(ckpt_path, target, fingerprint)
-        state, rng, history = saved["state"], saved["rng"], saved["history"]
-        epoch, start_batch, epoch_sums = saved["epoch"], saved["batch"], saved["epoch_sums"]
-        log(f"resuming {ckpt_path}: epoch {epoch}, batch {start_batch}/{steps_per_epoch}")
+        target = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), target)
+        state, meta = ckpts.restore(step, target, data_iterator=data)
+        rng, history = np.asarray(meta["rng"], np.uint32), meta["history"]
+        epoch, start_batch, epoch_sums = meta["epoch"], meta["batch"], meta["epoch_sums"]
+        log(f"resuming {ckpt_dir}/{step}: epoch {epoch}, batch {start_batch}/{steps_per_epoch}")
     else:
         state = TrainState.create(variables, tx)
     del variables
@@ -290,55 +271,86 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     state = dp.replicate(state)
     step_fn = dp.jit_step(make_train_step(model, tx, cfg.smoothing))
     rng_dev = dp.replicate(rng)
-    local = slice(jax.process_index() * (cfg.batch_size // jax.process_count()),
-                  (jax.process_index() + 1) * (cfg.batch_size // jax.process_count()))
     bar = _progress(cfg.epochs * steps_per_epoch, epoch * steps_per_epoch + start_batch, cfg.progress)
 
-    def checkpoint(epoch_, batch_):
-        host_state = dp.gather(state)  # every process takes part; one writes
-        if jax.process_index() == 0:
-            save_train_checkpoint(ckpt_path, host_state, rng=rng, epoch=epoch_, batch=batch_,
-                                  epoch_sums=epoch_sums, history=history, fingerprint=fingerprint)
+    def checkpoint(epoch_, batch_, metrics=None):  # every process takes part, writing its own part
+        meta = {"format": CHECKPOINT_FORMAT, "rng": rng.tolist(), "epoch": epoch_, "batch": batch_,
+                "epoch_sums": epoch_sums, "history": history, "config": fingerprint}
+        ckpts.save(epoch_ * steps_per_epoch + batch_, state, meta=meta, data_iterator=data, metrics=metrics)
 
-    for epoch in range(epoch, cfg.epochs):
-        start = time.perf_counter()
-        for b in range(start_batch, steps_per_epoch):
-            batch = batches.batch(epoch, b)
-            state, metrics = step_fn(state, dp.shard({k: v[local] for k, v in batch.items()}), rng_dev)
-            n = len(batch["label"])
-            epoch_sums = {"loss": epoch_sums["loss"] + float(metrics["loss"]) * n,
-                          "correct": epoch_sums["correct"] + float(metrics["accuracy"]) * n,
-                          "count": epoch_sums["count"] + n}
-            step = epoch * steps_per_epoch + b + 1
-            if bar is not None:
-                bar.set_postfix_str(f"epoch {epoch} loss {float(metrics['loss']):.4f}")
-                bar.update(1)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
-                checkpoint(epoch, b + 1)
-        start_batch = 0
-        record = {"epoch": epoch, "train_loss": epoch_sums["loss"] / epoch_sums["count"],
-                  "train_acc": epoch_sums["correct"] / epoch_sums["count"],
-                  "lr": float(schedule((epoch + 1) * steps_per_epoch // cfg.accum_steps)),
-                  "seconds": time.perf_counter() - start}
-        if len(val_idx):
-            val = evaluate(dp, model, state.variables,
-                           eval_batches(dataset, val_idx, cfg.batch_size, eval_transform, mode))
-            record.update(val_loss=val["loss"], val_acc=val["acc"])
-        history.append(record)
-        epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-        checkpoint(epoch + 1, 0)
-        if jax.process_index() == 0:
-            write_atomic(os.path.join(cfg.output_dir, METRICS_NAME),
-                         lambda tmp: _write_json(tmp, {"classes": dataset.classes, "epochs": history}))
-        log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    try:
+        for epoch in range(epoch, cfg.epochs):
+            start = time.perf_counter()
+            for b in range(start_batch, steps_per_epoch):
+                batch = next(data)  # this process's rows of batch b of this epoch
+                state, metrics = step_fn(state, dp.shard(batch), rng_dev)
+                n = cfg.batch_size
+                epoch_sums = {"loss": epoch_sums["loss"] + float(metrics["loss"]) * n,
+                              "correct": epoch_sums["correct"] + float(metrics["accuracy"]) * n,
+                              "count": epoch_sums["count"] + n}
+                step = epoch * steps_per_epoch + b + 1
+                if bar is not None:
+                    bar.set_postfix_str(f"epoch {epoch} loss {float(metrics['loss']):.4f}")
+                    bar.update(1)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and b + 1 < steps_per_epoch:
+                    checkpoint(epoch, b + 1)
+            start_batch = 0
+            record = {"epoch": epoch, "train_loss": epoch_sums["loss"] / epoch_sums["count"],
+                      "train_acc": epoch_sums["correct"] / epoch_sums["count"],
+                      "lr": float(schedule((epoch + 1) * steps_per_epoch // cfg.accum_steps)),
+                      "seconds": time.perf_counter() - start}
+            if len(val_idx):
+                val = evaluate(dp, model, state.variables,
+                               eval_batches(dataset, val_idx, cfg.batch_size, eval_transform, mode))
+                record.update(val_loss=val["loss"], val_acc=val["acc"])
+            history.append(record)
+            epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+            checkpoint(epoch + 1, 0, {k: record[k] for k in ("val_loss", "val_acc") if k in record} or None)
+            if jax.process_index() == 0:
+                write_atomic(os.path.join(cfg.output_dir, METRICS_NAME),
+                             lambda tmp: _write_json(tmp, {"classes": dataset.classes, "epochs": history}))
+            log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+        ckpts.wait()
+    finally:
+        ckpts.close()
+        if hasattr(data, "close"):
+            data.close()
     if bar is not None:
         bar.close()
-    result = _result(model, dp.gather(state), dataset, history, cfg.epochs * steps_per_epoch, ckpt_path)
+    result = _result(model, dp.gather(state), dataset, history, cfg.epochs * steps_per_epoch, ckpt_dir)
     if cfg.export and jax.process_index() == 0:
         path = export_timm_checkpoint(model, result.variables, cfg.export, force=cfg.resume)
         log(f"exported to {path}: timm.create_model('{model.variant.partition('.')[0]}', "
             f"num_classes={num_classes}, checkpoint_path='{path}')")
     return result
+
+
+def _check_output_dir(cfg: FinetuneConfig, ckpt_dir: str) -> None:
+    """A new run needs an output directory without checkpoints; a resumed one, its checkpoints.
+    A run directory of the msgpack format (resnets_jax 0.1) is refused, saying what to do."""
+    steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+    legacy = os.path.join(cfg.output_dir, LEGACY_CHECKPOINT_NAME)
+    if not steps and os.path.exists(legacy):
+        raise ValueError(f"{legacy}: a checkpoint of the msgpack format of resnets_jax 0.1, which this version does "
+                         "not resume (it writes Orbax checkpoints to checkpoints/). Finish that run with the version "
+                         "that started it, or start a new run from its weights: export them with "
+                         "`export_timm_checkpoint(*load_finetuned(dir), 'w.safetensors')` and pass --checkpoint "
+                         "w.safetensors, with another output directory")
+    if cfg.resume and not steps:
+        raise ValueError(f"nothing to resume: no finished checkpoint in {ckpt_dir}")
+    if not cfg.resume and steps:
+        raise ValueError(f"{ckpt_dir} holds checkpoints: resume it (--resume) or choose another output directory")
+
+
+def _check_fingerprint(where: str, meta: dict, fingerprint: dict) -> None:
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{where}: not a {CHECKPOINT_FORMAT} checkpoint (format {meta.get('format')!r})")
+    saved = meta["config"]
+    if saved != fingerprint:
+        diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {fingerprint.get(k)!r}"
+                for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
+        raise ValueError(f"{where} was written by a run with other settings; resuming would not continue it. "
+                         + "; ".join(diff))
 
 
 def _write_json(path: str, obj) -> None:
@@ -351,23 +363,31 @@ def _result(model, state: TrainState, dataset: ImageFolder, history, step: int, 
                           step=step, checkpoint=ckpt)
 
 
-def _read_checkpoint(path: str) -> dict:
+def _read_legacy_checkpoint(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             raw = serialization.msgpack_restore(f.read())
-        if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"not a {CHECKPOINT_FORMAT} checkpoint")
+        if not isinstance(raw, dict) or raw.get("format") != LEGACY_CHECKPOINT_FORMAT:
+            raise ValueError(f"not a {LEGACY_CHECKPOINT_FORMAT} checkpoint")
     except (ValueError, TypeError) as e:  # msgpack's errors are ValueErrors
         raise ValueError(f"{path}: cannot read it as a fine-tuning checkpoint ({e})") from None
-    return raw
+    return {"state": raw["state"], "config": json.loads(raw["config"])}
 
 
-def load_finetuned(output_dir: str):
-    """``(model, variables)`` of the last checkpoint in a fine-tuning ``output_dir`` (numpy),
-    for ``model.apply`` or ``export_timm_checkpoint``."""
-    raw = _read_checkpoint(os.path.join(output_dir, CHECKPOINT_NAME))
-    cfg = json.loads(raw["config"])
+def load_finetuned(output_dir: str, best: bool = False, step: Optional[int] = None):
+    """``(model, variables)`` (numpy) of a fine-tuning ``output_dir``'s latest checkpoint (``best``:
+    the kept checkpoint with the best validation metric; ``step``: that one), for ``model.apply``
+    or ``export_timm_checkpoint``. Reads the msgpack ``last.msgpack`` of resnets_jax 0.1 as well.
+    Raises ``ValueError`` when the directory holds no checkpoint."""
+    ckpt_dir = os.path.join(output_dir, CHECKPOINT_DIR)
+    legacy = os.path.join(output_dir, LEGACY_CHECKPOINT_NAME)
+    if not os.path.isdir(ckpt_dir) and os.path.exists(legacy):
+        raw = _read_legacy_checkpoint(legacy)
+    else:
+        from .checkpoint import read_train_checkpoint
+        saved = read_train_checkpoint(ckpt_dir, step=step, best=best)
+        raw = {"state": saved["state"], "config": saved["meta"]["config"]}
+    cfg, state = raw["config"], raw["state"]
     model = build_model(cfg["model"], num_classes=cfg["num_classes"] or len(cfg["classes"]),
                         dtype=jnp.bfloat16 if cfg["bf16"] else jnp.float32)
-    state = raw["state"]
     return model, {"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})}

@@ -1,0 +1,104 @@
+"""The fine-tuning input pipeline as Grain: the image folder as a ``RandomAccessDataSource``, the
+order of ``image_folder.epoch_order`` (a function of ``(seed, epoch)``), each process its own slice
+of every global batch, timm's training transform (``image_folder.train_transform``, its random
+draws from ``sample_rng(seed, epoch, image)``) in threads or worker processes, and an iterator
+whose state (``get_state`` / ``set_state``, or ``grain.checkpoint.CheckpointSave`` in an Orbax
+checkpoint) resumes at the same example.
+
+    ds = train_dataset(ImageFolderSource(folder), train_idx, batch_size=32, seed=0, epochs=10, transform=t)
+    it = iter(to_iter_dataset(ds, workers=4))    # batches of {"image": (b, H, W, C) float32, "label": (b,) int32}
+
+The batches equal ``image_folder.Batches``' (the same images, crops and flips), each process
+receiving rows ``[p * b, (p + 1) * b)`` of each global batch of ``b * process_count`` rows.
+"""
+import functools
+from typing import Callable, Optional
+
+import grain
+import numpy as np
+
+from .image_folder import ImageFolder, epoch_order, sample_rng
+
+
+class ImageFolderSource:
+    """An ``ImageFolder`` as Grain's ``RandomAccessDataSource``: ``source[i]`` is ``{"image": PIL
+    image in ``mode``, "label": int, "index": i}`` (decoded when read; paths are picklable, so
+    worker processes open the files themselves)."""
+
+    def __init__(self, folder: ImageFolder, mode: str = "RGB"):
+        self.folder, self.mode = folder, mode
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        return {"image": self.folder.load(index, self.mode), "label": int(self.folder.labels[index]), "index": index}
+
+    def __repr__(self) -> str:  # Grain logs it
+        return f"ImageFolderSource({self.folder.root!r}, {len(self)} images, mode={self.mode!r})"
+
+
+class _Position(grain.transforms.Map):
+    """Element ``j`` of a process's stream -> ``(epoch, image index)``: step ``j // b``, row
+    ``p * b + j % b`` of that step's global batch in ``epoch_order(indices, seed, epoch)``."""
+
+    def __init__(self, indices: np.ndarray, seed: int, local_batch: int, process_index: int, process_count: int):
+        self.indices, self.seed, self.local_batch = np.asarray(indices), seed, local_batch
+        self.process_index, self.global_batch = process_index, local_batch * process_count
+        self.steps_per_epoch = len(self.indices) // self.global_batch
+
+    @functools.lru_cache(maxsize=2)
+    def _order(self, epoch: int) -> np.ndarray:
+        return epoch_order(self.indices, self.seed, epoch)
+
+    def map(self, j):
+        step, row = divmod(int(j), self.local_batch)
+        epoch, b = divmod(step, self.steps_per_epoch)
+        return epoch, int(self._order(epoch)[b * self.global_batch + self.process_index * self.local_batch + row])
+
+
+class _LoadAndTransform(grain.transforms.Map):
+    def __init__(self, source: ImageFolderSource, transform: Callable, seed: int):
+        self.source, self.transform, self.seed = source, transform, seed
+
+    def map(self, element):
+        epoch, index = element
+        item = self.source[index]
+        return {"image": np.asarray(self.transform(item["image"], sample_rng(self.seed, epoch, index)), np.float32),
+                "label": np.int32(item["label"])}
+
+
+def train_dataset(source: ImageFolderSource, indices: np.ndarray, batch_size: int, seed: int, epochs: int,
+                  transform: Callable, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+    """Every training batch of ``epochs`` epochs over ``source[indices]`` for one process, as a
+    ``grain.MapDataset`` of ``{"image": (b, H, W, C) float32, "label": (b,) int32}`` with ``b =
+    batch_size // process_count`` (``batch_size`` is global). An epoch has ``len(indices) //
+    batch_size`` batches (the incomplete last one dropped, as timm's training loader).
+    ``transform(pil_image, random.Random) -> (H, W, C)``. Raises ``ValueError`` when the batch
+    does not split over the processes or the images cannot fill one batch."""
+    if batch_size % process_count:
+        raise ValueError(f"batch size {batch_size} does not split over {process_count} processes")
+    if len(indices) < batch_size:
+        raise ValueError(f"{len(indices)} training images cannot fill one batch of {batch_size}: "
+                         "lower the batch size (or the validation fraction)")
+    local = batch_size // process_count
+    position = _Position(indices, seed, local, process_index, process_count)
+    return (grain.MapDataset.range(epochs * position.steps_per_epoch * local)
+            .map(position).map(_LoadAndTransform(source, transform, seed))
+            .batch(local, drop_remainder=True))
+
+
+def to_iter_dataset(ds: grain.MapDataset, workers: Optional[int] = None, threads: int = 8,
+                    prefetch: int = 2) -> grain.IterDataset:
+    """``ds`` as an iterable whose iterators checkpoint their position: decoded by ``threads``
+    threads of the calling process, or, with ``workers`` > 0, by that many worker processes
+    (Grain's ``mp_prefetch``; each keeps ``prefetch`` batches ready). The batches and their
+    order do not depend on ``workers`` or ``threads``."""
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+    if workers:
+        from absl import flags
+        if not flags.FLAGS.is_parsed():  # Grain's worker start reads an absl flag; outside absl.app: defaults
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))
+    return it

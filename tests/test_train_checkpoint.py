@@ -1,0 +1,201 @@
+"""Orbax train state and the Grain input pipeline of fine-tuning: which checkpoints are kept
+(the latest N and the best by a validation metric), a restore that fits the model or says why
+not, the Grain batches equal to ``image_folder.Batches`` and resumed at the same example (in
+the calling process and in worker processes), and a run directory of the msgpack format."""
+import functools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import serialization
+
+import resnets_jax as rj
+from resnets_jax.train.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME,
+                                        FinetuneConfig, finetune, load_finetuned)
+from resnets_jax.data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset
+from resnets_jax.data.image_folder import Batches, ImageFolder, split_indices, train_transform
+from resnets_jax.train import TrainState
+from resnets_jax.train.checkpoint import TrainCheckpoints, read_train_checkpoint
+from test_finetune import MEAN, MODEL, STD, make_folder
+
+SIZE = 24
+SCRIPTS = Path(__file__).parent / "scripts"
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("images"), n=10)
+
+
+def _state(step=0, width=2):
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+    params = {"w": jnp.full((3, width), 0.5), "b": jnp.arange(width, dtype=jnp.float32)}
+    state = TrainState.create({"params": params}, tx)
+    return state.replace(step=jnp.int32(step))
+
+
+@pytest.mark.parametrize("metric,values,best", [
+    ("val_acc", [0.5, 0.9, 0.6, None, 0.7, None], 2),    # highest accuracy
+    ("val_loss", [0.5, 0.9, 0.6, None, 0.7, None], 1),   # lowest loss
+])
+def test_keeps_latest_n_and_best(tmp_path, metric, values, best):
+    ckpts = TrainCheckpoints(str(tmp_path), keep=2, best_metric=metric)
+    for step, v in enumerate(values, start=1):  # None: a mid-epoch checkpoint, without metrics
+        ckpts.save(step, _state(step), meta={"epoch": step},
+                   metrics=None if v is None else {metric: v, "other": -v})
+    ckpts.wait()
+    assert ckpts.all_steps() == sorted({5, 6, best})
+    assert ckpts.best_step() == best
+    ckpts.close()
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == sorted({5, 6, best})
+    assert read_train_checkpoint(str(tmp_path), best=True)["step"] == best
+    latest = read_train_checkpoint(str(tmp_path))
+    assert latest["step"] == 6 and int(latest["state"]["step"]) == 6 and latest["meta"]["epoch"] == 6
+
+
+def test_restore_exact_and_refuses_other_shapes(tmp_path):
+    state = _state(7)
+    state = state.replace(opt_state=jax.tree_util.tree_map(lambda x: x + 0.25, state.opt_state))
+    ckpts = TrainCheckpoints(str(tmp_path), keep=1, best_metric=None)
+    ckpts.save(7, state, meta={"rng": [1, 2]})
+    ckpts.wait()
+    restored, meta = ckpts.restore(7, jax.eval_shape(lambda: _state()))
+    assert meta["rng"] == [1, 2]
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+        np.testing.assert_array_equal(a, b)
+    fit = r"does not fit the model: .*\['params'\]\['w'\]: checkpoint \(3, 2\) vs model \(3, 4\)"
+    with pytest.raises(ValueError, match=fit):
+        ckpts.restore(7, jax.eval_shape(lambda: _state(width=4)))
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        TrainCheckpoints(str(tmp_path / "x"), keep=0)
+
+
+def _pipeline(folder, process_index=0, process_count=1, workers=0):
+    ds = ImageFolder(folder)
+    train, _ = split_indices(ds.labels, 0.25, 0)
+    transform = functools.partial(train_transform, size=(SIZE, SIZE), mean=MEAN, std=STD)
+    grain_ds = train_dataset(ImageFolderSource(ds), train, 6, 0, 2, transform, process_index, process_count)
+    return iter(to_iter_dataset(grain_ds, workers=workers, threads=2)), Batches(ds, train, 6, 0, transform)
+
+
+@pytest.mark.parametrize("process_index", [0, 1])
+def test_grain_batches_equal_batches_and_resume(folder, process_index):
+    it, ref = _pipeline(folder, process_index, 2)
+    rows = slice(3 * process_index, 3 * (process_index + 1))  # this process's rows of each global batch
+    steps = 2 * ref.steps_per_epoch  # two epochs
+    got = [next(it) for _ in range(3)]
+    state = it.get_state()
+    got += [next(it) for _ in range(3, steps)]
+    for s, batch in enumerate(got):
+        want = ref.batch(*divmod(s, ref.steps_per_epoch))
+        np.testing.assert_array_equal(batch["image"], want["image"][rows])
+        np.testing.assert_array_equal(batch["label"], want["label"][rows])
+    with pytest.raises(StopIteration):
+        next(it)
+    resumed, _ = _pipeline(folder, process_index, 2)
+    resumed.set_state(json.loads(json.dumps(state)))  # as Grain's Orbax handler stores it
+    np.testing.assert_array_equal(next(resumed)["image"], got[3]["image"])
+
+
+def test_grain_worker_processes(folder):
+    it, ref = _pipeline(folder, workers=2)
+    got = [next(it) for _ in range(3)]
+    state = it.get_state()
+    fourth = next(it)
+    it.close()
+    for s, batch in enumerate(got + [fourth]):
+        np.testing.assert_array_equal(batch["image"], ref.batch(*divmod(s, ref.steps_per_epoch))["image"])
+    resumed, _ = _pipeline(folder, workers=2)
+    resumed.set_state(state)
+    np.testing.assert_array_equal(next(resumed)["image"], fourth["image"])
+    resumed.close()
+
+
+def test_msgpack_run_dir_is_read_but_not_resumed(folder, tmp_path):
+    """A run directory of resnets_jax 0.1 (``last.msgpack``): ``load_finetuned`` reads its
+    weights; resuming it is refused with what to do instead."""
+    model, variables = rj.create_model(MODEL, num_classes=2, rng=jax.random.PRNGKey(0))
+    state = TrainState.create(variables, optax.sgd(0.1))
+    config = {"model": MODEL, "num_classes": None, "classes": ["blue", "red"], "bf16": False}
+    blob = serialization.msgpack_serialize({
+        "format": LEGACY_CHECKPOINT_FORMAT,
+        "state": jax.tree_util.tree_map(np.asarray, serialization.to_state_dict(state)),
+        "rng": np.zeros(2, np.uint32), "epoch": 1, "batch": 0, "epoch_sums": {}, "history": "[]",
+        "config": json.dumps(config)})
+    out = tmp_path / "old_run"
+    out.mkdir()
+    (out / LEGACY_CHECKPOINT_NAME).write_bytes(blob)
+    loaded_model, loaded = load_finetuned(str(out))
+    assert loaded_model.num_classes == 2
+    for a, b in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(variables)):
+        np.testing.assert_array_equal(a, b)
+    for resume in (True, False):
+        with pytest.raises(ValueError, match="msgpack format of resnets_jax 0.1.*load_finetuned.*--checkpoint"):
+            finetune(FinetuneConfig(MODEL, str(folder), str(out), resume=resume, progress=False))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(data_dir, out_dir, env, *flags):
+    port = _free_port()
+    script = [sys.executable, str(SCRIPTS / "finetune_multihost.py"), str(data_dir), str(out_dir), *flags]
+    return [subprocess.Popen(script,
+                             env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                                      JAX_PROCESS_ID=str(pid)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in range(2)]
+
+
+def _wait(procs):
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-4000:]
+    return logs
+
+
+def test_two_processes_killed_and_resumed_equal_uninterrupted(tmp_path):
+    """Two processes on loopback (1 CPU device each): each reads its own rows through Grain and
+    writes its iterator position into every Orbax checkpoint. Both killed (SIGKILL) after the
+    first checkpoint, then resumed: the same parameters, statistics and optimizer state, bit for
+    bit, as an uninterrupted two-process run."""
+    data_dir = make_folder(tmp_path / "images", n=16)  # 24 training images: 3 batches of 8 per epoch
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    _wait(_launch(data_dir, full, env))
+    procs = _launch(data_dir, cut, env)
+    ckpts = cut / CHECKPOINT_DIR
+    while not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())) and \
+            all(p.poll() is None for p in procs):
+        time.sleep(0.02)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+        p.communicate(timeout=60)
+    a = read_train_checkpoint(str(full / CHECKPOINT_DIR))
+    interrupted = read_train_checkpoint(str(ckpts))
+    assert 0 < int(interrupted["state"]["step"]) < int(a["state"]["step"]), "the run was not interrupted midway"
+    assert sorted(p.name for p in (ckpts / str(interrupted["step"]) / "data").glob("process_*")) == \
+        ["process_0-of-2.json", "process_1-of-2.json"]  # each process wrote its iterator
+    logs = _wait(_launch(data_dir, cut, env, "--resume"))
+    assert "resuming" in logs[0]
+    b = read_train_checkpoint(str(ckpts))
+    assert a["step"] == b["step"]
+    leaves_a, leaves_b = (jax.tree_util.tree_flatten_with_path(x["state"])[0] for x in (a, b))
+    assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b]
+    for (k, x), (_, y) in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(k))
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(b["meta"]["history"]) == strip(a["meta"]["history"])
