@@ -1,5 +1,6 @@
-"""XLA settings for fast inference: compiler options per backend, and JAX's persistent
-compilation cache.
+"""Backend-specific speed choices, in one place: how grouped convolutions are lowered (decided
+while jit traces, so plain ``jax.jit`` gets it too), XLA compiler options per backend, and JAX's
+persistent compilation cache. ``layers/`` holds numerics only and asks here.
 
     import resnets_jax as rj
     rj.enable_compilation_cache()                  # $RESNETS_JAX_CACHE_DIR/xla (~/.cache/resnets_jax/xla)
@@ -8,7 +9,7 @@ compilation cache.
 """
 import functools
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,31 @@ from .cache import cache_dir
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
+
+# Grouped convolutions on XLA:CPU, per shape (benchmarks/grouped_conv.py, fp32, min of 10):
+# one conv per group, concatenated, beats one feature_group_count conv once the output is large
+# (many pixels), and loses on small outputs where the extra slices and concat cost more than the
+# conv; under XLA's default YNNPACK convs (plain jax.jit) the grouped form is far slower at any
+# size. Accelerators keep the single grouped op.
+SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
+SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which CPU splits
+
+
+def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
+                       backend: Optional[str] = None) -> bool:
+    """Whether ``Conv2d(split_groups=None)`` runs a grouped conv as one conv per group
+    (concatenated; the same sums) rather than one ``feature_group_count`` conv.
+
+    ``x_shape``: the conv input, NHWC; ``backend``: default ``jax.default_backend()``. Called
+    while jit traces, so the choice is baked into the program whichever jit is used."""
+    if groups <= 1:
+        return False
+    backend = backend or jax.default_backend()
+    if backend not in SPLIT_GROUPED_CONV_BACKENDS:
+        return False
+    n, h, w = x_shape[0], x_shape[1], x_shape[2]
+    return n * h * w >= SPLIT_MIN_PIXELS
+
 
 # Our forward passes compile in seconds (resnest101e: ~10 s on 2 cores); programs that compile
 # faster than this are cheaper to recompile than to hash, store and read back. JAX's own
