@@ -6,6 +6,7 @@ persistent compilation cache. ``layers/`` holds numerics only and asks here.
     rj.enable_compilation_cache()                  # $RESNETS_JAX_CACHE_DIR/xla (~/.cache/resnets_jax/xla)
     forward = rj.jit(model.apply)                  # jax.jit with rj.compiler_options()
     forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same
+    rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
 """
 import functools
 import os
@@ -85,6 +86,23 @@ def jit(fun, **kwargs):
     given here are added on top)."""
     options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
     return jax.jit(fun, compiler_options=options, **kwargs)
+
+
+def use_compiler_options_everywhere() -> str:
+    """Opt-in, process-wide: make :func:`compiler_options` (the CPU ones) XLA's defaults for every
+    program this process compiles, plain ``jax.jit(model.apply)`` included, by adding them to
+    ``XLA_FLAGS``. Training steps then compile under them too (``DataParallel.jit_step`` keeps
+    plain ``jax.jit`` because of that; see ``CPU_COMPILER_OPTIONS``). Call it before JAX's first
+    computation. Returns the new ``XLA_FLAGS``.
+
+    Raises ``RuntimeError`` once JAX's backends are initialized (XLA reads the flags only then)."""
+    from jax._src import xla_bridge  # private, but the only way to know whether XLA read its flags
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError("use_compiler_options_everywhere() must run before JAX's first computation "
+                           "(XLA has already read XLA_FLAGS); pass compiler_options to jax.jit instead")
+    flags = [f"--{k}={v}" for k, v in CPU_COMPILER_OPTIONS.items()]
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + flags).strip()
+    return os.environ["XLA_FLAGS"]
 
 
 def enable_compilation_cache(path: Optional[str] = None,
