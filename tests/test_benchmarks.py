@@ -98,8 +98,8 @@ def test_gpu_check_cpu_smoke(tmp_path):
         results = json.load(f)
     assert [r["model"] for r in results["parity"]] == ["resnest14d", "res2net50_26w_4s", "resnetv2_18"]
     assert all(r["ok"] for r in results["parity"])
-    assert {(r["model"], r["dtype"]) for r in results["throughput"] if r.get("jax_img_s")} == {
-        (m, d) for m in ("resnest14d", "res2net50_26w_4s", "resnetv2_18") for d in ("fp32", "bf16")}
+    assert [(r["model"], r["dtype"]) for r in results["throughput"] if r.get("jax_img_s")] == [
+        ("resnest14d", "fp32"), ("resnest14d", "bf16")]
     assert "## Throughput" in (tmp_path / "g.md").read_text()
 
 
