@@ -28,6 +28,8 @@ from bench import (RESULTS_DIR, SEED_MODELS, WORKER_TIMEOUT_S, _input, _jax_mode
                    _torch_setup, cpu_info, load_note, machine_header, native_size, run_worker)
 
 IMPLS = ("timm", "compiled", "rj.jit", "jax.jit")
+# One model's process: two torch.compile runs of a 101-layer model take over 20 min on 2 busy cores.
+MODEL_TIMEOUT_S = 3600
 COLUMNS = ("cpu", "isa", "model", "input", "batch", "timm_ms", "compiled_ms", "rj_ms", "jax_ms",
            "rj_vs_timm", "rj_vs_compiled", "jax_vs_timm", "jax_vs_compiled", "max_rel_diff")
 
@@ -80,7 +82,7 @@ def run(args):
         cfg = dict(name=name, size=size, batch=args.batch, repeats=args.repeats, threads=args.threads,
                    compile=not args.no_compile)
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)]
-        res = _subprocess(cmd, WORKER_TIMEOUT_S)
+        res = _subprocess(cmd, MODEL_TIMEOUT_S)
         if isinstance(res, str):
             print(f"{name}: failed: {res}", flush=True)
             continue

@@ -30,13 +30,16 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 
-# Grouped convolutions on XLA:CPU, per shape (benchmarks/grouped_conv.py, fp32, min of 10):
-# one conv per group, concatenated, beats one feature_group_count conv once the output is large
-# (many pixels), and loses on small outputs where the extra slices and concat cost more than the
-# conv; under XLA's default YNNPACK convs (plain jax.jit) the grouped form is far slower at any
-# size. Accelerators keep the single grouped op.
+# Grouped convolutions on XLA:CPU: one conv per group, concatenated, against one
+# feature_group_count conv (benchmarks/grouped_conv.py --model resnest101e --size 256, fp32,
+# 2-core AMD EPYC AVX-512). Under rj.jit (XLA's own convs) splitting wins on large inputs and
+# loses on small ones: resnest101e batch 1 259 ms with this threshold, 278 ms never splitting,
+# 464 ms always; batch 8 the threshold keeps layer4 (8x8) grouped, as its conv alone prefers
+# (6.8 ms against 9.7 ms). Under plain jax.jit (YNNPACK convs) splitting wins at every size
+# (batch 1: 417 ms always against 561 ms with the threshold); rj.jit is the path we recommend.
+# Accelerators keep the single grouped op.
 SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
-SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which CPU splits
+SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU splits
 
 
 def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
