@@ -86,7 +86,7 @@ class SplitAttn(nn.Module):
         # timm views (B, radix * C, H, W) as (B, radix, C, H, W) and sums over radix; here the radix
         # splits are channel slices, added in order: the same sums, and on CPU XLA fuses slices
         # of the (per-group) conv output far better than a 5-d reshape and a reduction over it
-        # (resnest101e batch 1: 1.3x end to end; benchmarks/README.md).
+        # (resnest101e batch 1 under rj.jit: 1.5-1.9x end to end; benchmarks/README.md).
         splits = jnp.split(x, radix, axis=-1) if radix > 1 else [x]
         x_gap = reduce(operator.add, splits)
         x_gap = x_gap.mean(axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
