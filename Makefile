@@ -25,9 +25,9 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -m slow --durations=15
 
-# Our models against timm's (images/s, first call, peak memory): benchmarks/results/bench.{csv,md,png}.
-# Modest defaults (~10 min on 2 cores); e.g. BENCH_ARGS="--batch 1 8 32 --torch-compile 8" for more.
-BENCH_ARGS ?= --batch 1 8 --dtype fp32 bf16
+# Our models against timm eager and torch.compile (images/s, first call, peak memory), per CPU
+# kind: benchmarks/results/<cpu-kind>.{csv,md,png} (benchmarks/README.md). ~30 min on 2 cores.
+BENCH_ARGS ?= --batch 1 8 --dtype fp32 bf16 --torch-compile 1 8
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 

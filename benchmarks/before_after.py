@@ -1,6 +1,6 @@
 """The two CPU speed-ups, measured: XLA compiler options and the persistent compilation cache.
 
-    python benchmarks/before_after.py [--models ...] [--batch 8] [--repeats 5] [--skip-cache]
+    python benchmarks/before_after.py [--models ...] [--batch 8] [--repeats 5] [--size N] [--skip-cache]
 
 1. Per model (native input size, fp32, random weights shared with timm): timm eager, ours under
    plain ``jax.jit`` (XLA's defaults: before) and under ``rj.jit`` (``rj.compiler_options()``:
@@ -21,7 +21,7 @@ from bench import (SEED_MODELS, _input, _interleaved, _jax_model, _timm_call, _t
                    native_size, run_worker, WORKER_TIMEOUT_S)
 
 
-def compare_options(name, batch, repeats, threads):
+def compare_options(name, batch, repeats, threads, size=None):
     import jax
     import timm
     import resnets_jax as rj
@@ -29,7 +29,7 @@ def compare_options(name, batch, repeats, threads):
     torch.manual_seed(0)
     tmodel = timm.create_model(name).eval()
     model, variables = _jax_model(name, "fp32", tmodel)
-    x = _input(batch, native_size(name))
+    x = _input(batch, size or native_size(name))
     xj = jax.device_put(x)
     call = _timm_call(torch, tmodel, "fp32")
     ref = call(x)
@@ -44,9 +44,9 @@ def compare_options(name, batch, repeats, threads):
                       for k in diffs) + f"; rj.jit / jax.jit speed x{t['jax.jit'] / t['rj.jit']:.2f}", flush=True)
 
 
-def compile_cache(name, batch, threads):
+def compile_cache(name, batch, threads, size=None):
     with tempfile.TemporaryDirectory(prefix="resnets_jax_cache_") as cache_dir:
-        cfg = dict(name=name, size=native_size(name), dtype="fp32", batch=batch, threads=threads, repeats=1,
+        cfg = dict(name=name, size=size or native_size(name), dtype="fp32", batch=batch, threads=threads, repeats=1,
                    cache_dir=cache_dir, impl="jax")
         for label in ("empty cache", "warm cache (second process)"):
             res = run_worker("first", cfg, WORKER_TIMEOUT_S)
@@ -61,13 +61,14 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--cache-model", default="resnest101e")
+    p.add_argument("--size", type=int, default=None, help="input size (default: each model's native one)")
     p.add_argument("--skip-cache", action="store_true", help="only part 1")
     args = p.parse_args()
     print("load average %.1f / %.1f / %.1f" % os.getloadavg())
     for name in args.models:
-        compare_options(name, args.batch, args.repeats, args.threads)
+        compare_options(name, args.batch, args.repeats, args.threads, args.size)
     if not args.skip_cache:
-        compile_cache(args.cache_model, args.batch, args.threads)
+        compile_cache(args.cache_model, args.batch, args.threads, args.size)
     print("load average %.1f / %.1f / %.1f" % os.getloadavg())
 
 

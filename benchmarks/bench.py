@@ -1,8 +1,8 @@
 """Inference throughput of our models against timm's, side by side on one machine.
 
-    python benchmarks/bench.py [--models resnetv2_50 ...] [--batch 1 8 32] [--dtype fp32 bf16]
-                               [--repeats 3] [--torch-compile 8] [--torch-compile-dtype fp32]
-                               [--torch-compile-timeout 300]
+    python benchmarks/bench.py [--models resnetv2_50 ...] [--batch 1 8] [--dtype fp32 bf16]
+                               [--repeats 3] [--torch-compile 1 8] [--torch-compile-dtype fp32]
+                               [--torch-compile-timeout 300] [--size 224]
                                [--output benchmarks/results/NAME]
 
 Per seed model at its native input size (the pretrained cfg's), batch size and dtype, each in
@@ -20,7 +20,10 @@ fresh subprocesses:
   time-boxed; its speed is timed interleaved with timm eager in that process, and our ratio to
   it is (ours / eager) / (compiled / eager). A failure or timeout is reported as such.
 
-Writes ``NAME.csv``, ``NAME.md`` (a header naming the machine, then the table) and ``NAME.png``.
+Every row records the CPU (``/proc/cpuinfo`` model name) and its widest vector instruction set
+(``avx512f`` / ``avx2`` flags). Writes ``NAME.csv``, ``NAME.md`` (a header naming the machine,
+then the table) and ``NAME.png``; NAME defaults to the CPU kind (``cpu_kind()``, e.g.
+``benchmarks/results/amd-epyc-avx512``), so that each kind of CPU keeps its own results.
 """
 import argparse
 import csv
@@ -42,7 +45,7 @@ RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"
 # Each measurement runs in its own process; one that has not finished by then is reported as a
 # timeout rather than holding the whole run (resnest101e at batch 32 takes ~1 min on 2 cores).
 WORKER_TIMEOUT_S = 1200
-COLUMNS = ("model", "input", "dtype", "batch", "jax_img_s", "timm_img_s", "jax_vs_timm",
+COLUMNS = ("cpu", "isa", "model", "input", "dtype", "batch", "jax_img_s", "timm_img_s", "jax_vs_timm",
            "compiled_img_s", "jax_vs_compiled", "jax_first_call_s", "timm_first_call_s",
            "compiled_first_call_s", "jax_peak_rss_mib", "timm_peak_rss_mib", "xla_temp_mib",
            "max_rel_diff")
@@ -189,11 +192,33 @@ def native_size(name):
     return rj.get_pretrained_cfg(name)["input_size"][-1]
 
 
+def cpu_info():
+    """``(model name, isa, kind)`` of this machine's CPU from ``/proc/cpuinfo``: isa is the widest
+    of ``avx512`` / ``avx2`` / ``other`` in its flags (``platform.machine()`` off x86); kind, a file
+    name for its results, joins the model name's first two words and the isa
+    (``'amd-epyc-avx512'``, ``'intel-xeon-avx2'``)."""
+    name, flags = None, None
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and name is None:
+                    name = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
+    name, flags = name or platform.processor() or platform.machine(), flags or set()
+    isa = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
+    words = [w for w in "".join(c if c.isalnum() else " " for c in name.lower()).split()
+             if w not in ("r", "tm", "processor", "cpu")]
+    return name, isa, "-".join(words[:2] + [isa])
+
+
 def measure(name, dtype, batch, args, cache_dir, log):
-    size = native_size(name)
+    size = args.size or native_size(name)
     cfg = dict(name=name, size=size, dtype=dtype, batch=batch, threads=args.threads,
                repeats=args.repeats, cache_dir=cache_dir)
-    row = dict(model=name, input=size, dtype=dtype, batch=batch)
+    cpu, isa, _ = cpu_info()
+    row = dict(cpu=cpu, isa=isa, model=name, input=size, dtype=dtype, batch=batch)
     first_jax = run_worker("first", dict(cfg, impl="jax"), WORKER_TIMEOUT_S)
     first_timm = run_worker("first", dict(cfg, impl="timm"), WORKER_TIMEOUT_S)
     speed = run_worker("speed", cfg, WORKER_TIMEOUT_S)
@@ -220,11 +245,8 @@ def machine_header():
     import jax
     import timm
     import torch
-    cpu = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    return (f"{cpu}, {os.cpu_count()} cores ({platform.machine()}, {platform.system()}); "
+    cpu, isa, _ = cpu_info()
+    return (f"{cpu} ({isa}), {os.cpu_count()} cores ({platform.machine()}, {platform.system()}); "
             f"jax {jax.__version__}, torch {torch.__version__}, timm {timm.__version__}; "
             f"{datetime.date.today().isoformat()}")
 
@@ -310,18 +332,20 @@ def main():
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(SEED_MODELS))
-    p.add_argument("--batch", nargs="+", type=int, default=[1, 8, 32])
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
-    p.add_argument("--torch-compile", nargs="*", type=int, default=[], metavar="BATCH",
-                   help="batch sizes at which to try timm under torch.compile (default: none)")
+    p.add_argument("--torch-compile", nargs="*", type=int, default=[1, 8], metavar="BATCH",
+                   help="batch sizes at which to try timm under torch.compile (default: 1 8; none: skip)")
     p.add_argument("--torch-compile-dtype", nargs="+", choices=DTYPES, default=["fp32"],
                    help="dtypes at which to try torch.compile (default: fp32)")
     p.add_argument("--torch-compile-timeout", type=float, default=300, help="seconds per torch.compile try")
-    p.add_argument("--output", default=os.path.join(RESULTS_DIR, "bench"),
-                   help="path prefix of the .csv/.md/.png written (default: benchmarks/results/bench)")
+    p.add_argument("--size", type=int, default=None, help="input size (default: each model's native one)")
+    p.add_argument("--output", default=None,
+                   help="path prefix of the .csv/.md/.png written (default: benchmarks/results/CPU-KIND)")
     args = p.parse_args()
+    args.output = args.output or os.path.join(RESULTS_DIR, cpu_info()[2])
     header = machine_header()
     loads = [load_note()]
     print(header, loads[0], flush=True)

@@ -1,14 +1,16 @@
-"""XLA settings for fast inference: compiler options per backend, and JAX's persistent
-compilation cache.
+"""Backend-specific speed choices, in one place: how grouped convolutions are lowered (decided
+while jit traces, so plain ``jax.jit`` gets it too), XLA compiler options per backend, and JAX's
+persistent compilation cache. ``layers/`` holds numerics only and asks here.
 
     import resnets_jax as rj
     rj.enable_compilation_cache()                  # $RESNETS_JAX_CACHE_DIR/xla (~/.cache/resnets_jax/xla)
     forward = rj.jit(model.apply)                  # jax.jit with rj.compiler_options()
     forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same
+    rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
 """
 import functools
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,34 @@ from .cache import cache_dir
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
+
+# Grouped convolutions on XLA:CPU: one conv per group, concatenated, against one
+# feature_group_count conv (benchmarks/grouped_conv.py --model resnest101e --size 256, fp32,
+# 2-core AMD EPYC AVX-512). Under rj.jit (XLA's own convs) splitting wins on large inputs and
+# loses on small ones: resnest101e batch 1 259 ms with this threshold, 278 ms never splitting,
+# 464 ms always; batch 8 the threshold keeps layer4 (8x8) grouped, as its conv alone prefers
+# (6.8 ms against 9.7 ms). Under plain jax.jit (YNNPACK convs) splitting wins at every size
+# (batch 1: 417 ms always against 561 ms with the threshold); rj.jit is the path we recommend.
+# Accelerators keep the single grouped op.
+SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
+SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU splits
+
+
+def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
+                       backend: Optional[str] = None) -> bool:
+    """Whether ``Conv2d(split_groups=None)`` runs a grouped conv as one conv per group
+    (concatenated; the same sums) rather than one ``feature_group_count`` conv.
+
+    ``x_shape``: the conv input, NHWC; ``backend``: default ``jax.default_backend()``. Called
+    while jit traces, so the choice is baked into the program whichever jit is used."""
+    if groups <= 1:
+        return False
+    backend = backend or jax.default_backend()
+    if backend not in SPLIT_GROUPED_CONV_BACKENDS:
+        return False
+    n, h, w = x_shape[0], x_shape[1], x_shape[2]
+    return n * h * w >= SPLIT_MIN_PIXELS
+
 
 # Our forward passes compile in seconds (resnest101e: ~10 s on 2 cores); programs that compile
 # faster than this are cheaper to recompile than to hash, store and read back. JAX's own
@@ -60,6 +90,23 @@ def jit(fun, **kwargs):
     given here are added on top)."""
     options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
     return jax.jit(fun, compiler_options=options, **kwargs)
+
+
+def use_compiler_options_everywhere() -> str:
+    """Opt-in, process-wide: make :func:`compiler_options` (the CPU ones) XLA's defaults for every
+    program this process compiles, plain ``jax.jit(model.apply)`` included, by adding them to
+    ``XLA_FLAGS``. Training steps then compile under them too (``DataParallel.jit_step`` keeps
+    plain ``jax.jit`` because of that; see ``CPU_COMPILER_OPTIONS``). Call it before JAX's first
+    computation. Returns the new ``XLA_FLAGS``.
+
+    Raises ``RuntimeError`` once JAX's backends are initialized (XLA reads the flags only then)."""
+    from jax._src import xla_bridge  # private, but the only way to know whether XLA read its flags
+    if xla_bridge.backends_are_initialized():
+        raise RuntimeError("use_compiler_options_everywhere() must run before JAX's first computation "
+                           "(XLA has already read XLA_FLAGS); pass compiler_options to jax.jit instead")
+    flags = [f"--{k}={v}" for k, v in CPU_COMPILER_OPTIONS.items()]
+    os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + flags).strip()
+    return os.environ["XLA_FLAGS"]
 
 
 def enable_compilation_cache(path: Optional[str] = None,

@@ -11,14 +11,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from .. import xla
 from .norm import stats_dtype
 
 Dtype = Any
-
-# Backends where Conv2d(split_groups=None) runs a grouped conv as one conv per group: on CPU,
-# XLA's feature_group_count is 2-3x slower than the split form for every grouped shape of
-# ResNeSt/Res2NeXt (benchmarks/grouped_conv.py); accelerators keep the single grouped op.
-SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
 
 # timm's ResNet init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -45,7 +41,7 @@ class Conv2d(nn.Module):
     kernel_init: Callable = kaiming_normal_fan_out
     bias_init: Callable = nn.initializers.zeros
     # groups > 1 as one conv per group, concatenated (same kernel, same sums): True/False, or
-    # None: split on the backends in SPLIT_GROUPED_CONV_BACKENDS (decided at trace time)
+    # None: as resnets_jax.xla.split_grouped_conv decides for this backend and shape (at trace time)
     split_groups: Optional[bool] = None
 
     def standardize(self, kernel: jax.Array) -> jax.Array:
@@ -72,7 +68,7 @@ class Conv2d(nn.Module):
         )
         split = self.split_groups
         if split is None:
-            split = jax.default_backend() in SPLIT_GROUPED_CONV_BACKENDS
+            split = xla.split_grouped_conv(x.shape, self.groups, k)
         if self.groups > 1 and split:
             # group g: input channels [g*I, (g+1)*I), output channels [g*O, (g+1)*O), as torch's
             y = jnp.concatenate([conv(xg, kg) for xg, kg in zip(

@@ -1,0 +1,149 @@
+"""Every benchmark script runs: each one as a subprocess at tiny settings (a small model, batch 1
+or 2, one repeat, a small image), asserting it exits 0 and writes what it says it writes.
+Figures are not checked: these runs are far too small to mean anything. Then the speed choices
+those scripts measure (``resnets_jax.xla``): the grouped-conv rule and the process-wide opt-in."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+TINY = "resnest14d"  # the smallest model with split attention and grouped convs
+TIMEOUT_S = 600      # each script; generous for a loaded 2-core CI machine
+
+
+def run(args, **kwargs):
+    env = dict(os.environ, PYTHONPATH=ROOT, TORCHINDUCTOR_COMPILE_THREADS="1")
+    res = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S, **kwargs)
+    assert res.returncode == 0, f"{args[1:3]} exit {res.returncode}:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def script(name):
+    return [sys.executable, os.path.join(BENCH, name)]
+
+
+def test_bench_writes_rows_with_the_cpu(tmp_path):
+    pytest.importorskip("timm")
+    sys.path.insert(0, BENCH)
+    from bench import COLUMNS, cpu_info
+    out = tmp_path / "b"
+    run(script("bench.py") + ["--models", TINY, "--batch", "1", "--dtype", "fp32", "--repeats", "1",
+                              "--torch-compile", "--size", "32", "--output", str(out)])
+    with open(f"{out}.csv") as f:
+        rows = list(csv.DictReader(f))
+    cpu, isa, kind = cpu_info()
+    assert tuple(rows[0]) == COLUMNS and len(rows) == 1
+    assert (rows[0]["cpu"], rows[0]["isa"], rows[0]["model"]) == (cpu, isa, TINY)
+    assert float(rows[0]["jax_img_s"]) > 0 and float(rows[0]["timm_img_s"]) > 0
+    assert kind.endswith(isa) and " " not in kind
+    assert TINY in (tmp_path / "b.md").read_text() and (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_ratios_one_run(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "r"
+    # --no-compile: torch.compile of even a tiny model takes minutes on 2 cores; bench.py's
+    # torch.compile worker and gpu_check's are the same calls
+    run(script("ratios.py") + ["--models", TINY, "--batch", "1", "--repeats", "1", "--size", "32",
+                               "--no-compile", "--first-call", TINY, "--output", str(out)])
+    with open(f"{out}.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["rj_vs_timm"]) > 0 and float(row["jax_vs_timm"]) > 0 and row["rj_vs_compiled"] == ""
+    assert float(row["max_rel_diff"]) < 1e-4  # fp32 both sides: ours must compute timm's logits
+    assert "First call of resnest14d" in (tmp_path / "r.md").read_text()
+
+
+def test_before_after(tmp_path):
+    pytest.importorskip("timm")
+    out = run(script("before_after.py") + ["--models", TINY, "--batch", "1", "--repeats", "1", "--size", "32",
+                                           "--cache-model", TINY])
+    assert "rj.jit / jax.jit speed" in out
+    firsts = [line for line in out.splitlines() if "first call" in line]
+    assert len(firsts) == 2 and not any("nan" in line for line in firsts), out
+
+
+def test_conversion(tmp_path):
+    pytest.importorskip("timm")
+    pytest.importorskip("safetensors")
+    res = subprocess.run(script("conversion.py") + ["resnetv2_18", "--repeats", "1", "--dir", str(tmp_path)],
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                         timeout=TIMEOUT_S)
+    # exit 1 means "over a budget", which a model this small may be (fixed costs against a small
+    # file); anything else is a failure
+    assert res.returncode in (0, 1), res.stderr[-3000:]
+    assert "conversion time / read time" in res.stdout and "conversion peak memory" in res.stdout
+
+
+def test_grouped_conv():
+    out = run(script("grouped_conv.py") + ["--batch", "1", "--repeats", "1", "--shapes", "res2next50 layer1",
+                                           "--model", TINY, "--size", "32"])
+    rows = [line.split() for line in out.splitlines() if line.startswith(("res2next50", TINY))]
+    assert len(rows) == 4  # one shape and one model, each under jax.jit and rj.jit
+    assert all(float(r[-1]) < 1e-4 for r in rows)  # max |grouped - split|: the same sums
+
+
+def test_gpu_check_cpu_smoke(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "g"
+    env = dict(os.environ, PYTHON=sys.executable)
+    res = subprocess.run(["bash", os.path.join(BENCH, "gpu_check.sh"), "--cpu-smoke", "--output", str(out)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    with open(f"{out}.json") as f:
+        results = json.load(f)
+    assert [r["model"] for r in results["parity"]] == ["resnest14d", "res2net50_26w_4s", "resnetv2_18"]
+    assert all(r["ok"] for r in results["parity"])
+    assert [(r["model"], r["dtype"]) for r in results["throughput"] if r.get("jax_img_s")] == [
+        ("resnest14d", "fp32"), ("resnest14d", "bf16")]
+    assert "## Throughput" in (tmp_path / "g.md").read_text()
+
+
+# ------------------------------------------------------------ the speed choices the scripts measure
+
+def test_split_grouped_conv_rule():
+    from resnets_jax.xla import SPLIT_MIN_PIXELS, split_grouped_conv
+    big = (SPLIT_MIN_PIXELS // 16, 4, 4, 64)
+    small = (1, 4, 4, 64)
+    assert split_grouped_conv(big, 2, 3, backend="cpu")
+    assert not split_grouped_conv(small, 2, 3, backend="cpu")   # small outputs: one grouped conv
+    assert not split_grouped_conv(big, 1, 3, backend="cpu")     # nothing to split
+    assert not split_grouped_conv(big, 2, 3, backend="gpu")     # accelerators: one grouped conv
+
+
+def test_conv_asks_the_rule_at_trace_time(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+    import resnets_jax as rj
+    from resnets_jax import xla
+    conv = rj.layers.Conv2d(8, 3, groups=4)
+    x = jnp.ones((1, 4, 4, 8))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    for split, convs in ((True, 4), (False, 1)):
+        monkeypatch.setattr(xla, "split_grouped_conv", lambda *a, _s=split, **k: _s)
+        jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
+        assert jaxpr.count("conv_general_dilated") == convs
+
+
+def test_use_compiler_options_everywhere_reaches_plain_jit():
+    import jax
+    if jax.default_backend() != "cpu":
+        pytest.skip("the options are XLA:CPU's")
+    code = (
+        "import jax, jax.numpy as jnp\n"
+        "from resnets_jax import xla\n"
+        "xla.use_compiler_options_everywhere()\n"
+        "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
+        "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
+        "text = jax.jit(f).lower(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).compile().as_text()\n"
+        "print('ynn' in text.lower())\n"
+        "try:\n"
+        "    xla.use_compiler_options_everywhere()\n"
+        "except RuntimeError:\n"
+        "    print('late call refused')\n")
+    # XLA:CPU's default sends the conv to YNNPACK (a "ynn" fusion); under our options it does not
+    assert run([sys.executable, "-c", code]).splitlines()[-2:] == ["False", "late call refused"]
