@@ -95,9 +95,8 @@ def jit(fun, **kwargs):
 def use_compiler_options_everywhere() -> str:
     """Opt-in, process-wide: make :func:`compiler_options` (the CPU ones) XLA's defaults for every
     program this process compiles, plain ``jax.jit(model.apply)`` included, by adding them to
-    ``XLA_FLAGS``. Training steps then compile under them too (``DataParallel.jit_step`` keeps
-    plain ``jax.jit`` because of that; see ``CPU_COMPILER_OPTIONS``). Call it before JAX's first
-    computation. Returns the new ``XLA_FLAGS``.
+    ``XLA_FLAGS``; training steps compile under them too, as ``DataParallel.jit_step`` does by
+    default (see ``CPU_COMPILER_OPTIONS``). Call it before JAX's first computation. Returns the new ``XLA_FLAGS``.
 
     Raises ``RuntimeError`` once JAX's backends are initialized (XLA reads the flags only then)."""
     from jax._src import xla_bridge  # private, but the only way to know whether XLA read its flags
