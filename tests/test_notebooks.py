@@ -1,6 +1,5 @@
 """Every notebook runs top to bottom on CPU, small: settings come from the environment (the
 notebooks read ``NB_*`` variables), not from edited copies. Any cell error fails the test."""
-import os
 from pathlib import Path
 
 import nbformat
