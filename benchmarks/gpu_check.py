@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import RESULTS_DIR, SEED_MODELS, native_size  # noqa: E402
 
 PARITY_TOL = 1e-4  # fp32 on both sides, no TF32: cuDNN's and XLA's algorithms sum in different orders
-SMOKE_MODELS = ("resnest14d", "res2net50_26w_4s", "resnetv2_18")
+SMOKE_MODELS = ("resnetv2_18",)  # the smallest: the smoke run checks the script, test_parity the models
 
 
 def perturb_(model, seed):

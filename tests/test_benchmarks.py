@@ -96,10 +96,10 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     with open(f"{out}.json") as f:
         results = json.load(f)
-    assert [r["model"] for r in results["parity"]] == ["resnest14d", "res2net50_26w_4s", "resnetv2_18"]
+    assert [r["model"] for r in results["parity"]] == ["resnetv2_18"]
     assert all(r["ok"] for r in results["parity"])
     assert [(r["model"], r["dtype"]) for r in results["throughput"] if r.get("jax_img_s")] == [
-        ("resnest14d", "fp32"), ("resnest14d", "bf16")]
+        ("resnetv2_18", "fp32"), ("resnetv2_18", "bf16")]
     assert "## Throughput" in (tmp_path / "g.md").read_text()
 
 

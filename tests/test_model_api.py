@@ -17,6 +17,14 @@ timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test 
 # multi-scale blocks
 ARCHS = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s"]
 ODD = 97
+# Depths for the API tests, on both sides (timm's `layers` override): the API is the trunk's,
+# not the depth's, and (2, 1, 1, 1) still holds a non-first Res2Net block (the one that
+# accumulates across scales). Full depths: test_parity.py.
+DEPTHS = {"res2net50_26w_4s": (2, 1, 1, 1)}
+
+
+def _depth(name, **kwargs):
+    return {**kwargs, "layers": DEPTHS[name]} if name in DEPTHS else kwargs
 
 
 def _apply(model, variables, x, **kwargs):
@@ -26,7 +34,7 @@ def _apply(model, variables, x, **kwargs):
 
 def _timm(name, **kwargs):
     torch.manual_seed(0)
-    return perturb_(timm.create_model(name, **kwargs), seed=7).eval()
+    return perturb_(timm.create_model(name, **_depth(name, **kwargs)), seed=7).eval()
 
 
 def _x(size=ODD, chans=3, seed=0):
@@ -34,7 +42,7 @@ def _x(size=ODD, chans=3, seed=0):
 
 
 def _ours(name, tmodel, **kwargs):
-    model = rj.build_model(name, **kwargs)
+    model = rj.build_model(name, **_depth(name, **kwargs))
     return model, rj.convert_timm_state_dict(model, timm_state_dict(tmodel))
 
 
@@ -51,7 +59,7 @@ def test_features_only_matches_timm(name, out_indices):
     tmodel = _timm(name)
     tfeat = _timm_features(tmodel, out_indices)
     model, variables = _ours(name, tmodel)
-    fmodel = rj.build_model(name, features_only=True, out_indices=out_indices)
+    fmodel = rj.build_model(name, **_depth(name, features_only=True, out_indices=out_indices))
     kept = tuple(_kept_prefixes(fmodel))
     fvars = rj.convert_timm_state_dict(fmodel, {k: v for k, v in timm_state_dict(tmodel).items() if k.startswith(kept)})
     x = _x()
@@ -62,7 +70,8 @@ def test_features_only_matches_timm(name, out_indices):
     for o, r in zip(out, ref):
         assert rel_err(o, r) <= PARITY_TOL
     # timm lists feature_info in out_indices order; the maps (theirs and ours) come in network order
-    theirs = timm.create_model(name, features_only=True, out_indices=out_indices, device="meta").feature_info
+    theirs = timm.create_model(name, **_depth(name, features_only=True, out_indices=out_indices),
+                               device="meta").feature_info
     theirs = sorted(theirs.get_dicts(), key=lambda d: d["index"])
     assert [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in fmodel.feature_info] == \
         [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in theirs]
@@ -128,12 +137,12 @@ def test_pretrained_in_chans_adapts_the_first_conv_as_timm(name, in_chans, tmp_p
     save_file(rgb.state_dict(), str(src))
     cache = hub_cache(tmp_path / "hub", cfg["hf_hub_id"], {"model.safetensors": src})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model, variables = rj.create_model(tag, pretrained=True, in_chans=in_chans, cache_dir=str(cache))
+    model, variables = rj.create_model(tag, pretrained=True, cache_dir=str(cache), **_depth(name, in_chans=in_chans))
 
     sd = rgb.state_dict()
     key = cfg["first_conv"] + ".weight"
     sd[key] = adapt_input_conv(in_chans, sd[key])
-    tmodel = timm.create_model(name, in_chans=in_chans).eval()
+    tmodel = timm.create_model(name, **_depth(name, in_chans=in_chans)).eval()
     tmodel.load_state_dict(sd)
     x = _x(chans=in_chans)
     assert rel_err(_apply(model, variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
@@ -175,7 +184,7 @@ BF16_REL_BOUND = 5e-2
 def test_bf16_compute_stays_within_bf16_precision(name):
     tmodel = _timm(name)
     model, variables = _ours(name, tmodel)
-    bf16 = rj.build_model(name, dtype=jnp.bfloat16)
+    bf16 = rj.build_model(name, **_depth(name, dtype=jnp.bfloat16))
     x = _x(64)
     ref, out = _apply(model, variables, x), _apply(bf16, variables, x)
     assert out.dtype == jnp.bfloat16
@@ -195,7 +204,7 @@ REMAT_GRAD_TOL = 1e-4
 def test_gradient_checkpointing_gives_identical_gradients(name):
     tmodel = _timm(name)
     model, variables = _ours(name, tmodel, drop_path_rate=0.1)
-    remat = rj.build_model(name, drop_path_rate=0.1, grad_checkpointing=True)
+    remat = rj.build_model(name, **_depth(name, drop_path_rate=0.1, grad_checkpointing=True))
     x, key = np.random.default_rng(0).standard_normal((4, 96, 96, 3)).astype(np.float32), jax.random.PRNGKey(3)
 
     def loss(params, m):
@@ -259,7 +268,7 @@ def test_drop_block_statistics_match_timm(size, block_size, gamma_scale):
 def test_drop_block_rate_acts_in_training_only(name):
     tmodel = _timm(name)
     sd = timm_state_dict(tmodel)
-    plain, dropped = rj.build_model(name), rj.build_model(name, drop_block_rate=0.2)
+    plain, dropped = rj.build_model(name, **_depth(name)), rj.build_model(name, **_depth(name, drop_block_rate=0.2))
     variables = rj.convert_timm_state_dict(plain, sd)
     x, rngs = _x(64), {"dropout": jax.random.PRNGKey(0)}
     np.testing.assert_array_equal(_apply(dropped, variables, x), _apply(plain, variables, x))
