@@ -38,6 +38,5 @@ BACKEND = jax.default_backend()
 def torch_device():
     import torch
     torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_grad_enabled(False)
+    torch.backends.cudnn.allow_tf32 = False  # (grad mode is left alone: timm_forward runs under no_grad)
     return "cuda" if BACKEND == "gpu" and torch.cuda.is_available() else "cpu"

@@ -53,7 +53,7 @@ def _timm_train_step(tm, x, y):
     from timm.loss import LabelSmoothingCrossEntropy
     tm.train()
     dtype = next(tm.parameters()).dtype
-    with torch.enable_grad():  # the torch_device fixture turns gradients off for the session
+    with torch.enable_grad():  # whatever grad mode an earlier test left
         logits = tm(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dtype))
         LabelSmoothingCrossEntropy(SMOOTHING)(logits, torch.from_numpy(y)).backward()
     grads = {k: p.grad.numpy() for k, p in tm.named_parameters()}
@@ -297,7 +297,7 @@ def _timm_sgd_step(name, sd, batch, double):
     tm = (tm.double() if double else tm).train()
     x = torch.from_numpy(np.ascontiguousarray(batch["image"].transpose(0, 3, 1, 2)))
     opt = torch.optim.SGD(tm.parameters(), lr=STEP_LR, momentum=0.9)
-    with torch.enable_grad():  # the torch_device fixture turns gradients off for the session
+    with torch.enable_grad():  # whatever grad mode an earlier test left
         LabelSmoothingCrossEntropy(STEP_SMOOTHING)(tm(x.to(next(tm.parameters()).dtype)),
                                                    torch.from_numpy(batch["label"])).backward()
     opt.step()
