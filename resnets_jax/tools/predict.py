@@ -15,8 +15,10 @@ from ..registry import get_pretrained_cfg
 from ..xla import jit
 
 
-def load_images(model, paths: Sequence[str], use_test_size: bool = False, exif_transpose: bool = False) -> np.ndarray:
-    """Images -> a normalized NHWC batch, with the eval transform of the model's tag."""
+def load_images(model, paths: Sequence[str], use_test_size: bool = True, exif_transpose: bool = False) -> np.ndarray:
+    """Images -> a normalized (N, H, W, C) float32 batch, with the eval transform of the model's
+    tag: its ``test_input_size`` / ``test_crop_pct`` where it has them (as timm's inference.py),
+    the train size with ``use_test_size=False``. ``ValueError`` naming an unreadable file."""
     transform = create_transform(**resolve_data_config(model, use_test_size=use_test_size),
                                  exif_transpose=exif_transpose)
     return np.stack([load_image(p, transform) for p in paths])
