@@ -132,7 +132,8 @@ def test_conv_asks_the_rule_at_trace_time(monkeypatch):
 def test_use_compiler_options_everywhere_reaches_plain_jit():
     import jax
     if jax.default_backend() != "cpu":
-        pytest.skip("the options are XLA:CPU's")
+        pytest.skip(f"rj.compiler_options() holds XLA:CPU options only; on {jax.default_backend()} there are "
+                    "none to make process-wide, so there is nothing to check")
     code = (
         "import jax, jax.numpy as jnp\n"
         "from resnets_jax import xla\n"
