@@ -1,6 +1,6 @@
 """GPU check: parity of the seed models (and resnet50, resnet18) on the GPU, then throughput
-against timm. Run through ``benchmarks/gpu_check.sh`` (which bounds it to 8 minutes); ``--cpu-smoke`` runs every step at
-tiny settings on CPU (the test suite does).
+against timm. Run through ``benchmarks/gpu_check.sh`` (which bounds it to 8 minutes);
+``--cpu-smoke`` runs every step at tiny settings on CPU (the test suite does).
 
     python benchmarks/gpu_check.py [--batch 256] [--repeats 10] [--budget-s 450] [--output PREFIX]
     python benchmarks/gpu_check.py --cpu-smoke --output /tmp/gpu_smoke
