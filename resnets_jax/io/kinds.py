@@ -47,6 +47,7 @@ TORCH_KINDS = (TORCH_ZIP, TORCH_LEGACY, TORCH_TAR, PICKLE)  # read by ``torch_zi
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a local file header; an empty archive's end record
 # torch's legacy format starts with this number, pickled as a LONG1 after PROTO 2 (torch/serialization.py)
 TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+_PICKLE_OPS = 3  # opcodes parsed to call a file a pickle: PROTO, then (FRAME and) the first of its body
 _SNIFF_BYTES = 4096  # enough for a pickle's first opcodes and a msgpack map's first key
 EXPECTED = ("expected safetensors (an 8-byte header length, then a JSON header), a zip (torch.save's "
             "archive or numpy's .npz), a torch pickle, or a msgpack map (flax.serialization)")
@@ -94,7 +95,7 @@ def open_checkpoint(path) -> CheckpointFile:
         head = f.read(_SNIFF_BYTES)
     if head[:4] in _ZIP_MAGIC:
         return _zip_kind(path, size)
-    if _is_pickle(head):
+    if _is_pickle(head, size):
         return CheckpointFile(path, TORCH_LEGACY if head.startswith(TORCH_LEGACY_MAGIC) else PICKLE, size)
     if tarfile.is_tarfile(path):
         return CheckpointFile(path, TORCH_TAR, size)
@@ -122,16 +123,20 @@ def _zip_kind(path: str, size: int) -> CheckpointFile:
                           f".npz (.npy entries only); found {len(names)} entries: {list(names[:5])}")
 
 
-def _is_pickle(head: bytes) -> bool:
-    """PROTO 2-5 (every torch.save pickle starts so), then a valid opcode."""
+def _is_pickle(head: bytes, size: int) -> bool:
+    """PROTO 2-5 (every torch.save pickle starts so), then valid opcodes (up to
+    ``_PICKLE_OPS``, or STOP), a FRAME no longer than the file."""
     if len(head) < 3 or head[0] != 0x80 or not 2 <= head[1] <= 5:
         return False
     try:
-        ops = pickletools.genops(_stdio.BytesIO(head))
-        next(ops), next(ops)
-    except (ValueError, StopIteration):  # an unknown opcode, or one cut short
+        for i, (op, arg, _) in enumerate(pickletools.genops(_stdio.BytesIO(head))):
+            if op.name == "FRAME" and arg > size:
+                return False  # a frame longer than the file
+            if op.name == "STOP" or i + 1 == _PICKLE_OPS:
+                return True
+    except ValueError:  # an unknown opcode, or one cut short
         return False
-    return True
+    return False  # fewer opcodes than _PICKLE_OPS and no STOP: cut short
 
 
 def _is_msgpack_map(head: bytes) -> bool:

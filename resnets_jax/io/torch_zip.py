@@ -21,6 +21,7 @@ import zipfile
 import numpy as np
 
 from .._optional import available, missing_extra_message
+from .errors import CheckpointError
 from .kinds import PICKLE, TORCH_LEGACY, TORCH_TAR, TORCH_ZIP, TORCHSCRIPT, open_checkpoint
 from .torch_pickle import (
     _ALLOWED,
@@ -219,12 +220,15 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
       LegacyFormatError: the pre-zip torch format (or the older tar format) without the fallback
         (or without torch: names the extra to install).
       TorchScriptError: a TorchScript archive (``torch.jit.save``): says what to save instead.
-      CheckpointError: a file of no known kind (``kinds.open_checkpoint``).
-      TorchFileError: not a torch file, a truncated or inconsistent archive, an entry pointing
+      TorchFileError: not a torch file (a file of no known kind: ``kinds.open_checkpoint``'s
+        message), a truncated or inconsistent archive, an entry pointing
         outside the archive, or a tensor kind numpy cannot hold (quantized, sparse, ...).
       OSError: the file cannot be opened.
     """
-    file = open_checkpoint(path)
+    try:
+        file = open_checkpoint(path)
+    except CheckpointError as e:  # not a file of any known kind: for this reader, not a torch file
+        raise e if isinstance(e, TorchFileError) else TorchFileError(str(e)) from None
     path = file.path
     if file.kind == TORCHSCRIPT:
         raise TorchScriptError(
