@@ -93,7 +93,8 @@ def open_checkpoint(path) -> CheckpointFile:
             return CheckpointFile(path, SAFETENSORS, size, safetensors=header)
         f.seek(0)
         head = f.read(_SNIFF_BYTES)
-    if head[:4] in _ZIP_MAGIC:
+    if head[:4] in _ZIP_MAGIC and head[8:9] != b"{":  # bytes 8-9 of a zip: its compression method
+        # (0 stored, 8 deflated, ...), never '{': that is a safetensors header cut short
         return _zip_kind(path, size)
     if _is_pickle(head, size):
         return CheckpointFile(path, TORCH_LEGACY if head.startswith(TORCH_LEGACY_MAGIC) else PICKLE, size)

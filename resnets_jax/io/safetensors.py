@@ -89,12 +89,12 @@ def _entry(path: str, key: str, info, data_start: int, size: int) -> tuple:
             raise ValueError(f"shape {info['shape']}, data_offsets {info['data_offsets']}")
     except (TypeError, KeyError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header (bad entry {key!r}: {e})") from None
-    if data_start + end > size:
-        raise CheckpointError(f"{path}: truncated safetensors file ({key} needs bytes up to {data_start + end}, "
-                              f"the file has {size})")
     if end - begin != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
         raise CheckpointError(f"{path}: corrupt safetensors header ({key}: {end - begin} bytes for shape "
                               f"{shape} of {info['dtype']})")
+    if data_start + end > size:
+        raise CheckpointError(f"{path}: truncated safetensors file ({key} needs bytes up to {data_start + end}, "
+                              f"the file has {size})")
     return dtype, shape, begin
 
 class SafetensorsFile(collections.abc.Mapping):
