@@ -14,10 +14,12 @@ receiving rows ``[p * b, (p + 1) * b)`` of each global batch of ``b * process_co
 import functools
 from typing import Callable, Optional
 
-import grain
 import numpy as np
 
+from .._optional import optional_import
 from .image_folder import ImageFolder, epoch_order, sample_rng
+
+grain = optional_import("grain", "fine-tuning's input pipeline (resnets_jax.data.grain_pipeline)")
 
 
 class ImageFolderSource:

@@ -20,7 +20,7 @@ import zipfile
 
 import numpy as np
 
-from .._optional import available, missing_extra_message
+from .._optional import available, missing_extra_message, optional_import
 from .errors import CheckpointError
 from .kinds import PICKLE, TORCH_LEGACY, TORCH_TAR, TORCH_ZIP, TORCHSCRIPT, open_checkpoint
 from .torch_pickle import (
@@ -176,7 +176,7 @@ def _finalize(obj, memo=None):
 
 def _torch_to_numpy(obj):
     """After a torch fallback load: torch tensors to numpy arrays (bfloat16 via ml_dtypes)."""
-    import torch
+    torch = optional_import("torch", "reading a legacy torch file")
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu()
@@ -257,7 +257,7 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
         if any(g not in _ALLOWED for g in names):  # named by parsing only, as for a zip
             raise _refusal(path, data, "refused")
         if allow_torch_fallback and available("torch"):
-            import torch
+            torch = optional_import("torch", "reading a legacy torch file")
             with torch.serialization.safe_globals([argparse.Namespace]):
                 return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
         raise LegacyFormatError(
