@@ -14,6 +14,7 @@ import pytest
 
 import resnets_jax as rj
 from resnets_jax.io.flax_checkpoint import flatten_variables
+from resnets_jax.io.files import TEMP_SUFFIX
 from resnets_jax import CheckpointError
 from resnets_jax.tools import cli
 from hub_cache import hub_cache, timm_hub_export
@@ -55,7 +56,7 @@ def _convert(capsys, *args):
 
 
 def _leftovers(directory):
-    return [p.name for p in Path(directory).iterdir() if p.name.endswith(".tmp")]
+    return [p.name for p in Path(directory).iterdir() if p.name.endswith(TEMP_SUFFIX)]
 
 
 # ----------------------------------------------------------------------------- round trips
