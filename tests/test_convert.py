@@ -168,12 +168,12 @@ def _truncated(ckpt, name):
 
 @pytest.mark.parametrize("kind, match", [
     ("empty", "empty file"),
-    ("text", "not a safetensors file"),
+    ("text", r"not a checkpoint file \(found 43 bytes starting with b.Hello, this .\); expected safetensors"),
     ("truncated-safetensors", "truncated"),
     ("truncated-bin", "cut short or corrupt"),
     ("directory", "a directory, expected a checkpoint file"),
     ("missing", "no such file"),
-    ("json", "not a safetensors file"),
+    ("json", r"not a checkpoint file \(found 31 bytes starting with b.{\"architectu.\); expected safetensors"),
 ])
 def test_not_a_checkpoint(tmp_path, capsys, ckpt, kind, match):
     src = tmp_path / "weights.bin"
