@@ -57,13 +57,11 @@ EXPECTED = ("expected safetensors (an 8-byte header length, then a JSON header),
 class CheckpointFile(os.PathLike):
     """A checkpoint file whose kind is decided (``open_checkpoint``): a path-like (``os.fspath``
     gives the path, so it goes wherever a path does), its ``kind`` (one of this module's kind
-    constants), ``size`` in bytes, the parsed header of a safetensors file (``safetensors``) and
-    the entry names of a zip (``names``)."""
+    constants), ``size`` in bytes and the parsed header of a safetensors file (``safetensors``)."""
     path: str
     kind: str
     size: int
     safetensors: Optional[SafetensorsHeader] = dataclasses.field(default=None, repr=False)
-    names: tuple = dataclasses.field(default=(), repr=False)
 
     def __fspath__(self) -> str:
         return self.path
@@ -114,12 +112,12 @@ def _zip_kind(path: str, size: int) -> CheckpointFile:
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: a zip archive cut short or corrupt ({e}; an interrupted download?)") from None
     if names and all(n.endswith(".npy") for n in names):
-        return CheckpointFile(path, NPZ, size, names=names)
+        return CheckpointFile(path, NPZ, size)
     roots = {n.split("/")[0] for n in names if n.count("/") == 1 and n.endswith("/data.pkl")}
     if len(roots) == 1:
         root = roots.pop() + "/"
         script = root + "constants.pkl" in names or any(n.startswith(root + "code/") for n in names)
-        return CheckpointFile(path, TORCHSCRIPT if script else TORCH_ZIP, size, names=names)
+        return CheckpointFile(path, TORCHSCRIPT if script else TORCH_ZIP, size)
     raise CheckpointError(f"{path}: a zip archive but neither torch.save's (one <folder>/data.pkl) nor numpy's "
                           f".npz (.npy entries only); found {len(names)} entries: {list(names[:5])}")
 
