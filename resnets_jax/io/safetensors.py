@@ -63,8 +63,10 @@ def parse_header(path: str, f, size: int) -> Union[SafetensorsHeader, str]:
     (n,) = struct.unpack("<Q", head[:8])
     if head[8:9] != b"{":  # the library requires it (its header must start with '{')
         return "no JSON object after the first 8 bytes"
-    if not 2 <= n <= min(size - 8, MAX_HEADER_BYTES):
+    if not 2 <= n <= size - 8:
         return f"a safetensors file cut short? its header claims {n} bytes, the file has {size - 8} after the length"
+    if n > MAX_HEADER_BYTES:
+        return f"its header claims {n} bytes, more than the {MAX_HEADER_BYTES} safetensors allows"
     f.seek(8)
     try:
         header = json.loads(f.read(n).decode("utf-8"))
