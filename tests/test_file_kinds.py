@@ -133,11 +133,13 @@ def test_lying_safetensors_headers(tmp_path, header, expected):
     assert expected in _error(path)
 
 
-def test_a_length_that_does_not_fit_is_not_read(tmp_path):
-    path = tmp_path / "huge.safetensors"
-    path.write_bytes(struct.pack("<Q", 2**40) + b'{"w": {}}')
+@pytest.mark.parametrize("n, found", [(2**40, "its header claims 1099511627776 bytes, the file has 9 after the length"),
+                                      (1, "a header length of 1, shorter than any JSON object")])
+def test_a_length_that_does_not_fit_is_not_read(tmp_path, n, found):
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(struct.pack("<Q", n) + b'{"w": {}}')
     message = _error(path)
-    assert "its header claims 1099511627776 bytes, the file has 9 after the length" in message
+    assert found in message
     assert "expected safetensors (an 8-byte header length, then a JSON header), a zip" in message
 
 

@@ -63,7 +63,9 @@ def parse_header(path: str, f, size: int) -> Union[SafetensorsHeader, str]:
     (n,) = struct.unpack("<Q", head[:8])
     if head[8:9] != b"{":  # the library requires it (its header must start with '{')
         return "no JSON object after the first 8 bytes"
-    if not 2 <= n <= size - 8:
+    if n < 2:  # '{}', the shortest header
+        return f"a header length of {n}, shorter than any JSON object"
+    if n > size - 8:
         return f"a safetensors file cut short? its header claims {n} bytes, the file has {size - 8} after the length"
     if n > MAX_HEADER_BYTES:
         return f"its header claims {n} bytes, more than the {MAX_HEADER_BYTES} safetensors allows"
@@ -72,8 +74,6 @@ def parse_header(path: str, f, size: int) -> Union[SafetensorsHeader, str]:
         header = json.loads(f.read(n).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"its {n}-byte header is not JSON ({e})"
-    if not isinstance(header, dict):
-        return f"its {n}-byte header is a JSON {type(header).__name__}, not an object"
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
