@@ -42,7 +42,7 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
                        log: Callable[[str], None] = lambda s: None) -> ConversionResult:
     """Convert the timm checkpoint of ``name`` (``checkpoint_path``, or the tag's hub weights
     with ``from_hub``; ``hf-hub:<org>/<repo>`` names work too) into a Flax checkpoint at
-    ``output``. With ``verify`` (and timm installed), the written file is loaded back and held
+    ``output``. With ``verify`` (torch and timm needed), the written file is loaded back and held
     against timm's model on the same checkpoint before it is moved into place; a parity
     figure above ``verify_tol`` fails the conversion. Nothing is written on failure.
     ``verify`` without timm and torch: ``MissingExtraError`` before any work."""
