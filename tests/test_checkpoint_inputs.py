@@ -14,6 +14,7 @@ import pytest
 
 import resnets_jax as rj
 from resnets_jax import CheckpointError
+from resnets_jax.io.files import TEMP_SUFFIX
 from resnets_jax.parallel import DataParallel
 from resnets_jax.tools import cli
 from timm_ref import PARITY_TOL, perturb_, rel_err, timm_forward
@@ -314,4 +315,4 @@ def test_output_named_as_a_pickle_is_refused(tmp_path, timm_model, suffix, capsy
         with pytest.raises(ValueError, match=r"name it \*?\.safetensors"):
             write()
         assert not out.exists()
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(TEMP_SUFFIX)]

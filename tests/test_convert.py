@@ -14,6 +14,7 @@ import pytest
 
 import resnets_jax as rj
 from resnets_jax.io.flax_checkpoint import flatten_variables
+from resnets_jax.io.files import TEMP_SUFFIX
 from resnets_jax import CheckpointError
 from resnets_jax.tools import cli
 from hub_cache import hub_cache, timm_hub_export
@@ -55,7 +56,7 @@ def _convert(capsys, *args):
 
 
 def _leftovers(directory):
-    return [p.name for p in Path(directory).iterdir() if p.name.endswith(".tmp")]
+    return [p.name for p in Path(directory).iterdir() if p.name.endswith(TEMP_SUFFIX)]
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -167,12 +168,12 @@ def _truncated(ckpt, name):
 
 @pytest.mark.parametrize("kind, match", [
     ("empty", "empty file"),
-    ("text", "not a safetensors file"),
+    ("text", r"not a checkpoint file \(found 43 bytes starting with b.Hello, this .\); expected safetensors"),
     ("truncated-safetensors", "truncated"),
     ("truncated-bin", "cut short or corrupt"),
     ("directory", "a directory, expected a checkpoint file"),
     ("missing", "no such file"),
-    ("json", "not a safetensors file"),
+    ("json", r"not a checkpoint file \(found 31 bytes starting with b.{\"architectu.\); expected safetensors"),
 ])
 def test_not_a_checkpoint(tmp_path, capsys, ckpt, kind, match):
     src = tmp_path / "weights.bin"

@@ -14,6 +14,7 @@ import resnets_jax as rj
 from resnets_jax.tools import cli
 from resnets_jax.tools.embed import EXIT_AFTER_ENV, EXIT_HOOK_STATUS, pooled_features
 from resnets_jax.tools.predict import load_images
+from resnets_jax.io.files import TEMP_SUFFIX
 
 NAME = "resnetv2_18d"
 BATCH = 4  # 13 files -> 4 batches; the last one is short (padded)
@@ -75,7 +76,7 @@ def test_killed_run_resumes_without_recomputing(setup, tmp_path, capsys):
     assert proc.returncode == EXIT_HOOK_STATUS, proc.stderr[-3000:]
     assert not output.exists()
     assert sorted(p.name for p in parts.iterdir() if p.name.startswith("chunk-")) == ["chunk-000000.npz"]
-    assert any(p.name.endswith(".tmp") for p in parts.iterdir())  # the write the exit cut short
+    assert any(p.name.endswith(TEMP_SUFFIX) for p in parts.iterdir())  # the write the exit cut short
     first = np.load(parts / "chunk-000000.npz")  # files 0-3; 0 is broken.jpg
     assert first["embeddings"].shape == (BATCH - 1, setup["model"].num_features)
     assert list(first["failed"]) == [0]

@@ -352,7 +352,7 @@ HOSTILE = {  # and files holding what numpy cannot represent
     "dotdot": ("TorchFileError", "'../escaped' points outside the archive"),
     "absolute": ("TorchFileError", "'/tmp/escaped_abs' points outside the archive"),
     "bare_benign": ("TorchFileError", "not a torch checkpoint"),
-    "noise": ("TorchFileError", "not a torch checkpoint"),
+    "noise": ("TorchFileError", "not a checkpoint file (found 23 bytes starting with b'not a checkp'); expected"),
     "npz": ("TorchFileError", "not a torch checkpoint"),
 }
 

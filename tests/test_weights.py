@@ -116,7 +116,7 @@ def test_extra_key_is_unexpected(timm_model):
 
 @pytest.mark.parametrize("content, match", [
     (b"", "empty file"),
-    (b"hello, this is not a checkpoint at all", "not a safetensors file"),
+    (b"hello, this is not a checkpoint at all", r"not a checkpoint file \(found 38 bytes starting with b.hello.*expected safetensors"),
     (b"\x80\x04K\x03.", "not a torch checkpoint"),  # a bare pickle of 3: torch.load refuses it too
 ])
 def test_non_checkpoint_files(tmp_path, content, match):

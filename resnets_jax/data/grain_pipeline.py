@@ -12,12 +12,15 @@ The batches equal ``image_folder.Batches``' (the same images, crops and flips), 
 receiving rows ``[p * b, (p + 1) * b)`` of each global batch of ``b * process_count`` rows.
 """
 import functools
+import signal
 from typing import Callable, Optional
 
-import grain
 import numpy as np
 
+from .._optional import optional_import
 from .image_folder import ImageFolder, epoch_order, sample_rng
+
+grain = optional_import("grain", "fine-tuning's input pipeline (resnets_jax.data.grain_pipeline)")
 
 
 class ImageFolderSource:
@@ -100,5 +103,13 @@ def to_iter_dataset(ds: grain.MapDataset, workers: Optional[int] = None, threads
         from absl import flags
         if not flags.FLAGS.is_parsed():  # Grain's worker start reads an absl flag; outside absl.app: defaults
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
+                            worker_init_fn=_ignore_ctrl_c)
     return it
+
+
+def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+    """In each worker process: Ctrl-C (SIGINT, sent to the terminal's whole process group) is the
+    main process's to handle (it prints one line and shuts the workers down), not a traceback per
+    worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -3,8 +3,14 @@ never half of one: a temporary file beside the output, moved into place with ``o
 Every file the package writes (checkpoints, exports, embeddings, caches) goes through here."""
 import contextlib
 import os
-import tempfile
-from typing import Callable, Iterator
+import re
+import secrets
+from typing import Callable, Iterator, List, Optional, Tuple
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 
 # Names that say "PyTorch pickle": torch.load would be handed safetensors bytes, so refused.
@@ -32,22 +38,73 @@ def check_output(output: str, force: bool = False) -> str:
     return output
 
 
-def _temp_beside(output: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(output), prefix=f".{os.path.basename(output)}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; the result should look like any new file
-    return tmp
+# Every temporary file the package writes is `.NAME.<8 hex>.resnets-jax-tmp` beside its output
+# NAME: recognisable, and removed by the next write to NAME once its writer is gone.
+TEMP_SUFFIX = ".resnets-jax-tmp"
+_TEMP_PATTERN = r"\.{name}\.[0-9a-f]{{8}}" + re.escape(TEMP_SUFFIX)
+
+
+def _lock(fd: int, blocking: bool = True) -> bool:
+    """An exclusive ``flock`` on ``fd``: held by a writer while it writes, released by the kernel
+    when the writer dies (even by SIGKILL), so a temporary file whose lock can be taken is stale."""
+    if fcntl is None:  # no flock (Windows): a temporary file is never taken for stale
+        return blocking
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def remove_stale_temps(directory: str, name: Optional[str] = None) -> List[str]:
+    """Remove the temporary files in ``directory`` that writes cut short by a kill left behind
+    (those of output ``name``, or of every output), leaving those whose writer still runs.
+    Returns the paths removed."""
+    pattern = re.compile(_TEMP_PATTERN.format(name=re.escape(name) if name else ".+"))
+    removed = []
+    for entry in os.listdir(directory):
+        if not pattern.fullmatch(entry):
+            continue
+        path = os.path.join(directory, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # its writer finished meanwhile
+            continue
+        try:
+            if _lock(fd, blocking=False):
+                os.remove(path)
+                removed.append(path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _temp_beside(output: str) -> Tuple[str, int]:
+    """A new temporary file beside ``output`` (after removing stale ones of ``output``), created
+    with the permissions of any new file, locked by the returned descriptor."""
+    directory, name = os.path.split(output)
+    remove_stale_temps(directory, name)
+    while True:
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # less the umask
+        except FileExistsError:
+            continue
+        _lock(fd)
+        return tmp, fd
 
 
 @contextlib.contextmanager
 def atomic_output(output: str, force: bool = True) -> Iterator[str]:
-    """A temporary path beside ``output`` to write (and check) the file at; when the block ends
-    without an exception it is moved onto ``output`` with ``os.replace``, otherwise removed.
-    Without ``force``, an ``output`` that appeared meanwhile is not replaced (``ValueError``)."""
+    """A temporary path beside ``output`` (``.NAME.<8 hex>.resnets-jax-tmp``) to write (and
+    check) the file at; when the block ends without an exception it is moved onto ``output``
+    with ``os.replace``, otherwise (an error, Ctrl-C) removed. Temporary files of ``output`` that
+    a killed run left are removed first. Without ``force``, an ``output`` that appeared meanwhile
+    is not replaced (``ValueError``)."""
     output = os.path.abspath(os.fspath(output))
-    tmp = _temp_beside(output)
+    tmp, fd = _temp_beside(output)
     try:
         yield tmp
         if not force and os.path.exists(output):  # appeared while we were working
@@ -56,6 +113,7 @@ def atomic_output(output: str, force: bool = True) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        os.close(fd)
 
 
 def write_atomic(output: str, write: Callable[[str], None], force: bool = True) -> str:

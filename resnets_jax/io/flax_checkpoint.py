@@ -46,11 +46,6 @@ def checkpoint_metadata(model) -> Dict[str, str]:
             meta["architecture"] = variant
     return meta
 
-def _is_msgpack_map(magic: bytes) -> bool:
-    # a msgpack map: fixmap 0x81-0x8f, map16 0xde, map32 0xdf. (0x80, an empty fixmap, is also
-    # pickle's PROTO opcode: every pickle since protocol 2 starts with it.)
-    return 0x81 <= magic[0] <= 0x8F or magic[0] in (0xDE, 0xDF)
-
 def write_flax_checkpoint(path: str, model, variables: Mapping, format: str = "safetensors") -> None:
     """Write ``variables`` to ``path`` as is (no temp file: ``save_checkpoint`` is the atomic,
     no-clobber way). ``format``: ``'safetensors'`` (flattened keys ``params/stem/conv/kernel``,

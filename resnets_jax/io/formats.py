@@ -1,15 +1,14 @@
-"""Which kind of checkpoint a file is, told by its content (never by its name), and the one
-entry point that reads any of them: ``load_state_dict``."""
-import os
-import zipfile
+"""The one entry point that reads any checkpoint, ``load_state_dict``, its kind decided once by
+``kinds.open_checkpoint`` (by structure, never by name), and the questions asked of a kind."""
 from typing import Mapping
 
 import numpy as np
 
 from .arrays import view_state_dict
 from .bit_npz import read_bit_npz
-from .errors import CheckpointError
-from .flax_checkpoint import _is_msgpack_map, is_flax_layout, read_flax_msgpack
+from . import kinds
+from .flax_checkpoint import is_flax_layout, read_flax_msgpack
+from .kinds import open_checkpoint
 from .safetensors import read_safetensors
 from .torch_zip import (
     _CLEAN_PREFIXES,
@@ -30,41 +29,21 @@ class StateDict(dict):
         self.kind, self.source, self.metadata = kind, source, {}
 
 
-def _is_npz(path: str) -> bool:
-    """A zip whose entries are all ``*.npy`` (``np.savez``), as Google's BiT files are; torch's
-    zip archives keep ``<dir>/data.pkl`` and never hold ``.npy`` entries."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        return False  # a damaged zip: the torch reader says what is wrong with it
-    return bool(names) and all(n.endswith(".npy") for n in names)
+def is_bit_npz(path) -> bool:
+    """Whether ``path`` (a path or ``kinds.CheckpointFile``) is a ``.npz`` (read as a BiT
+    checkpoint by ``load_state_dict``). ``CheckpointError`` for a file of no known kind."""
+    return open_checkpoint(path).kind == kinds.NPZ
 
-
-def _file_kind(path: str) -> str:
-    """'torch', 'npz', 'msgpack' or 'safetensors' (anything else), from the content."""
-    with open(path, "rb") as f:
-        magic = f.read(9)
-    if magic[:4] == b"PK\x03\x04":  # a zip: torch's archive or numpy's .npz
-        return "npz" if _is_npz(path) else "torch"
-    if magic[:1] == b"\x80":  # a pickle: torch's legacy format (or a bare pickle, refused there)
-        return "torch"
-    if magic[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header. Checked
-        return "safetensors"  # first: the length's low byte may look like a msgpack map's first byte
-    return "msgpack" if magic and _is_msgpack_map(magic) else "safetensors"
-
-def is_bit_npz(path: str) -> bool:
-    """Whether ``path`` is a ``.npz`` (read as a BiT checkpoint by ``load_state_dict``)."""
-    return _file_kind(os.fspath(path)) == "npz"
-
-def is_flax_checkpoint(path: str) -> bool:
-    """Whether ``path`` holds Flax variables (as ``save_checkpoint`` writes) rather than timm's
-    state dict; reads only a safetensors header, never a whole pickle."""
-    kind = _file_kind(path)
-    return kind == "msgpack" or kind == "safetensors" and is_flax_layout(read_safetensors(path))
+def is_flax_checkpoint(path) -> bool:
+    """Whether ``path`` (a path or ``kinds.CheckpointFile``) holds Flax variables (as
+    ``save_checkpoint`` writes) rather than timm's state dict; reads only a safetensors header,
+    never a whole pickle. ``CheckpointError`` for a file of no known kind."""
+    file = open_checkpoint(path)
+    return file.kind == kinds.MSGPACK or file.kind == kinds.SAFETENSORS and is_flax_layout(file.safetensors.entries)
 
 def load_state_dict(path: str, use_ema: bool = True) -> Mapping[str, np.ndarray]:
-    """Any checkpoint file -> a ``key -> numpy array`` mapping, telling formats apart by content.
+    """Any checkpoint file -> a ``key -> numpy array`` mapping, its kind told by structure once
+    (``kinds.open_checkpoint``; ``path`` may be the ``CheckpointFile`` it returned).
 
     * timm's ``.safetensors``: a lazy ``SafetensorsFile`` (``module.`` / ``_orig_mod.`` prefixes
       stripped through a view, as timm's ``clean_state_dict``).
@@ -82,22 +61,17 @@ def load_state_dict(path: str, use_ema: bool = True) -> Mapping[str, np.ndarray]
 
     ``convert.load_variables`` turns either layout into a model's variables. Raises
     ``CheckpointError`` (a ``ValueError``; ``torch_pickle.TorchFileError`` and its kin are
-    subclasses) naming the file and what is wrong with it."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: " + ("a directory, expected a checkpoint file" if os.path.isdir(path)
-                                             else "no such file"))
-    if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: empty file, expected a .safetensors, PyTorch or resnets_jax checkpoint")
-    kind = _file_kind(path)
-    if kind == "torch":
-        state_dict, source = checkpoint_state_dict(load_torch_file(path, allow_torch_fallback=True), use_ema)
+    subclasses) naming the file and what is wrong with it: a file of no known kind names what it
+    found and what was expected; a TorchScript archive says what to save instead."""
+    file = open_checkpoint(path)
+    if file.kind in kinds.TORCH_KINDS or file.kind == kinds.TORCHSCRIPT:
+        state_dict, source = checkpoint_state_dict(load_torch_file(file, allow_torch_fallback=True), use_ema)
         return StateDict(state_dict, "torch", source)
-    if kind == "npz":
-        return StateDict(read_bit_npz(path, {"num_classes": None}), "bit_npz")
-    if kind == "msgpack":
-        return read_flax_msgpack(path)
-    state_dict = read_safetensors(path)
+    if file.kind == kinds.NPZ:
+        return StateDict(read_bit_npz(file.path, {"num_classes": None}), "bit_npz")
+    if file.kind == kinds.MSGPACK:
+        return read_flax_msgpack(file.path)
+    state_dict = read_safetensors(file.path, file.safetensors)
     if any(k.startswith(_CLEAN_PREFIXES) for k in state_dict):
         return view_state_dict(state_dict, rename=clean_key)
     return state_dict

@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import CheckpointError
 
-__all__ = ["LegacyFormatError", "PickledModuleError", "TorchFileError", "UnsafePickleError"]
+__all__ = ["LegacyFormatError", "PickledModuleError", "TorchFileError", "TorchScriptError", "UnsafePickleError"]
 
 
 class TorchFileError(CheckpointError):
@@ -44,6 +44,10 @@ class UnsafePickleError(TorchFileError):
 
 class PickledModuleError(UnsafePickleError):
     """The file holds a pickled ``nn.Module`` (``torch.save(model, ...)``), not a state dict."""
+
+
+class TorchScriptError(TorchFileError):
+    """The file is a TorchScript archive (``torch.jit.save``): a program, not a weights file."""
 
 
 class LegacyFormatError(TorchFileError):
@@ -388,12 +392,21 @@ def _refusal(path, data, error):
             "_modules", "_parameters"} <= strings:
         return PickledModuleError(
             f"{path} holds a pickled module (torch.save(model, ...)) rather than a state dict: "
-            f"unpickling it would import and call {', '.join(refused)}, which a weights reader "
+            f"unpickling it would import and call {_some(refused)}, which a weights reader "
             "never does. Fix: where the model class is importable, load it and save its weights "
             "with torch.save(model.state_dict(), 'weights.pth').")
     if refused:
         return UnsafePickleError(
             f"{path}: refused global {refused[0]}: not allowed in a weights file (the pickle "
-            f"names {', '.join(refused)}; only tensors and plain containers are read, nothing from "
+            f"names {_some(refused)}; only tensors and plain containers are read, nothing from "
             "the file was called)")
     return UnsafePickleError(f"{path}: {error}")
+
+
+_NAMES_SHOWN = 3  # globals named in a refusal: enough to recognise the file, short enough to read
+
+
+def _some(names) -> str:
+    """The first few names, and how many more: a message stays one readable line."""
+    more = len(names) - _NAMES_SHOWN
+    return ", ".join(names[:_NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")

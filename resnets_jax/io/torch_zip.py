@@ -16,17 +16,20 @@ import argparse
 import os
 import pickle
 import sys
-import tarfile
 import zipfile
 
 import numpy as np
 
+from .._optional import available, missing_extra_message, optional_import
+from .errors import CheckpointError
+from .kinds import PICKLE, TORCH_LEGACY, TORCH_TAR, TORCH_ZIP, TORCHSCRIPT, open_checkpoint
 from .torch_pickle import (
     _ALLOWED,
     _TORCH_DTYPES,
     LegacyFormatError,
     PickledModuleError,
     TorchFileError,
+    TorchScriptError,
     UnsafePickleError,
     _Dtype,
     _Inert,
@@ -41,6 +44,7 @@ __all__ = [
     "LegacyFormatError",
     "PickledModuleError",
     "TorchFileError",
+    "TorchScriptError",
     "UnsafePickleError",
     "checkpoint_state_dict",
     "clean_key",
@@ -75,9 +79,6 @@ class _Archive:
         roots = sorted({n.split("/")[0] for n in names if n.count("/") == 1
                         and n.endswith("/data.pkl")})
         if len(roots) != 1:
-            if any(n.endswith("constants.pkl") for n in names):
-                raise TorchFileError(f"{path}: a TorchScript archive (torch.jit.save), which needs "
-                                     "torch; save the model's state_dict() instead")
             raise TorchFileError(f"{path}: a zip archive but not a torch checkpoint (expected one "
                                  f"<folder>/data.pkl, found {len(roots)}: {names[:5]})")
         self.root = roots[0] + "/"
@@ -144,9 +145,6 @@ class _Archive:
 # --------------------------------------------------------------------------- public
 
 
-_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
-
-
 def _finalize(obj, memo=None):
     """Replace `_Tensor`/`_Storage`/dtype stand-ins by numpy objects, in place where mutable."""
     memo = {} if memo is None else memo
@@ -178,7 +176,7 @@ def _finalize(obj, memo=None):
 
 def _torch_to_numpy(obj):
     """After a torch fallback load: torch tensors to numpy arrays (bfloat16 via ml_dtypes)."""
-    import torch
+    torch = optional_import("torch", "reading a legacy torch file")
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu()
@@ -203,7 +201,8 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
     ``argparse.Namespace`` allowlisted (timm's ``_torch_load`` in ``timm/models/_helpers.py``).
 
     Args:
-      path: a file in torch's zip format.
+      path: a torch file (zip, legacy pickle or tar), as a path or the ``kinds.CheckpointFile``
+        that ``kinds.open_checkpoint`` returned.
       allow_torch_fallback: for the legacy pre-zip format only, read it with
         ``torch.load(weights_only=True)`` when torch is importable (tensors then converted to
         numpy). Never used for any other kind of file.
@@ -218,15 +217,26 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
       UnsafePickleError: a global outside the allowlist (e.g. ``os.system``, ``builtins.eval``,
         a model class); nothing in the file was called. ``PickledModuleError`` (a subclass)
         when the file is a pickled ``nn.Module``: names the classes and gives the fix.
-      LegacyFormatError: the pre-zip torch format (or the older tar format) without the fallback.
-      TorchFileError: not a torch file, a truncated or inconsistent archive, an entry pointing
+      LegacyFormatError: the pre-zip torch format (or the older tar format) without the fallback
+        (or without torch: names the extra to install).
+      TorchScriptError: a TorchScript archive (``torch.jit.save``): says what to save instead.
+      TorchFileError: not a torch file (a file of no known kind: ``kinds.open_checkpoint``'s
+        message), a truncated or inconsistent archive, an entry pointing
         outside the archive, or a tensor kind numpy cannot hold (quantized, sparse, ...).
       OSError: the file cannot be opened.
     """
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        head = f.read(16)
-        if zipfile.is_zipfile(f):
+    try:
+        file = open_checkpoint(path)
+    except CheckpointError as e:  # not a file of any known kind: for this reader, not a torch file
+        raise e if isinstance(e, TorchFileError) else TorchFileError(str(e)) from None
+    path = file.path
+    if file.kind == TORCHSCRIPT:
+        raise TorchScriptError(
+            f"{path}: a TorchScript archive (torch.jit.save: a compiled program, not a weights file), which "
+            "resnets_jax does not run. Save its weights instead: torch.save(torch.jit.load(path).state_dict(), "
+            "'weights.pth') or safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')")
+    if file.kind == TORCH_ZIP:
+        with open(path, "rb") as f:
             archive = _Archive(path, f)
             data = archive.read_small("data.pkl")
             try:
@@ -238,36 +248,29 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
             except (pickle.UnpicklingError, EOFError, TypeError, ValueError, AttributeError,
                     IndexError, KeyError, RecursionError) as e:
                 raise TorchFileError(f"{path}: malformed data.pkl ({type(e).__name__}: {e})") from e
-        legacy = head[:4] == b"\x80\x02\x8a\x0a" and head[4:14] == _LEGACY_MAGIC
-        is_tar = not legacy and tarfile.is_tarfile(path)
-        f.seek(0)
+    if file.kind not in (TORCH_LEGACY, TORCH_TAR, PICKLE):
+        raise TorchFileError(f"{path}: not a torch checkpoint (a {file.kind} file)")
+    with open(path, "rb") as f:
         data = f.read()
-    if legacy or is_tar:
-        names, _ = _pickle_globals(data) if legacy else ([], set())
+    if file.kind in (TORCH_LEGACY, TORCH_TAR):
+        names, _ = _pickle_globals(data) if file.kind == TORCH_LEGACY else ([], set())
         if any(g not in _ALLOWED for g in names):  # named by parsing only, as for a zip
             raise _refusal(path, data, "refused")
-        if allow_torch_fallback:
-            try:
-                import torch
-            except ImportError:
-                torch = None
-            if torch is not None:
-                with torch.serialization.safe_globals([argparse.Namespace]):
-                    return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+        if allow_torch_fallback and available("torch"):
+            torch = optional_import("torch", "reading a legacy torch file")
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
         raise LegacyFormatError(
-            f"{path}: the legacy {'pre-zip' if legacy else 'tar'} torch format (torch < 1.6 or "
-            "_use_new_zipfile_serialization=False) needs torch to read: install torch, or re-save "
+            f"{path}: the legacy {'pre-zip' if file.kind == TORCH_LEGACY else 'tar'} torch format (torch < 1.6 "
+            f"or _use_new_zipfile_serialization=False) {missing_extra_message('reading it', 'torch')}, or re-save "
             "it with torch >= 1.6 (torch.save(torch.load(path, weights_only=True), new_path))")
-    if head[:4] == b"PK\x03\x04":
-        raise TorchFileError(f"{path}: a zip archive cut short or corrupt (no central directory; "
-                             "an interrupted download?)")
-    # Not zip, not legacy: torch.load refuses it too ("Invalid magic number"). Say why, by
-    # parsing only, so that a hostile bare pickle is named as such.
+    # A bare pickle: torch.load refuses it too ("Invalid magic number"). Say why, by parsing
+    # only, so that a hostile bare pickle is named as such.
     names, _ = _pickle_globals(data)
     if any(g not in _ALLOWED for g in names):
         raise _refusal(path, data, "refused")
-    raise TorchFileError(f"{path}: not a torch checkpoint (neither torch's zip format nor its "
-                         f"legacy format; starts with {head[:8]!r})")
+    raise TorchFileError(f"{path}: not a torch checkpoint (a pickle, but neither torch's zip format nor its "
+                         f"legacy format; starts with {data[:8]!r})")
 
 
 # timm's clean_state_dict: torch.compile wrapping DDP, DDP, torch.compile; each at most once, in order

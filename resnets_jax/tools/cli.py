@@ -15,17 +15,23 @@ default ``~/.cache/resnets_jax/xla``), so a second run does not recompile; ``--n
 or ``RESNETS_JAX_NO_COMPILE_CACHE=1`` turns it off.
 
 NAME is timm's ``arch`` or ``arch.tag``, or ``hf-hub:<org>/<repo>`` for a timm model on the hub.
-Errors print ``error: ...`` on stderr and exit with status 2; ``convert --output-dir`` goes on
-past a failed model, prints a table and exits with status 1 if any failed.
+Errors print ``error: ...`` on stderr and exit with status 2 (a missing optional package: ``error:
+... needs X: pip install 'resnets-jax[extra]'``, checked before anything is written); ``convert
+--output-dir`` goes on past a failed model, prints a table and exits with status 1 if any failed.
+Ctrl-C prints ``interrupted`` and exits with status 130, leaving no partial output file; a
+closed stdout (``resnets-jax list | head -1``) ends quietly with status 141.
 """
 import argparse
 import json
 import os
 import sys
 
+from .._optional import MissingExtraError
 from ..registry import list_models, list_pretrained
 
 NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 
 
 def _cmd_list(args):
@@ -196,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["safetensors", "msgpack"],
                    help="default: msgpack for a .msgpack output, else safetensors")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
-    s.add_argument("--verify", action="store_true", help="check the written file against timm (when installed)")
+    s.add_argument("--verify", action="store_true",
+                   help="check the written file against timm before it is moved into place (needs torch and timm)")
     _add_use_ema(s)
     s.add_argument("--cache-dir", help="huggingface_hub cache directory")
     s.set_defaults(fn=_cmd_convert)
@@ -233,13 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         if not (args.no_compile_cache or os.environ.get(NO_COMPILE_CACHE_ENV, "") not in ("", "0")):
             from ..xla import enable_compilation_cache
             enable_compilation_cache()
-        return args.fn(args) or 0
-    except (ValueError, OSError) as e:  # CheckpointError is a ValueError
+        code = args.fn(args) or 0
+        sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
+        return code
+    except KeyboardInterrupt:  # Ctrl-C: what was being written is removed on the way out
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `resnets-jax list | head -1`: the reader has gone; end quietly
+        # Python's advice (docs: signal, "Note on SIGPIPE"): point stdout at devnull, so that the
+        # interpreter's last flush at exit does not fail (and print) again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_CLOSED_PIPE
+    except (ValueError, OSError, MissingExtraError) as e:  # CheckpointError is a ValueError
         print(f"error: {e}", file=sys.stderr)
         return 2
 

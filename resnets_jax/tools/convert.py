@@ -12,14 +12,16 @@ import jax
 import numpy as np
 
 from ..factory import create_model, resolve_pretrained_cfg
+from .._optional import require
 from ..io import CheckpointError, is_flax_checkpoint
 from ..io.bit_npz import bit_npz_head_width
 from ..io.files import atomic_output, check_output
 from ..io.flax_checkpoint import resolve_format, write_flax_checkpoint
 from ..io.formats import is_bit_npz
+from ..io.kinds import open_checkpoint
 from ..pretrained import pretrained_file
 from ..registry import list_pretrained
-from .verify import VERIFY_TOL, timm_available, verify_with_timm
+from .verify import VERIFY_NEEDS, VERIFY_TOL, verify_with_timm
 
 
 @dataclasses.dataclass
@@ -40,27 +42,31 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
                        log: Callable[[str], None] = lambda s: None) -> ConversionResult:
     """Convert the timm checkpoint of ``name`` (``checkpoint_path``, or the tag's hub weights
     with ``from_hub``; ``hf-hub:<org>/<repo>`` names work too) into a Flax checkpoint at
-    ``output``. With ``verify`` (and timm installed), the written file is loaded back and held
+    ``output``. With ``verify`` (torch and timm needed), the written file is loaded back and held
     against timm's model on the same checkpoint before it is moved into place; a parity
-    figure above ``verify_tol`` fails the conversion. Nothing is written on failure."""
+    figure above ``verify_tol`` fails the conversion. Nothing is written on failure.
+    ``verify`` without timm and torch: ``MissingExtraError`` before any work."""
     start = time.perf_counter()
     if (checkpoint_path is None) == (not from_hub):
         raise ValueError("Give exactly one weights source: a checkpoint file (--checkpoint PATH) or --from-hub")
+    if verify:
+        require(*VERIFY_NEEDS)
     output = check_output(output, force)  # before any work: fail fast
     format = resolve_format(output, format)
     if from_hub:
         log(f"fetching {name} from the hub")
         checkpoint_path = pretrained_file(resolve_pretrained_cfg(name, cache_dir), cache_dir=cache_dir)
-        model, variables = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=checkpoint_path),
+    source = open_checkpoint(checkpoint_path)  # its kind, decided once for every step below
+    if from_hub:
+        model, variables = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=source),
                                         cache_dir=cache_dir)
     else:
-        model, variables = create_model(name, checkpoint_path=checkpoint_path, use_ema=use_ema, cache_dir=cache_dir)
+        model, variables = create_model(name, checkpoint_path=source, use_ema=use_ema, cache_dir=cache_dir)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables["params"]))
-    if is_flax_checkpoint(checkpoint_path):
+    if is_flax_checkpoint(source):
         verify_note = "the source is already a resnets_jax checkpoint"
     else:
-        verify_note = "" if timm_available() else "timm is not installed"
-        verify_note = verify_note or _bit_npz_note(checkpoint_path, model)
+        verify_note = _bit_npz_note(source, model)
     parity = None
     with atomic_output(output, force) as tmp:
         write_flax_checkpoint(tmp, model, variables, format)
@@ -68,12 +74,12 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
         if verify and not verify_note:
             log(f"verifying {name} against timm")
             model, variables = create_model(name, checkpoint_path=tmp, cache_dir=cache_dir)
-            parity = verify_with_timm(model, variables, checkpoint_path, use_ema=use_ema)
+            parity = verify_with_timm(model, variables, source.path, use_ema=use_ema)
             if not parity <= verify_tol:
                 raise CheckpointError(
                     f"Verification failed for {name}: max |logit difference| / max |logit| = {parity:.2e} "
                     f"against timm, above {verify_tol:.0e}; nothing written")
-    return ConversionResult(name=name, output=output, format=format, checkpoint=os.fspath(checkpoint_path),
+    return ConversionResult(name=name, output=output, format=format, checkpoint=source.path,
                             num_params=num_params, file_bytes=os.path.getsize(output),
                             seconds=time.perf_counter() - start, parity=parity,
                             note=verify_note if verify else "")
@@ -112,7 +118,10 @@ def convert_many(names, output_dir: str, *, format: str = "safetensors", log: Ca
                  **kwargs):
     """``convert_checkpoint`` for each of ``names`` (patterns expanded) into
     ``output_dir/<name>.<format>`` (created if missing). A failure does not stop the others.
-    Returns ``(results, errors)``: the ``ConversionResult``s, and ``(name, message)`` per failure."""
+    Returns ``(results, errors)``: the ``ConversionResult``s, and ``(name, message)`` per failure.
+    ``verify`` without timm and torch: ``MissingExtraError`` before any work."""
+    if kwargs.get("verify"):
+        require(*VERIFY_NEEDS)
     os.makedirs(output_dir, exist_ok=True)
     results, errors = [], []
     for name in expand_names(names):

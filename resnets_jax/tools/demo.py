@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 
+from .._optional import require
 from ..data import sample_image_path
 from ..factory import create_model
 from ..xla import jit
@@ -24,6 +25,9 @@ DEMO_MODEL = "resnetv2_50.a1h_in1k"
 
 
 def run(name: str = DEMO_MODEL, image: str = None, out_dir: str = "demo_out", top: int = 5) -> float:
+    """The demo (see the module docstring); returns max |logit difference| against timm. Needs
+    torch and timm: ``MissingExtraError`` before anything is fetched or written."""
+    require("the demo (held against timm)", "torch", "timm")
     image = image or sample_image_path()
     source = timm_checkpoint(name, out_dir)
     print(source.message)

@@ -42,7 +42,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import IMAGE_EXTENSIONS, create_transform, resolve_data_config
-from ..io.files import check_output, write_atomic
+from ..io.files import check_output, remove_stale_temps, write_atomic
 from ..parallel import DataParallel, initialize
 from .predict import class_names, load_image, top_k
 
@@ -173,8 +173,7 @@ def _prepare_parts(job: _Job, manifest: dict, num_batches: int, log: Callable) -
             log(f"discarding {job.parts}: an unfinished run with other settings ({', '.join(changed)})")
             shutil.rmtree(job.parts)
     os.makedirs(job.parts, exist_ok=True)
-    for stale in glob.glob(os.path.join(glob.escape(job.parts), ".*.tmp")):  # writes cut short by a kill
-        os.remove(stale)
+    remove_stale_temps(job.parts)  # writes cut short by a kill
     if not os.path.exists(path):
         _write_atomic(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
     return np.array([os.path.exists(_chunk_path(job.parts, i)) for i in range(num_batches)])

@@ -6,6 +6,7 @@ from typing import Optional
 
 import jax
 
+from .._optional import optional_import
 from ..convert import export_timm_state_dict
 from ..factory import create_model, resolve_pretrained_cfg
 from ..io import CheckpointError
@@ -44,8 +45,8 @@ def timm_checkpoint(name: str, fallback_dir: str, cache_dir: Optional[str] = Non
 def _random_timm_state_dict(name: str) -> dict:
     arch = resolve_pretrained_cfg(name)["architecture"]
     if timm_available():
-        import timm
-        import torch
+        torch = optional_import("torch", "a timm random init")
+        timm = optional_import("timm", "a timm random init")
         torch.manual_seed(0)
         return {k: v.numpy() for k, v in timm.create_model(arch).state_dict().items()}
     model, variables = create_model(arch, rng=jax.random.PRNGKey(0))

@@ -1,21 +1,19 @@
 """Our logits against timm's on the same checkpoint: what ``convert --verify``, the demo and the
-notebooks show. Needs torch and timm (``timm_available``)."""
+notebooks show. Needs torch and timm (the ``torch`` extra: ``VERIFY_NEEDS``, ``timm_available``)."""
 import jax
 import numpy as np
 
+from .._optional import available, optional_import
 from ..data import create_transform, resolve_data_config, sample_image_path
 from ..registry import get_pretrained_cfg
 from ..xla import jit
 
 VERIFY_TOL = 1e-4  # max |Δlogit| / max |logit| against timm, fp32: the parity suite's bound
+# ``_optional.require(*VERIFY_NEEDS)``: what holding a result against timm needs
+VERIFY_NEEDS = ("holding the result against timm (--verify)", "torch", "timm")
 
 def timm_available() -> bool:
-    try:
-        import timm  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return available("torch", "timm")
 
 def _verification_input(model) -> np.ndarray:
     """The bundled photo, preprocessed as the model's data config says (random values for
@@ -29,9 +27,10 @@ def _verification_input(model) -> np.ndarray:
 
 def timm_logits(model, checkpoint_path: str, x: np.ndarray, *, use_ema: bool = True) -> np.ndarray:
     """timm's logits (float64 numpy) for NHWC ``x``: timm's model of ``model``'s architecture
-    and class count, loading ``checkpoint_path`` with timm's own reader. Needs torch and timm."""
-    import timm
-    import torch
+    and class count, loading ``checkpoint_path`` with timm's own reader. Needs torch and timm
+    (``MissingExtraError`` naming the extra)."""
+    torch = optional_import("torch", "timm's reference logits")
+    timm = optional_import("timm", "timm's reference logits")
     cfg = get_pretrained_cfg(model.variant)
     args = {k: v for k, v in cfg.get("model_args", {}).items() if k not in ("num_classes", "in_chans")}
     tmodel = timm.create_model(cfg["architecture"], pretrained=False, num_classes=model.num_classes,

@@ -18,9 +18,13 @@ from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import serialization
-from orbax.checkpoint import checkpoint_managers as ocm
+
+from .._optional import optional_import
+
+TRAIN_STATE = "fine-tuning's train state (resnets_jax.train.checkpoint)"  # what needs orbax and grain
+ocp = optional_import("orbax.checkpoint", TRAIN_STATE)
+ocm = optional_import("orbax.checkpoint.checkpoint_managers", TRAIN_STATE)
 
 BEST_METRICS = {"val_acc": "max", "val_loss": "min"}  # what the best checkpoint is best at
 
@@ -72,7 +76,7 @@ class TrainCheckpoints:
         items = {"state": ocp.args.StandardSave(serialization.to_state_dict(state)),
                  "meta": ocp.args.JsonSave({**meta, "best_metric": self.best_metric})}
         if data_iterator is not None:
-            import grain
+            grain = optional_import("grain", TRAIN_STATE)
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(int(step), args=ocp.args.Composite(**items),
                           metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()})
@@ -85,7 +89,7 @@ class TrainCheckpoints:
         _check_shapes(self.directory, step, _saved_state(os.path.join(self.directory, str(step))), abstract)
         items = {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
         if data_iterator is not None:
-            import grain
+            grain = optional_import("grain", TRAIN_STATE)
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         out = self.manager.restore(int(step), args=ocp.args.Composite(**items))
         return serialization.from_state_dict(target, out["state"]), out["meta"]
