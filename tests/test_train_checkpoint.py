@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -249,6 +250,8 @@ DAMAGE = {  # how a finished step folder gets damaged, and what the message name
     "array files missing": (_cut_short, "state unreadable"),
     "truncated array file": (_truncated, "state unreadable"),
     "truncated json": (lambda d: (d / "meta" / "metadata").write_text('{"epoch": '), "meta/metadata unreadable"),
+    "truncated iterator": (lambda d: (d / "data" / "process_0-of-1.json").write_text('{"next_'),
+                           "data/process_0-of-1.json unreadable"),
 }
 
 
@@ -259,8 +262,11 @@ def test_damaged_newest_step_falls_back_to_intact_one(tmp_path, damage):
     it; a resume sets it aside (``<step>.damaged``) and leaves the intact steps byte for byte."""
     damage_fn, why = DAMAGE[damage]
     ckpts = TrainCheckpoints(str(tmp_path), keep=3, best_metric="val_acc")
+    data = iter(grain.MapDataset.range(8).to_iter_dataset())  # each step holds an iterator position too
     for step in (1, 2, 3):
-        ckpts.save(step, _state(step, width=1000), meta={"epoch": step}, metrics={"val_acc": step / 10})
+        next(data)
+        ckpts.save(step, _state(step, width=1000), meta={"epoch": step}, data_iterator=data,
+                   metrics={"val_acc": step / 10})
     ckpts.wait()
     ckpts.close()
     damage_fn(tmp_path / "3")
@@ -281,6 +287,9 @@ def test_damaged_newest_step_falls_back_to_intact_one(tmp_path, damage):
     ckpts.wait()
     ckpts.close()
     assert read_train_checkpoint(str(tmp_path))["step"] == 3
+    ckpts = TrainCheckpoints(str(tmp_path), keep=3)
+    assert ckpts.data_state(2) == {"next_index": 2}  # the iterator position, as Grain saved it
+    ckpts.close()
 
 
 def test_no_intact_step_is_refused_changing_nothing(tmp_path):

@@ -202,7 +202,8 @@ def step_problem(step_dir: str, read_arrays: bool = False) -> Optional[str]:
         return f"no {' or '.join(missing)} item (a copy cut short?)"
     data_dir = os.path.join(step_dir, "data")
     files = [os.path.join(step_dir, "meta", "metadata")]
-    files += [os.path.join(data_dir, f) for f in sorted(os.listdir(data_dir))] if os.path.isdir(data_dir) else []
+    files += [os.path.join(data_dir, f) for f in sorted(os.listdir(data_dir)) if f.startswith("process_")] \
+        if os.path.isdir(data_dir) else []  # Grain's iterator of each process
     for path in files:
         try:
             _read_json(path)
