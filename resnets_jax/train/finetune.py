@@ -208,7 +208,11 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     """Fine-tune ``cfg.model`` on ``cfg.data_dir`` (see the module docstring and ``FinetuneConfig``).
     Checkpoints go to ``cfg.output_dir/checkpoints/<step>/`` (each epoch and every
     ``checkpoint_every`` steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``. Needs
-    the ``train`` extra (grain, orbax-checkpoint)."""
+    the ``train`` extra (grain, orbax-checkpoint). ``resume`` continues from the newest intact
+    checkpoint (damaged newer steps are named through ``log`` and set aside as
+    ``<step>.damaged``), with any ``worker_processes``. A run that fails (any exception, Ctrl-C)
+    removes the output folder it created, unless it holds an intact checkpoint; a folder that
+    existed is kept."""
     dp = DataParallel()
     _check_config(cfg, dp)
     dataset = ImageFolder(cfg.data_dir)
