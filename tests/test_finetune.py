@@ -235,7 +235,8 @@ def _descendants(pid: int) -> list:
             continue
     found, todo = [], [pid]
     while todo:
-        kids = [p for p, pp in parents.items() if pp == todo.pop()]
+        parent = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
         found += kids
         todo += kids
     return found

@@ -67,6 +67,9 @@ def frozen_norms(submodules: Iterable[str]) -> Iterator[None]:
     ``train`` says: normalizes with its running statistics and leaves them unchanged (timm's
     ``FrozenBatchNorm2d``). Other layers keep the ``train`` they are given."""
     frozen = _paths(submodules)
+    if not frozen:  # nothing frozen: no interceptor at all
+        yield
+        return
 
     def intercept(next_fun, args, kwargs, context):
         module = context.module
