@@ -167,14 +167,6 @@ def _read_json(path: str):
         return json.load(f)
 
 
-def _saved_metrics(step_dir: str) -> Dict[str, float]:
-    """The metrics Orbax kept beside a step (``{}`` when none, or when its metadata file is lost)."""
-    try:
-        return _read_json(os.path.join(step_dir, STEP_METADATA)).get("metrics") or {}
-    except (OSError, ValueError, AttributeError):
-        return {}
-
-
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
@@ -287,7 +279,8 @@ def read_train_checkpoint(directory: str, step: Optional[int] = None, best: bool
         candidates = intact
         metric = step_meta(directory, intact[0]).get("best_metric") if intact and best else None
         if metric:
-            metrics = {s: _saved_metrics(os.path.join(directory, str(s))) for s in intact}
+            with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
+                metrics = {s: mgr.metrics(s) or {} for s in intact}
             sign = 1.0 if BEST_METRICS[metric] == "max" else -1.0
             candidates = sorted(intact, key=lambda s: (metric in metrics[s], sign * metrics[s].get(metric, 0.0), s),
                                 reverse=True)
