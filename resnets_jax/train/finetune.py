@@ -286,7 +286,8 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
         try:  # saved by threads or worker processes, of any count: the same batch for this run's kind
             data.set_state(iterator_state(ckpts.data_state(step), cfg.worker_processes))
         except ValueError as e:
-            raise ValueError(f"{ckpt_dir}/{step}/data: {e}") from None
+            raise ValueError(f"{ckpt_dir}/{step}/data: cannot resume its input position with --worker-processes "
+                             f"{cfg.worker_processes} ({e})") from None
         rng, history = np.asarray(meta["rng"], np.uint32), meta["history"]
         epoch, start_batch, epoch_sums = meta["epoch"], meta["batch"], meta["epoch_sums"]
         log(f"resuming {ckpt_dir}/{step}: epoch {epoch}, batch {start_batch}/{steps_per_epoch}")
