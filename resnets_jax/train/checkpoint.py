@@ -270,9 +270,9 @@ def read_train_checkpoint(directory: str, step: Optional[int] = None, best: bool
         raise ValueError(f"{directory}: no finished checkpoint")
     if step is not None and int(step) not in steps:
         raise ValueError(f"{directory}: no checkpoint step {step} (steps: {', '.join(map(str, sorted(steps)))})")
-    damaged: Dict[int, str] = {}
-    intact = [s for s in steps if not damaged.setdefault(s, step_problem(os.path.join(directory, str(s))))]
-    damaged = {s: why for s, why in damaged.items() if why}
+    problems = {s: step_problem(os.path.join(directory, str(s))) for s in steps}
+    intact = [s for s in steps if problems[s] is None]
+    damaged = {s: why for s, why in problems.items() if why}
     if step is not None:
         candidates = [int(step)] if int(step) in intact else []
     else:

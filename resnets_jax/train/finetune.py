@@ -213,6 +213,9 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     ``<step>.damaged``), with any ``worker_processes``. A run that fails (any exception, Ctrl-C)
     removes the output folder it created, unless it holds an intact checkpoint; a folder that
     existed is kept."""
+    # first: without the train extra, fail before anything is written
+    from ..data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset  # noqa: F401
+    from .checkpoint import TrainCheckpoints  # noqa: F401
     dp = DataParallel()
     _check_config(cfg, dp)
     dataset = ImageFolder(cfg.data_dir)
