@@ -304,7 +304,24 @@ class _Interrupt:
             raise KeyboardInterrupt
 
 
-def test_failed_run_removes_only_the_run_dir_it_made(folder, tmp_path, capsys):
+@pytest.fixture
+def zeros_init(monkeypatch):
+    """Starting variables of the model's shapes, all zeros: these runs fail before the model runs,
+    so they are spared its random init (a compile)."""
+    import jax
+    from resnets_jax.train import finetune as finetune_module
+
+    shapes_of = finetune_module._initial_variables
+
+    def zeros(cfg, model, num_classes, restoring):
+        shapes = shapes_of(cfg, model, num_classes, restoring=True)  # only their shapes (eval_shape)
+        return jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+
+    monkeypatch.setattr(finetune_module, "_initial_variables", zeros)
+    return finetune_module
+
+
+def test_failed_run_removes_only_the_run_dir_it_made(folder, tmp_path, capsys, zeros_init):
     cfg = dict(model=MODEL, data_dir=str(folder), img_size=INPUT_SIZE, batch_size=12, epochs=1, progress=False)
     out = tmp_path / "new"
     with pytest.raises(KeyboardInterrupt):  # Ctrl-C before the first checkpoint: the folder it made goes
@@ -326,15 +343,13 @@ def test_failed_run_removes_only_the_run_dir_it_made(folder, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_failed_run_keeps_its_intact_checkpoints(folder, tmp_path, monkeypatch):
+def test_failed_run_keeps_its_intact_checkpoints(folder, tmp_path, monkeypatch, zeros_init):
     """Interrupted after its first checkpoint: the run can be resumed, so its folder stays. (The
     train step is a stub: what is checked is the bookkeeping, not the training.)"""
-    from resnets_jax.train import finetune as finetune_module
-
     def stub_step(model, tx, label_smoothing=0.0):
         return lambda state, batch, rng: (state.replace(step=state.step + 1), {"loss": 0.0, "accuracy": 0.0})
 
-    monkeypatch.setattr(finetune_module, "make_train_step", stub_step)
+    monkeypatch.setattr(zeros_init, "make_train_step", stub_step)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         finetune(FinetuneConfig(MODEL, str(folder), str(out), img_size=INPUT_SIZE, batch_size=12, epochs=2,
