@@ -47,14 +47,15 @@ def trunk(variables: Any) -> Tuple[str, ...]:
     return names
 
 
-def frozen_mask(tree: Any, submodules: Iterable[str]) -> Any:
+def frozen_mask(tree: Any, submodules: Iterable[str], strict: bool = True) -> Any:
     """A pytree like ``tree`` (params, or any tree keyed like them) of bools: ``True`` for the leaves
-    under one of ``submodules``. Raises ``ValueError`` naming a submodule that ``tree`` lacks."""
+    under one of ``submodules``. ``strict``: raises ``ValueError`` naming a submodule that ``tree``
+    lacks (pass ``False`` for a tree that holds some submodules only, as ``batch_stats``)."""
     frozen = _paths(submodules)
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     keys = [tuple(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
     unknown = ["/".join(f) for f in frozen if not any(k[:len(f)] == f for k in keys)]
-    if unknown:
+    if unknown and strict:
         raise ValueError(f"no submodule {', '.join(unknown)} in the model: expected names such as "
                          f"{', '.join(sorted({k[0] for k in keys})[:8])} (Flax paths, '/' between levels)")
     return jax.tree_util.tree_map_with_path(
