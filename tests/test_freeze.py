@@ -111,5 +111,6 @@ def test_nnx_freeze_keeps_trunk(perturbed):
     _trunk_unchanged_head_moved(module, variables, jax.device_get(rjn.to_linen(model)[1]), x)
     with pytest.raises(ValueError, match="no submodule nope"):
         rjn.freeze(model, ["nope"])
+    assert trunk({"conv1_0": {}, "bn1": {}, "layer1_0": {}, "fc": {}}) == ("conv1_0", "bn1", "layer1_0")  # ResNet v1
     with pytest.raises(ValueError, match="no classifier"):
         trunk({"params": {"stem_conv": {}, "stages_0": {}}})
