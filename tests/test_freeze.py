@@ -30,7 +30,7 @@ def perturbed():
     """timm's model with every parameter and running statistic perturbed, and ours with its weights."""
     torch.manual_seed(0)
     tm = perturb_(timm.create_model(MODEL, num_classes=NUM_CLASSES))
-    model, _ = rj.create_model(MODEL, num_classes=NUM_CLASSES, rng=jax.random.PRNGKey(0))
+    model = rj.build_model(MODEL, num_classes=NUM_CLASSES)  # the weights come from timm: no init
     return tm, model, rj.convert_timm_state_dict(model, timm_state_dict(tm))
 
 
