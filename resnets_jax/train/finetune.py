@@ -412,7 +412,8 @@ def load_finetuned(output_dir: str, best: bool = False, step: Optional[int] = No
     """``(model, variables)`` (numpy) of a fine-tuning ``output_dir``'s latest checkpoint (``best``:
     the kept checkpoint with the best validation metric; ``step``: that one), for ``model.apply``
     or ``export_timm_checkpoint``. Reads the msgpack ``last.msgpack`` of resnets_jax 0.1 as well.
-    Raises ``ValueError`` when the directory holds no checkpoint."""
+    Damaged steps are skipped with a ``UserWarning`` naming each (``read_train_checkpoint``).
+    Raises ``ValueError`` when the directory holds no intact checkpoint, or ``step`` is damaged."""
     ckpt_dir = os.path.join(output_dir, CHECKPOINT_DIR)
     legacy = os.path.join(output_dir, LEGACY_CHECKPOINT_NAME)
     if not os.path.isdir(ckpt_dir) and os.path.exists(legacy):
