@@ -287,6 +287,9 @@ def test_bad_settings_get_one_clear_error(folder, tmp_path, capsys):
     assert "nothing to resume" in _error(capsys, [MODEL, folder, "--output", out, "--resume"])
     (out / CHECKPOINT_DIR / "12").mkdir(parents=True)
     assert "--resume" in _error(capsys, [MODEL, folder, "--output", out])
+    err = _error(capsys, [MODEL, folder, "--output", out, "--resume"])  # a stray empty step folder only
+    assert f"no intact checkpoint to resume in {out / CHECKPOINT_DIR}: {out / CHECKPOINT_DIR}/12: an empty folder" in err
+    assert len(err.strip().splitlines()) == 1 and (out / CHECKPOINT_DIR / "12").is_dir()
     with pytest.raises(ValueError, match="Unknown optimizer"):
         finetune(FinetuneConfig(MODEL, str(folder), str(tmp_path / "o2"), opt="lamb"))
 
