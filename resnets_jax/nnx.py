@@ -6,6 +6,7 @@
     logits = model(x)                      # x: (B, H, W, C) float, normalized; eval mode
     model.train()                          # batch statistics (updated in place), dropout, drop path
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)
+    wrt = freeze(model)                    # train the head only, trunk kept exactly (timm.utils.freeze)
     module, variables = to_linen(model)    # back to linen: module.apply(variables, x)
     state_dict = export_timm_state_dict(model)
 
@@ -18,7 +19,7 @@ one ``train`` flag (timm's ``model.train()``): training mode applies the linen m
 ``mutable=['batch_stats']`` and writes the updated statistics back into the model, and draws the
 ``'dropout'`` key from the model's ``rngs`` (``nnx.Rngs``; a new key each call).
 """
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -27,8 +28,9 @@ from flax.nnx.bridge import variables as bridge_variables
 
 from .convert import export_timm_state_dict as _export_linen
 from .factory import create_model as _create_linen
+from .train.freeze import frozen_mask, frozen_norms, trunk
 
-__all__ = ["ResNetNNX", "create_model", "from_linen", "to_linen", "export_timm_state_dict"]
+__all__ = ["ResNetNNX", "create_model", "freeze", "from_linen", "to_linen", "export_timm_state_dict"]
 
 
 class ResNetNNX(nnx.bridge.ToNNX):
@@ -45,6 +47,7 @@ class ResNetNNX(nnx.bridge.ToNNX):
         for name, value in bridge_variables.linen_vars_to_nnx_attrs(variables).items():
             setattr(self, name, nnx.data(value))
         self.to_nnx__train = False  # eval mode, as timm's and linen's default
+        self.to_nnx__frozen = ()  # submodules whose BatchNorm keeps its running statistics (``freeze``)
 
     # nnx's train()/eval()/view() set these two by name; the linen modules take one `train` flag
     @property
@@ -78,8 +81,29 @@ class ResNetNNX(nnx.bridge.ToNNX):
         has_stats = any(isinstance(v, nnx.BatchStat) for _, v in nnx.iter_graph(self))
         # training draws the dropout / drop path key from the model's streams; eval draws nothing
         rngs = nnx.Rngs(dropout=self.to_nnx__rngs.dropout()) if train else nnx.Rngs()
-        return super().__call__(*args, method=method, rngs=rngs, train=train,
-                                mutable=["batch_stats"] if train and has_stats else False, **kwargs)
+        with frozen_norms(self.to_nnx__frozen):
+            return super().__call__(*args, method=method, rngs=rngs, train=train,
+                                    mutable=["batch_stats"] if train and has_stats else False, **kwargs)
+
+
+def freeze(model: ResNetNNX, submodules: Optional[Sequence[str]] = None):
+    """``timm.utils.freeze`` for NNX: keep ``submodules`` (Flax top-level names or '/' paths, as
+    ``resnets_jax.train.freeze``; default: every submodule but the classifier, ``trunk``) exactly
+    in training mode: their BatchNorm layers normalize with, and keep, their running statistics
+    (timm's ``FrozenBatchNorm2d``). Returns the filter of the parameters left to train, for
+    ``nnx.Optimizer(model, tx, wrt=...)`` and ``nnx.value_and_grad(f, argnums=nnx.DiffState(0,
+    ...))``, which keep the frozen parameters. ``freeze(model, [])`` unfreezes. Raises
+    ``ValueError`` naming a submodule the model lacks."""
+    params = to_linen(model)[1]["params"]
+    names = trunk(params) if submodules is None else tuple(submodules)
+    frozen_mask(params, names)  # checks the names
+    model.to_nnx__frozen = names
+    frozen = tuple(tuple(n.split("/")) for n in names)
+
+    def trainable(path, value) -> bool:
+        return isinstance(value, nnx.Param) and not any(tuple(map(str, path[:len(f)])) == f for f in frozen)
+
+    return trainable
 
 
 def from_linen(module, variables: Dict[str, Any], *, rngs: Optional[nnx.Rngs] = None) -> ResNetNNX:

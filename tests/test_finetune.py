@@ -7,6 +7,7 @@ uninterrupted run's state, the export loaded by timm with equal logits, and bad 
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,8 @@ NOISE = 40  # per-pixel standard deviation, on 0..255
 MODEL = "resnetv2_18"
 INPUT_SIZE = 32  # the model's input (random resized crops of the 48 px images)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# a killed run's worker processes end within PARENT_POLL_S (0.5 s); the wait allows for a loaded machine
+ORPHAN_WAIT_S = 15
 
 
 def make_folder(root, colors=COLORS, n=IMAGES_PER_CLASS, seed=0):
@@ -101,8 +104,9 @@ def test_split_and_batches_are_deterministic(folder):
 # --------------------------------------------------------------------------- end to end
 
 def _cli(args, env, **kwargs):
+    kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **kwargs}
     return subprocess.Popen([sys.executable, "-m", "resnets_jax.tools.cli", "finetune", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            text=True, **kwargs)
 
 
 def _state(out_dir) -> dict:
@@ -146,28 +150,43 @@ def test_finetune_learns_resumes_exactly_and_exports_to_timm(folder, timm_checkp
     assert history[-1]["train_acc"] > history[0]["train_acc"]
     assert history[-1]["val_acc"] > 1 / len(COLORS) + 0.25  # chance is 0.5
 
-    # killed (SIGKILL) as soon as its first checkpoint exists, then resumed
-    proc = _cli([*args, "--output", cut], env)
+    # decoding in a worker process, killed (SIGKILL) as soon as its first checkpoint exists: its
+    # worker and multiprocessing's resource tracker end with it; then resumed in threads (the
+    # docs allow another --worker-processes: the Grain position is translated)
+    proc = _cli([*args, "--output", cut, "--worker-processes", 1], env, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL)  # an orphan holding our pipe would hang communicate()
     while not _has_checkpoint(cut) and proc.poll() is None:
         time.sleep(0.02)
+    children = _descendants(proc.pid)
     proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert len(children) >= 2, "no worker process and resource tracker seen"
+    deadline = time.monotonic() + ORPHAN_WAIT_S
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in children if _alive(pid)]
+    for pid in left:  # ours to end, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"children of the killed run still alive after {ORPHAN_WAIT_S} s: {left}"
     interrupted = _state(cut)
     total_steps = int(_state(full)["state"]["step"])
     assert 0 < int(interrupted["state"]["step"]) < total_steps, "the run was not interrupted midway"
     report.append(f"killed after checkpointing step {int(interrupted['state']['step'])} of {total_steps}")
-    proc = _cli([*args, "--output", cut, "--resume"], env)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    assert "resuming" in err
-    a, b = _state(full), _state(cut)
-    flat_a, flat_b = dict(_flatten(a["state"])), dict(_flatten(b["state"]))
-    assert flat_a.keys() == flat_b.keys()
-    for k in flat_a:  # parameters, running statistics, optimizer state, step: bit for bit
-        np.testing.assert_array_equal(flat_b[k], flat_a[k], err_msg=k)
-    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
-    assert strip(b["history"]) == strip(a["history"])  # the epoch metrics too
+    _resume_equals(full, cut, [*args, "--output", cut, "--resume"], env)
+
+    # the newest checkpoint of a copy damaged (a truncated file): the resume names it, sets it
+    # aside and continues from the intact one before it, ending as the uninterrupted run
+    copy = tmp_path / "copy"
+    shutil.copytree(full, copy)
+    steps = sorted(int(p.name) for p in (copy / CHECKPOINT_DIR).iterdir() if p.name.isdigit())
+    newest = copy / CHECKPOINT_DIR / str(steps[-1])
+    big = max((p for p in (newest / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    os.truncate(big, big.stat().st_size // 2)
+    with pytest.warns(UserWarning, match=f"{steps[-1]} is damaged"):
+        assert read_train_checkpoint(copy / CHECKPOINT_DIR)["step"] == steps[-2]
+    err = _resume_equals(full, copy, [*args, "--output", copy, "--resume"], env)
+    assert f"{newest} is damaged (state unreadable" in err and f"resuming from step {steps[-2]}" in err
+    assert (copy / CHECKPOINT_DIR / f"{steps[-1]}.damaged").is_dir()
 
     # a resume with other settings would not continue the run: refused, naming the difference
     other = [a if a != 2e-3 else 1e-3 for a in args]
@@ -185,6 +204,50 @@ def test_finetune_learns_resumes_exactly_and_exports_to_timm(folder, timm_checkp
     with capsys.disabled():
         print("\n" + "\n".join(report))
     assert err <= PARITY_TOL
+
+
+def _resume_equals(full, out, argv, env) -> str:
+    """Resume ``out`` (the CLI with ``argv``) and check it ends as the uninterrupted ``full``: the
+    parameters, running statistics, optimizer state and step bit for bit, the epoch metrics.
+    Returns the resumed run's stderr."""
+    proc = _cli(argv, env)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming" in err
+    a, b = _state(full), _state(out)
+    flat_a, flat_b = dict(_flatten(a["state"])), dict(_flatten(b["state"]))
+    assert flat_a.keys() == flat_b.keys()
+    for k in flat_a:
+        np.testing.assert_array_equal(flat_b[k], flat_a[k], err_msg=k)
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(b["history"]) == strip(a["history"])
+    return err
+
+
+def _descendants(pid: int) -> list:
+    """The processes below ``pid`` (from /proc: Linux)."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found += kids
+        todo += kids
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
 
 
 def _flatten(tree, prefix=""):
@@ -224,5 +287,74 @@ def test_bad_settings_get_one_clear_error(folder, tmp_path, capsys):
     assert "nothing to resume" in _error(capsys, [MODEL, folder, "--output", out, "--resume"])
     (out / CHECKPOINT_DIR / "12").mkdir(parents=True)
     assert "--resume" in _error(capsys, [MODEL, folder, "--output", out])
+    err = _error(capsys, [MODEL, folder, "--output", out, "--resume"])  # a stray empty step folder only
+    assert f"no intact checkpoint to resume in {out / CHECKPOINT_DIR}: {out / CHECKPOINT_DIR}/12: an empty folder" in err
+    assert len(err.strip().splitlines()) == 1 and (out / CHECKPOINT_DIR / "12").is_dir()
     with pytest.raises(ValueError, match="Unknown optimizer"):
         finetune(FinetuneConfig(MODEL, str(folder), str(tmp_path / "o2"), opt="lamb"))
+
+
+# --------------------------------------------------------------------------- failed runs
+
+class _Interrupt:
+    """A ``log`` that raises KeyboardInterrupt (as Ctrl-C) at the first line starting with ``at``."""
+
+    def __init__(self, at: str):
+        self.at = at
+
+    def __call__(self, line: str):
+        if line.startswith(self.at):
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def zeros_init(monkeypatch):
+    """Starting variables of the model's shapes, all zeros: these runs fail before the model runs,
+    so they are spared its random init (a compile)."""
+    import jax
+    from resnets_jax.train import finetune as finetune_module
+
+    shapes_of = finetune_module._initial_variables
+
+    def zeros(cfg, model, num_classes, restoring):
+        shapes = shapes_of(cfg, model, num_classes, restoring=True)  # only their shapes (eval_shape)
+        return jax.tree_util.tree_map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+
+    monkeypatch.setattr(finetune_module, "_initial_variables", zeros)
+    return finetune_module
+
+
+def test_failed_run_removes_only_the_run_dir_it_made(folder, tmp_path, capsys, zeros_init):
+    cfg = dict(model=MODEL, data_dir=str(folder), img_size=INPUT_SIZE, batch_size=12, epochs=1, progress=False)
+    out = tmp_path / "new"
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C before the first checkpoint: the folder it made goes
+        finetune(FinetuneConfig(output_dir=str(out), **cfg), log=_Interrupt("fine-tuning"))
+    assert not out.exists()
+    existing = tmp_path / "existing"
+    (existing / "notes").mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt):  # a folder that was there stays, without the run's checkpoints/
+        finetune(FinetuneConfig(output_dir=str(existing), **cfg), log=_Interrupt("fine-tuning"))
+    assert sorted(p.name for p in existing.iterdir()) == ["notes"]
+    bad = tmp_path / "bad_images"  # an error in the first epoch: an image that does not decode
+    shutil.copytree(folder, bad)
+    for p in sorted(bad.rglob("*.png")):
+        p.write_bytes(b"not a png")
+    with pytest.raises(Exception, match="not a png|cannot identify image"):
+        finetune(FinetuneConfig(**{**cfg, "data_dir": str(bad)}, output_dir=str(out)))
+    assert not out.exists()
+    assert "cannot fill one batch" in _error(capsys, [MODEL, folder, "--output", out, "--batch-size", 64])
+    assert not out.exists()
+
+
+def test_failed_run_keeps_its_intact_checkpoints(folder, tmp_path, monkeypatch, zeros_init):
+    """Interrupted after its first checkpoint: the run can be resumed, so its folder stays. (The
+    train step is a stub: what is checked is the bookkeeping, not the training.)"""
+    def stub_step(model, tx, label_smoothing=0.0):
+        return lambda state, batch, rng: (state.replace(step=state.step + 1), {"loss": 0.0, "accuracy": 0.0})
+
+    monkeypatch.setattr(zeros_init, "make_train_step", stub_step)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(FinetuneConfig(MODEL, str(folder), str(out), img_size=INPUT_SIZE, batch_size=12, epochs=2,
+                                val_fraction=0, progress=False), log=_Interrupt("epoch 0"))
+    assert read_train_checkpoint(out / CHECKPOINT_DIR)["meta"]["epoch"] == 1

@@ -5,6 +5,7 @@ the calling process and in worker processes), and a run directory of the msgpack
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,10 +24,10 @@ from flax import serialization
 import resnets_jax as rj
 from resnets_jax.train.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT, LEGACY_CHECKPOINT_NAME,
                                         FinetuneConfig, finetune, load_finetuned)
-from resnets_jax.data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset
+from resnets_jax.data.grain_pipeline import ImageFolderSource, iterator_state, to_iter_dataset, train_dataset
 from resnets_jax.data.image_folder import Batches, ImageFolder, split_indices, train_transform
 from resnets_jax.train import TrainState
-from resnets_jax.train.checkpoint import TrainCheckpoints, read_train_checkpoint
+from resnets_jax.train.checkpoint import TrainCheckpoints, read_train_checkpoint, resumable_step
 from test_finetune import MEAN, MODEL, STD, make_folder
 
 SIZE = 24
@@ -107,18 +109,35 @@ def test_grain_batches_equal_batches_and_resume(folder, process_index):
     np.testing.assert_array_equal(next(resumed)["image"], got[3]["image"])
 
 
-def test_grain_worker_processes(folder):
+def test_grain_state_moves_between_threads_and_worker_processes(folder):
+    """The Grain state saved by 2 worker processes resumes at the same batch in threads and in 1
+    worker process (``iterator_state``), and the state translated from a position is exactly the
+    one Grain's own 2-worker iterator saves there, at every batch."""
     it, ref = _pipeline(folder, workers=2)
-    got = [next(it) for _ in range(3)]
-    state = it.get_state()
-    fourth = next(it)
+    got, states = [], []
+    for _ in range(2 * ref.steps_per_epoch):
+        got.append(next(it))
+        states.append(json.loads(json.dumps(it.get_state())))  # as Grain's Orbax handler stores it
     it.close()
-    for s, batch in enumerate(got + [fourth]):
+    for s, batch in enumerate(got):
         np.testing.assert_array_equal(batch["image"], ref.batch(*divmod(s, ref.steps_per_epoch))["image"])
-    resumed, _ = _pipeline(folder, workers=2)
-    resumed.set_state(state)
-    np.testing.assert_array_equal(next(resumed)["image"], fourth["image"])
-    resumed.close()
+    for position, state in enumerate(states, start=1):
+        assert iterator_state(state, 0) == {"next_index": position}
+        assert iterator_state({"next_index": position}, 2) == state
+    for workers in (0, 1):  # threads, and another worker count (no slicing) resumed after batch 1
+        resumed, _ = _pipeline(folder, workers=workers)
+        resumed.set_state(iterator_state(states[0], workers))
+        rest = [next(resumed) for _ in got[1:]]
+        for a, b in zip(rest, got[1:]):
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["label"], b["label"])
+        assert iterator_state(resumed.get_state(), 2) == states[-1]
+        if workers:
+            resumed.close()
+    with pytest.raises(ValueError, match="not a Grain iterator state"):
+        iterator_state({"next_index": 3, "other": 1})
+    with pytest.raises(ValueError, match="not a Grain iterator state"):  # shards out of turn
+        iterator_state({**states[2], "iterators_in_use_states": [{"next_index": 3}, {"next_index": 0}]})
 
 
 def test_msgpack_run_dir_is_read_but_not_resumed(folder, tmp_path):
@@ -199,3 +218,91 @@ def test_two_processes_killed_and_resumed_equal_uninterrupted(tmp_path):
         np.testing.assert_array_equal(y, x, err_msg=jax.tree_util.keystr(k))
     strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
     assert strip(b["meta"]["history"]) == strip(a["meta"]["history"])
+
+
+def _files(path):
+    return sorted(p for p in Path(path).rglob("*") if p.is_file())
+
+
+def _snapshot(path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in _files(path)}
+
+
+def _cut_short(step_dir):
+    """A copy that stopped midway: the array files of the state never arrived."""
+    for p in _files(step_dir / "state"):
+        if p.parent.name == "d":
+            p.unlink()
+
+
+def _truncated(step_dir):
+    """The largest file of the state cut to half its length."""
+    big = max(_files(step_dir / "state"), key=lambda p: p.stat().st_size)
+    os.truncate(big, big.stat().st_size // 2)
+
+
+DAMAGE = {  # how a finished step folder gets damaged, and what the message names
+    "empty folder": (lambda d: (shutil.rmtree(d), d.mkdir()), "an empty folder"),
+    "stray folder": (lambda d: (shutil.rmtree(d), d.mkdir(), (d / "notes.txt").write_text("x")), "no commit marker"),
+    "no commit marker": (lambda d: [(d / n).unlink() for n in ("commit_success.txt", "_CHECKPOINT_METADATA")],
+                         "no commit marker"),
+    "item missing": (lambda d: shutil.rmtree(d / "meta"), "no meta item"),
+    "array files missing": (_cut_short, "state unreadable"),
+    "truncated array file": (_truncated, "state unreadable"),
+    "truncated json": (lambda d: (d / "meta" / "metadata").write_text('{"epoch": '), "meta/metadata unreadable"),
+    "truncated iterator": (lambda d: (d / "data" / "process_0-of-1.json").write_text('{"next_'),
+                           "data/process_0-of-1.json unreadable"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_newest_step_falls_back_to_intact_one(tmp_path, damage):
+    """The newest step damaged after Orbax finished it: reading falls back to the newest intact
+    step with a warning naming the damaged one and why; asking for it by number is refused, naming
+    it; a resume sets it aside (``<step>.damaged``) and leaves the intact steps byte for byte."""
+    damage_fn, why = DAMAGE[damage]
+    ckpts = TrainCheckpoints(str(tmp_path), keep=3, best_metric="val_acc")
+    data = iter(grain.MapDataset.range(8).to_iter_dataset())  # each step holds an iterator position too
+    for step in (1, 2, 3):
+        next(data)
+        ckpts.save(step, _state(step, width=1000), meta={"epoch": step}, data_iterator=data,
+                   metrics={"val_acc": step / 10})
+    ckpts.wait()
+    ckpts.close()
+    damage_fn(tmp_path / "3")
+    intact = {s: _snapshot(tmp_path / s) for s in ("1", "2")}
+    for best in (False, True):  # step 3 was the latest and the best
+        with pytest.warns(UserWarning, match=f"{tmp_path}/3 is damaged \\({why}.*read step 2"):
+            saved = read_train_checkpoint(str(tmp_path), best=best)
+        assert saved["step"] == 2 and int(saved["state"]["step"]) == 2 and saved["meta"]["epoch"] == 2
+    with pytest.raises(ValueError, match=f"checkpoint {tmp_path}/3 is damaged: {why}"):
+        read_train_checkpoint(str(tmp_path), step=3)
+    logged = []
+    assert resumable_step(str(tmp_path), logged.append) == 2
+    assert len(logged) == 1 and f"{tmp_path}/3 is damaged ({why}" in logged[0] and "3.damaged" in logged[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2", "3.damaged"]
+    assert {s: _snapshot(tmp_path / s) for s in ("1", "2")} == intact
+    ckpts = TrainCheckpoints(str(tmp_path), keep=3, best_metric="val_acc")  # the run writes step 3 again
+    ckpts.save(3, _state(3, width=1000), meta={"epoch": 3}, metrics={"val_acc": 0.3})
+    ckpts.wait()
+    ckpts.close()
+    assert read_train_checkpoint(str(tmp_path))["step"] == 3
+    ckpts = TrainCheckpoints(str(tmp_path), keep=3)
+    assert ckpts.data_state(2) == {"next_index": 2}  # the iterator position, as Grain saved it
+    ckpts.close()
+
+
+def test_no_intact_step_is_refused_changing_nothing(tmp_path):
+    ckpts = TrainCheckpoints(str(tmp_path), keep=2, best_metric=None)
+    ckpts.save(1, _state(1), meta={"epoch": 1})
+    ckpts.wait()
+    ckpts.close()
+    _truncated(tmp_path / "1")
+    (tmp_path / "2").mkdir()  # and a stray empty step folder
+    before = _snapshot(tmp_path)
+    with pytest.raises(ValueError, match=f"no intact checkpoint to resume in {tmp_path}: {tmp_path}/2: an empty "
+                                         f"folder; {tmp_path}/1: state unreadable"):
+        resumable_step(str(tmp_path), print)
+    with pytest.raises(ValueError, match="no intact checkpoint in"):
+        read_train_checkpoint(str(tmp_path))
+    assert _snapshot(tmp_path) == before and (tmp_path / "2").is_dir()

@@ -10,9 +10,16 @@ checkpoint) resumes at the same example.
 
 The batches equal ``image_folder.Batches``' (the same images, crops and flips), each process
 receiving rows ``[p * b, (p + 1) * b)`` of each global batch of ``b * process_count`` rows.
+
+An iterator's state is a position, whatever decodes the images: ``iterator_state`` turns a state
+saved by threads into one for worker processes, or for another worker count, and back. Worker
+processes end with the training process, even when it is killed (``_die_with_parent``).
 """
 import functools
+import os
 import signal
+import threading
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -104,12 +111,74 @@ def to_iter_dataset(ds: grain.MapDataset, workers: Optional[int] = None, threads
         if not flags.FLAGS.is_parsed():  # Grain's worker start reads an absl flag; outside absl.app: defaults
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch),
-                            worker_init_fn=_ignore_ctrl_c)
+                            worker_init_fn=_init_worker)
     return it
 
 
-def _ignore_ctrl_c(worker_index: int, worker_count: int) -> None:
+# How often a worker process checks that the training process is alive: a killed run's workers
+# (and, through them, multiprocessing's resource tracker) are gone within about this long.
+PARENT_POLL_S = 0.5
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    """Grain's ``worker_init_fn``: Ctrl-C is the main process's to handle, and a worker ends with it."""
+    _ignore_ctrl_c()
+    _die_with_parent(worker_index)
+
+
+def _ignore_ctrl_c() -> None:
     """In each worker process: Ctrl-C (SIGINT, sent to the terminal's whole process group) is the
     main process's to handle (it prints one line and shuts the workers down), not a traceback per
     worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _die_with_parent(worker_index: int) -> None:
+    """End this worker process when its parent, the training process,
+    is gone. Grain starts its workers as ``daemon`` processes, which multiprocessing ends only when
+    the parent exits normally; after a SIGKILL a worker blocks forever on its full output queue
+    (it holds both ends of the pipe), and the resource tracker waits for the worker. A thread
+    polls ``os.getppid()`` (portable, unlike Linux's ``PR_SET_PDEATHSIG``, which fires when the
+    parent *thread* that started the worker ends; Grain starts workers from a thread pool)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)  # no cleanup to wait for: the resource tracker frees shared memory left behind
+
+    threading.Thread(target=watch, name=f"grain-worker-{worker_index}-watch-parent", daemon=True).start()
+
+
+def _position(state: dict) -> int:
+    """The number of batches an iterator of ``to_iter_dataset`` has given, from its Grain state:
+    ``{"next_index": n}`` (threads), or ``mp_prefetch``'s interleave of ``k`` worker shards, shard
+    ``i`` reading elements ``i, i + k, ...`` in turn (``{"iterators_in_use_states": [{"next_index":
+    c_i}, ...], ...}``). Raises ``ValueError`` for any other state."""
+    if isinstance(state, dict) and set(state) == {"next_index"}:
+        return int(state["next_index"])
+    shards = state.get("iterators_in_use_states") if isinstance(state, dict) else None
+    if isinstance(shards, list) and shards and all(isinstance(c, dict) and set(c) == {"next_index"} for c in shards):
+        counts = [int(c["next_index"]) for c in shards]
+        n = sum(counts)
+        if state.get("iterators_in_use_indices") == list(range(len(counts))) and counts == _shard_counts(n, len(counts)):
+            return n
+    raise ValueError(f"not a Grain iterator state of resnets_jax's input pipeline: {str(state)[:200]}")
+
+
+def _shard_counts(n: int, workers: int) -> list:
+    """Elements ``0..n-1`` read round-robin by ``workers`` shards: how many each shard gave."""
+    return [(n - i + workers - 1) // workers for i in range(workers)]
+
+
+def iterator_state(state: dict, workers: int = 0) -> dict:
+    """A Grain state saved by an iterator of ``to_iter_dataset(ds, workers=w)`` (any ``w``: threads
+    or worker processes) as the state of ``to_iter_dataset(ds, workers=workers)``'s iterator at the
+    same batch, for ``set_state``. Raises ``ValueError`` when ``state`` is not such a state."""
+    n = _position(state)
+    if not workers:
+        return {"next_index": n}
+    return {"next_index_in_cycle": n % workers, "next_index_in_datasets": workers,
+            "iterators_in_use_indices": list(range(workers)),
+            "iterators_in_use_states": [{"next_index": c} for c in _shard_counts(n, workers)],
+            "exhausted": [0] * workers, "future_states": {}}

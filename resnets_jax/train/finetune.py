@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
@@ -207,9 +208,14 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     """Fine-tune ``cfg.model`` on ``cfg.data_dir`` (see the module docstring and ``FinetuneConfig``).
     Checkpoints go to ``cfg.output_dir/checkpoints/<step>/`` (each epoch and every
     ``checkpoint_every`` steps), the per-epoch metrics to ``cfg.output_dir/metrics.json``. Needs
-    the ``train`` extra (grain, orbax-checkpoint)."""
-    from ..data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset
-    from .checkpoint import TrainCheckpoints
+    the ``train`` extra (grain, orbax-checkpoint). ``resume`` continues from the newest intact
+    checkpoint (damaged newer steps are named through ``log`` and set aside as
+    ``<step>.damaged``), with any ``worker_processes``. A run that fails (any exception, Ctrl-C)
+    removes the output folder it created, unless it holds an intact checkpoint; a folder that
+    existed is kept."""
+    # first: without the train extra, fail before anything is written
+    from ..data.grain_pipeline import ImageFolderSource, to_iter_dataset, train_dataset  # noqa: F401
+    from .checkpoint import TrainCheckpoints  # noqa: F401
     dp = DataParallel()
     _check_config(cfg, dp)
     dataset = ImageFolder(cfg.data_dir)
@@ -223,10 +229,29 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
         raise ValueError(f"Unknown best_metric {cfg.best_metric!r}: expected 'val_acc' or 'val_loss'")
     ckpt_dir = os.path.join(cfg.output_dir, CHECKPOINT_DIR)
     _check_output_dir(cfg, ckpt_dir)
-    os.makedirs(cfg.output_dir, exist_ok=True)
     if cfg.export:  # fail now rather than after training
         check_output(cfg.export, force=cfg.resume)
+    # the folder this run makes (None: both existed): a run that fails before its first intact checkpoint removes it
+    made = next((d for d in (cfg.output_dir, ckpt_dir) if not os.path.exists(d)), None)
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    try:
+        return _finetune(cfg, log, dp, dataset, num_classes, train_idx, val_idx, ckpt_dir)
+    except BaseException:  # an error, Ctrl-C (KeyboardInterrupt), SystemExit
+        if made is not None and jax.process_index() == 0 and not _has_intact_step(ckpt_dir):
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
+
+def _has_intact_step(ckpt_dir: str) -> bool:
+    from .checkpoint import step_problem
+    return os.path.isdir(ckpt_dir) and any(
+        d.isdigit() and step_problem(os.path.join(ckpt_dir, d)) is None for d in os.listdir(ckpt_dir))
+
+
+def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, num_classes: int, train_idx, val_idx,
+              ckpt_dir: str) -> FinetuneResult:
+    from ..data.grain_pipeline import ImageFolderSource, iterator_state, to_iter_dataset, train_dataset
+    from .checkpoint import TrainCheckpoints, resumable_step, step_meta
     model = build_model(cfg.model, **_model_kwargs(cfg, num_classes))
     data_cfg = resolve_data_config(model)
     chans = model.in_chans
@@ -246,17 +271,26 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
                         weight_decay=cfg.weight_decay, momentum=cfg.momentum, accum_steps=cfg.accum_steps)
     fingerprint = _fingerprint(cfg, dataset)
     variables = _initial_variables(cfg, model, num_classes, restoring=cfg.resume)
+    if cfg.resume:  # before Orbax's manager lists the steps: damaged ones are set aside
+        step = resumable_step(ckpt_dir, log, set_aside=jax.process_index() == 0, check=lambda s: _check_fingerprint(
+            f"{ckpt_dir}/{s}", step_meta(ckpt_dir, s), fingerprint))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("resnets_jax.finetune.resumable_step")
     ckpts = TrainCheckpoints(ckpt_dir, keep=cfg.keep_checkpoints, best_metric=cfg.best_metric if len(val_idx) else None)
     rng = np.asarray(jax.random.PRNGKey(cfg.seed))
     epoch, start_batch, history = 0, 0, []
     epoch_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
     if cfg.resume:
-        step = ckpts.latest_step()
-        _check_fingerprint(f"{ckpt_dir}/{step}", ckpts.meta(step), fingerprint)
         target = jax.eval_shape(lambda v: TrainState.create(v, tx), variables)
         target = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=dp.replicated), target)
-        state, meta = ckpts.restore(step, target, data_iterator=data)
+        state, meta = ckpts.restore(step, target)
+        try:  # saved by threads or worker processes, of any count: the same batch for this run's kind
+            data.set_state(iterator_state(ckpts.data_state(step), cfg.worker_processes))
+        except ValueError as e:
+            raise ValueError(f"{ckpt_dir}/{step}/data: cannot resume its input position with --worker-processes "
+                             f"{cfg.worker_processes} ({e})") from None
         rng, history = np.asarray(meta["rng"], np.uint32), meta["history"]
         epoch, start_batch, epoch_sums = meta["epoch"], meta["batch"], meta["epoch_sums"]
         log(f"resuming {ckpt_dir}/{step}: epoch {epoch}, batch {start_batch}/{steps_per_epoch}")
@@ -378,7 +412,8 @@ def load_finetuned(output_dir: str, best: bool = False, step: Optional[int] = No
     """``(model, variables)`` (numpy) of a fine-tuning ``output_dir``'s latest checkpoint (``best``:
     the kept checkpoint with the best validation metric; ``step``: that one), for ``model.apply``
     or ``export_timm_checkpoint``. Reads the msgpack ``last.msgpack`` of resnets_jax 0.1 as well.
-    Raises ``ValueError`` when the directory holds no checkpoint."""
+    Damaged steps are skipped with a ``UserWarning`` naming each (``read_train_checkpoint``).
+    Raises ``ValueError`` when the directory holds no intact checkpoint, or ``step`` is damaged."""
     ckpt_dir = os.path.join(output_dir, CHECKPOINT_DIR)
     legacy = os.path.join(output_dir, LEGACY_CHECKPOINT_NAME)
     if not os.path.isdir(ckpt_dir) and os.path.exists(legacy):

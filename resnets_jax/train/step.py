@@ -9,12 +9,14 @@ kernels only (timm's ``param_groups_weight_decay``).
     step = DataParallel().jit_step(make_train_step(model, tx, label_smoothing=0.1))
     state, metrics = step(state, {"image": x, "label": y}, rng)
 """
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from .freeze import frozen_mask, frozen_norms
 
 OPTIMIZERS = ("sgd", "momentum", "adamw")  # timm's names: 'sgd' is SGD with Nesterov momentum
 ADAMW_BETAS = (0.9, 0.999)  # torch.optim.AdamW's (and timm's) defaults
@@ -50,33 +52,48 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
 
 
-def make_loss_fn(model, label_smoothing: float = 0.0) -> Callable:
+def make_loss_fn(model, label_smoothing: float = 0.0, frozen: Sequence[str] = ()) -> Callable:
     """``loss_fn(params, batch_stats, batch, rng) -> (loss, (logits, updated batch_stats))``:
-    the training-mode forward and loss a train step differentiates."""
+    the training-mode forward and loss a train step differentiates; BatchNorm under the
+    ``frozen`` submodules runs on its running statistics (``freeze.frozen_norms``)."""
 
     def loss_fn(params, batch_stats, batch: Dict[str, jax.Array], rng: jax.Array):
-        logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
-                                      mutable=["batch_stats"], rngs={"dropout": rng})
+        with frozen_norms(frozen):
+            logits, updates = model.apply({"params": params, "batch_stats": batch_stats}, batch["image"],
+                                          train=True, mutable=["batch_stats"], rngs={"dropout": rng})
         loss = cross_entropy(logits, batch["label"], label_smoothing)
         return loss, (logits, updates.get("batch_stats", batch_stats))
 
     return loss_fn
 
 
-def make_train_step(model, tx: optax.GradientTransformation, label_smoothing: float = 0.0) -> Callable:
+def make_train_step(model, tx: optax.GradientTransformation, label_smoothing: float = 0.0,
+                    frozen: Sequence[str] = ()) -> Callable:
     """``train_step(state, batch, rng) -> (state, metrics)`` for ``batch = {"image": (B, H, W, C)
     float, "label": (B,) int}``; the RNG is folded with the step so each step draws anew.
     Metrics: ``loss`` and ``accuracy`` (top-1) over the batch. Jit it, or shard it with
-    ``DataParallel.jit_step``."""
-    grad_fn = jax.value_and_grad(make_loss_fn(model, label_smoothing), has_aux=True)
+    ``DataParallel.jit_step``.
+
+    ``frozen``: submodules kept exactly, as ``timm.utils.freeze`` (``freeze.trunk(variables)``: all
+    but the classifier): no gradient, their parameters and BatchNorm statistics come out
+    bit-identical (the optimizer's proposed updates for them are dropped, weight decay included),
+    and their BatchNorm normalizes with the running statistics. Raises ``ValueError`` naming a
+    submodule the model lacks (when traced)."""
+    grad_fn = jax.value_and_grad(make_loss_fn(model, label_smoothing, frozen), has_aux=True)
 
     def train_step(state: TrainState, batch: Dict[str, jax.Array], rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
-        (loss, (logits, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+        keep = frozen_mask(state.params, frozen) if frozen else None
+        params = state.params if keep is None else jax.tree_util.tree_map(
+            lambda p, k: jax.lax.stop_gradient(p) if k else p, state.params, keep)
+        (loss, (logits, batch_stats)), grads = grad_fn(params, state.batch_stats, batch, rng)
         steps, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, steps)
+        if keep is not None:  # the frozen leaves as they were (p + 0 would turn -0.0 into 0.0)
+            new_params = jax.tree_util.tree_map(lambda p, n, k: p if k else n, state.params, new_params, keep)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
-        return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, steps),
-                             batch_stats=batch_stats, opt_state=opt_state), metrics
+        return state.replace(step=state.step + 1, params=new_params, batch_stats=batch_stats,
+                             opt_state=opt_state), metrics
 
     return train_step
 
