@@ -66,6 +66,14 @@ class BatchNormAct2d(nn.Module):
         return self.act(y) if self.apply_act else y
 
 
+def _group_mean(xg: jax.Array) -> jax.Array:
+    """Mean of (B, H, W, G, C/G) over each sample's group, (B, 1, 1, G, 1): over the map per
+    channel first (as BatchNorm's statistics), then over a group's channels. XLA:CPU's one
+    reduction over axes (1, 2, 4) rounds 2-6x as much as torch's GroupNorm statistics (issue 20,
+    docs/exactness.md); in two stages, as little."""
+    return jnp.mean(jnp.mean(xg, axis=(1, 2), keepdims=True), axis=4, keepdims=True)
+
+
 class GroupNormAct(nn.Module):
     """``timm.layers.GroupNormAct``: GroupNorm over ``num_groups`` channel blocks (+ act)."""
 
@@ -82,8 +90,8 @@ class GroupNormAct(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         xg = x.astype(stats_dtype(x.dtype)).reshape(b, h, w, self.num_groups, c // self.num_groups)
-        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
+        mean = _group_mean(xg)
+        var = _group_mean(jnp.square(xg - mean))
         xn = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
         y = _affine(xn, scale, bias, self.dtype or x.dtype)
         return self.act(y) if self.apply_act else y
@@ -109,7 +117,7 @@ class EvoNorm2dS0(nn.Module):
         if self.apply_act:
             v = self.param("v", nn.initializers.ones, (c,), self.param_dtype).astype(dtype)
             xg = x.astype(stats_dtype(x.dtype)).reshape(b, h, w, self.groups, c // self.groups)
-            var = jnp.var(xg, axis=(1, 2, 4), keepdims=True)
+            var = _group_mean(jnp.square(xg - _group_mean(xg)))
             std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), xg.shape).reshape(b, h, w, c)
             x = x * nn.sigmoid(x * v) / std.astype(dtype)
         return _affine(x, scale, bias, dtype)
