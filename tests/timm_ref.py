@@ -107,3 +107,77 @@ def with_decisions(step_fn, decisions: dict):
         with nn.intercept_methods(held):
             return step_fn(state, batch, rng)
     return step
+
+
+# Every ReLU held, on both sides (issue 20): ``with_decisions`` above holds BatchNormAct2d's only;
+# ResNeSt and Res2Net also have ReLUs after the residual sum and in split attention. These hold
+# every ``jax.nn.relu`` of a function (rewriting its jaxpr) and every ``F.relu`` of a torch model.
+
+def _is_relu(eqn) -> bool:
+    """``jax.nn.relu``: a custom_jvp call around a jit named "relu"."""
+    if eqn.primitive.name != "custom_jvp_call":
+        return False
+    inner = eqn.params["call_jaxpr"].jaxpr.eqns
+    return len(inner) == 1 and inner[0].params.get("name") == "relu"
+
+
+def _eval_holding(jaxpr, consts, args, masks, found):
+    from jax.extend.core import Literal
+    env = dict(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    read = lambda v: v.val if isinstance(v, Literal) else env[v]  # noqa: E731
+    for eqn in jaxpr.eqns:
+        ins = [read(v) for v in eqn.invars]
+        if _is_relu(eqn):
+            x = ins[0]
+            found.append(x)
+            outs = [jax.nn.relu(x) if masks is None else x * jax.numpy.asarray(masks[len(found) - 1], x.dtype)]
+        elif eqn.primitive.name in ("jit", "pjit"):  # relu inside a nested jit
+            outs = _eval_holding(eqn.params["jaxpr"].jaxpr, eqn.params["jaxpr"].consts, ins, masks, found)
+        else:
+            with eqn.ctx.manager:
+                outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
+            outs = outs if eqn.primitive.multiple_results else [outs]
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def holding_relus(fun, masks=None):
+    """``fun(*args) -> (out, relu_inputs)``: ``fun`` with the output of its i-th ``jax.nn.relu``
+    (in trace order) replaced by its input times ``masks[i]`` (0/1 arrays; None: ReLU as usual),
+    and the list of every ReLU's input. With ``masks`` the float64 run's ``relu_inputs > 0``,
+    the float64 result is unchanged and a float32 run takes float64's decisions: what is left
+    of their difference is arithmetic."""
+    def held(*args):
+        closed, shape = jax.make_jaxpr(fun, return_shape=True)(*args)
+        found = []
+        out = _eval_holding(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), masks, found)
+        if masks is not None and len(masks) != len(found):
+            raise ValueError(f"{len(masks)} ReLU decisions given, the function has {len(found)} ReLUs")
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shape), out), found
+    return held
+
+
+class TorchReluHeld:
+    """Within ``with``: every ``torch.nn.functional.relu`` (timm's ``nn.ReLU``) records its input
+    (``.inputs``, float64 numpy, NCHW) and, given ``masks``, returns input * ``masks[i]``."""
+
+    def __init__(self, masks=None):
+        self.masks, self.inputs = masks, []
+
+    def __enter__(self):
+        import torch
+        import torch.nn.functional as F
+        self._orig = F.relu
+
+        def relu(x, inplace=False):
+            self.inputs.append(x.detach().numpy().astype(np.float64))
+            if self.masks is None:
+                return self._orig(x)
+            return x * torch.from_numpy(np.asarray(self.masks[len(self.inputs) - 1])).to(x.dtype)
+        F.relu = relu
+        return self
+
+    def __exit__(self, *exc):
+        import torch.nn.functional as F
+        F.relu = self._orig

@@ -28,6 +28,14 @@ def _affine(x, scale, bias, dtype):
     return x.astype(dtype) * scale.astype(dtype) + bias.astype(dtype)
 
 
+def _corrected_mean(x: jax.Array, axis) -> jax.Array:
+    """Mean over ``axis`` with one correcting pass, ``m + mean(x - m)``: a one-pass float32 sum
+    rounds on the scale of the mean, and BatchNorm's output then carries it on every element
+    (1.7x torch's rounding with channel means ~10x the spread; corrected, 1.0x; issue 20)."""
+    mean = jnp.mean(x, axis=axis)
+    return mean + jnp.mean(x - mean, axis=axis)
+
+
 class BatchNormAct2d(nn.Module):
     """``torch.nn.BatchNorm2d`` (+ act). Running statistics live in ``batch_stats`` as ``mean``,
     ``var`` and ``num_batches_tracked``; in training the running variance is updated with the
@@ -51,7 +59,7 @@ class BatchNormAct2d(nn.Module):
         count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
         xf = x.astype(stats_dtype(x.dtype))
         if train:
-            mean = jnp.mean(xf, axis=(0, 1, 2))
+            mean = _corrected_mean(xf, (0, 1, 2))
             var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
             if not self.is_initializing():
                 n = xf.size // c
@@ -64,6 +72,14 @@ class BatchNormAct2d(nn.Module):
         mul = scale.astype(xf.dtype) * jax.lax.rsqrt(var + self.epsilon)
         y = _affine(xf - mean, mul, bias.astype(xf.dtype), self.dtype or x.dtype)
         return self.act(y) if self.apply_act else y
+
+
+def _group_mean(xg: jax.Array) -> jax.Array:
+    """Mean of (B, H, W, G, C/G) over each sample's group, (B, 1, 1, G, 1): over the map per
+    channel first (as BatchNorm's statistics), then over a group's channels. XLA:CPU's one
+    reduction over axes (1, 2, 4) rounds 2-6x as much as torch's GroupNorm statistics (issue 20,
+    docs/exactness.md); in two stages, as little."""
+    return jnp.mean(jnp.mean(xg, axis=(1, 2), keepdims=True), axis=4, keepdims=True)
 
 
 class GroupNormAct(nn.Module):
@@ -82,8 +98,8 @@ class GroupNormAct(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         xg = x.astype(stats_dtype(x.dtype)).reshape(b, h, w, self.num_groups, c // self.num_groups)
-        mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
-        var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
+        mean = _group_mean(xg)
+        var = _group_mean(jnp.square(xg - mean))
         xn = ((xg - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
         y = _affine(xn, scale, bias, self.dtype or x.dtype)
         return self.act(y) if self.apply_act else y
@@ -109,7 +125,7 @@ class EvoNorm2dS0(nn.Module):
         if self.apply_act:
             v = self.param("v", nn.initializers.ones, (c,), self.param_dtype).astype(dtype)
             xg = x.astype(stats_dtype(x.dtype)).reshape(b, h, w, self.groups, c // self.groups)
-            var = jnp.var(xg, axis=(1, 2, 4), keepdims=True)
+            var = _group_mean(jnp.square(xg - _group_mean(xg)))
             std = jnp.broadcast_to(jnp.sqrt(var + self.epsilon), xg.shape).reshape(b, h, w, c)
             x = x * nn.sigmoid(x * v) / std.astype(dtype)
         return _affine(x, scale, bias, dtype)
