@@ -87,6 +87,21 @@ def test_dilated_anti_aliasing_matches_timm(name, output_stride):
     assert rel_err(fmap, ref) <= PARITY_TOL
 
 
+def test_anti_aliased_conv_stem_pool_matches_timm():
+    """No timm architecture combines them, but its ResNet does: with ``replace_stem_pool`` and an
+    aa layer the stem pool's conv keeps stride 1, the aa layer downsamples, and the norm moves to
+    ``maxpool.2``."""
+    from timm.layers import BlurPool2d
+    torch.manual_seed(0)
+    tmodel = perturb_(timm.create_model("resnetrs50", layers=ONE_EACH, aa_layer=BlurPool2d), seed=3).eval()
+    model = rj.build_model("resnetrs50", layers=ONE_EACH, aa_layer="blur")
+    sd = timm_state_dict(tmodel)
+    assert "maxpool.2.weight" in sd and "maxpool.1.weight" not in sd
+    variables = rj.convert_timm_state_dict(model, sd)
+    x = np.random.default_rng(0).standard_normal((2, 97, 97, 3)).astype(np.float32)
+    assert rel_err(jax.jit(model.apply)(variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
+
+
 @pytest.mark.parametrize("out_indices, pool_kept", [((0,), False), ((0, 1), True)])
 def test_features_only_prunes_the_conv_stem_pool_as_timm(out_indices, pool_kept):
     """ResNet-RS's stem pool has weights (``maxpool.0/1``): a features_only model that stops at the
