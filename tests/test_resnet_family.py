@@ -209,3 +209,17 @@ def test_cli_lists_converts_predicts_and_embeds_resnet18(tmp_path, capsys):
         ref = tmodel.forward_head(tmodel.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())),
                                   pre_logits=True).numpy()
     assert emb.shape == (1, 512) and rel_err(emb, ref) <= PARITY_TOL
+
+
+def test_bottleneck_takes_explicit_widths():
+    """``widths`` (conv1, conv2, conv3 outputs) override the computed ones, as pruned models
+    need; the attention layer follows conv3's width."""
+    from functools import partial
+    from resnets_jax.layers import BatchNormAct2d, Conv2d
+    block = Bottleneck(64, widths=(24, 40, 256), attn_layer="eca", conv_layer=partial(Conv2d),
+                       norm_layer=partial(BatchNormAct2d))
+    shapes = jax.eval_shape(block.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 9, 9, 256), jnp.float32))
+    p = shapes["params"]
+    assert [p[c]["kernel"].shape[-1] for c in ("conv1", "conv2", "conv3")] == [24, 40, 256]
+    assert p["conv2"]["kernel"].shape == (3, 3, 24, 40) and p["se"]["conv"]["kernel"].shape == (5, 1, 1)
+    assert Bottleneck(64, cardinality=32, base_width=4, reduce_first=2).conv_widths() == (64, 128, 256)
