@@ -33,9 +33,10 @@ ONE_EACH = dict(layers=(1, 1, 1, 1))
 CASES = {"resnetv2_18d": {}, "resnetv2_50d_gn": SHALLOW, "resnetv2_50d_evos": SHALLOW, "resnetv2_50d_frn": SHALLOW,
          "resnest14d": {}, "res2net50_26w_4s": SHALLOW,
          # timm's resnet.py, one per new block kind: BasicBlock; Bottleneck with SE (and groups, 'd'
-         # stem); ECA; avg-pool anti-aliasing; BlurPool; the GroupNorm trunk
+         # stem); ECA; avg-pool anti-aliasing; BlurPool (its GroupNorm trunk: GroupNorm's training
+         # mode is resnetv2_50d_gn's, the trunk's eval logits test_parity's)
          "resnet18": ONE_EACH, "seresnext26d_32x4d": SHALLOW, "ecaresnet26t": ONE_EACH, "resnetaa50d": ONE_EACH,
-         "resnetblur18": ONE_EACH, "resnet50_gn": ONE_EACH}
+         "resnetblur18": ONE_EACH}
 BN_CASES = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s", "resnet18"]
 SIZE = 45  # not a multiple of 32: odd maps at every stride
 # timm's avg-pool anti-aliasing (floor mode) and its avg-down shortcut (ceil mode) disagree on odd
