@@ -29,10 +29,19 @@ torch = pytest.importorskip("torch")  # the reference
 SHALLOW = dict(layers=(2, 1, 1, 1))
 # one per family and per norm kind: BatchNorm (pre-act v2, ResNeSt's split attention, Res2Net),
 # GroupNorm, EvoNorm-S0, FRN
+ONE_EACH = dict(layers=(1, 1, 1, 1))
 CASES = {"resnetv2_18d": {}, "resnetv2_50d_gn": SHALLOW, "resnetv2_50d_evos": SHALLOW, "resnetv2_50d_frn": SHALLOW,
-         "resnest14d": {}, "res2net50_26w_4s": SHALLOW}
-BN_CASES = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s"]
+         "resnest14d": {}, "res2net50_26w_4s": SHALLOW,
+         # timm's resnet.py, one per new block kind: BasicBlock; Bottleneck with SE (and groups, 'd'
+         # stem); ECA; avg-pool anti-aliasing; BlurPool (its GroupNorm trunk: GroupNorm's training
+         # mode is resnetv2_50d_gn's, the trunk's eval logits test_parity's)
+         "resnet18": ONE_EACH, "seresnext26d_32x4d": SHALLOW, "ecaresnet26t": ONE_EACH, "resnetaa50d": ONE_EACH,
+         "resnetblur18": ONE_EACH}
+BN_CASES = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s", "resnet18"]
 SIZE = 45  # not a multiple of 32: odd maps at every stride
+# timm's avg-pool anti-aliasing (floor mode) and its avg-down shortcut (ceil mode) disagree on odd
+# maps: those models take a size whose maps stay even until the last stage (65: 33, 16, 8, 4, 2)
+SIZES = {"resnetaa50d": 65}
 BATCH = 4
 NUM_CLASSES = 5
 SMOOTHING = 0.1  # timm's default label smoothing
@@ -75,9 +84,9 @@ def _perturbed(name):
     return perturb_(timm.create_model(name, num_classes=NUM_CLASSES, **CASES[name]))
 
 
-def _batch(seed=0):
+def _batch(seed=0, size=SIZE):
     rng = np.random.default_rng(seed)
-    return {"image": rng.standard_normal((BATCH, SIZE, SIZE, 3)).astype(np.float32),
+    return {"image": rng.standard_normal((BATCH, size, size, 3)).astype(np.float32),
             "label": rng.integers(0, NUM_CLASSES, BATCH)}
 
 
@@ -126,7 +135,7 @@ def _float64_reference(name):
     with our running statistics before and after; the float32 state dict they started from."""
     tm = _perturbed(name).double()
     sd = {k: v.copy() for k, v in timm_state_dict(tm).items()}  # timm's step updates buffers in place
-    batch = _batch()
+    batch = _batch(size=SIZES.get(name, SIZE))
     with TorchReluHeld() as timm_relus:
         timm_logits, timm_sd, timm_grads = _timm_train_step(tm, batch["image"], batch["label"])
     with jax.enable_x64(True):
