@@ -1,10 +1,12 @@
 """Torch-exact building blocks shared by every family."""
 from .classifier import ClassifierHead
 from .conv import Conv2d, StdConv2d, get_padding
+from .conv_norm_act import ConvNormAct
 from .helpers import make_divisible
 from .drop import DropBlock2d, DropPath, drop_block_layers, drop_path_rates
 from .norm import BatchNormAct2d, EvoNorm2dS0, FilterResponseNormTlu2d, GroupNormAct
 from .pool import avg_down_pool, avg_pool2d, global_pool_feat_mult, max_pool2d, pad_same, select_global_pool
+from .selective_kernel import SelectiveKernel, SelectiveKernelAttn, sk_attn_channels, sk_kernel_plan
 from .split_attn import SplitAttn, radix_softmax, split_attn_channels
 
 __all__ = [
@@ -12,4 +14,5 @@ __all__ = [
     "BatchNormAct2d", "EvoNorm2dS0", "FilterResponseNormTlu2d", "GroupNormAct",
     "avg_down_pool", "avg_pool2d", "global_pool_feat_mult", "max_pool2d", "pad_same", "select_global_pool",
     "SplitAttn", "radix_softmax", "split_attn_channels",
+    "ConvNormAct", "SelectiveKernel", "SelectiveKernelAttn", "sk_attn_channels", "sk_kernel_plan",
 ]
