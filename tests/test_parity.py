@@ -23,6 +23,9 @@ REDUCED_SIZES = {
     "resnetv2_152x4_bit": (128, 97),
 }
 SLOW = {"resnetv2_152x4_bit"}  # 936M parameters: ~15 GB with timm beside it, minutes on CPU
+# sknet.py and the pruned ECA-ResNets: skresnet18 and ecaresnet50d_pruned in the default run, the rest
+# on request (same blocks at other depths and widths; run with -m slow)
+SLOW |= {"skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d", "ecaresnet101d_pruned"}
 # Every model under the options we recommend (rj.jit); under XLA's defaults (plain jax.jit) one
 # model per family and norm kind, which covers every kind of layer at a fraction of the time.
 XLA_DEFAULTS_CASES = ["res2net50_26w_4s", "resnest14d", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
