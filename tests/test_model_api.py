@@ -21,6 +21,10 @@ ODD = 97
 # not the depth's, and (2, 1, 1, 1) still holds a non-first Res2Net block (the one that
 # accumulates across scales). Full depths: test_parity.py.
 DEPTHS = {"res2net50_26w_4s": (2, 1, 1, 1)}
+# timm's sknet.py (SelectiveKernelBasic) at depth (1, 1, 1, 1) on both sides: every block kind of
+# the model, a fraction of the compile time
+ARCHS += ["skresnet18"]
+DEPTHS.update({"skresnet18": (1, 1, 1, 1)})
 
 
 def _depth(name, **kwargs):

@@ -32,6 +32,9 @@ SHALLOW = dict(layers=(2, 1, 1, 1))
 CASES = {"resnetv2_18d": {}, "resnetv2_50d_gn": SHALLOW, "resnetv2_50d_evos": SHALLOW, "resnetv2_50d_frn": SHALLOW,
          "resnest14d": {}, "res2net50_26w_4s": SHALLOW}
 BN_CASES = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s"]
+# Selective Kernel (sknet.py) at depth (1, 1, 1, 1) on both sides: SK blocks with and without a shortcut
+CASES["skresnet18"] = dict(layers=(1, 1, 1, 1))
+BN_CASES += ["skresnet18"]
 SIZE = 45  # not a multiple of 32: odd maps at every stride
 BATCH = 4
 NUM_CLASSES = 5
