@@ -3,8 +3,8 @@ because every Flax submodule is named after the timm attribute it mirrors:
 
 * module path: ``stages.2.blocks.5.norm2`` <-> ``stages_2/blocks_5/norm2`` (an integer
   segment joins its parent with ``_``);
-* leaf: a conv ``weight`` (4-D, OIHW) <-> ``kernel`` (HWIO), a linear ``weight`` (2-D) <->
-  ``kernel`` transposed, a norm ``weight`` (1-D) <-> ``scale``; ``running_mean`` /
+* leaf: a conv ``weight`` (4-D, OIHW) <-> ``kernel`` (HWIO), a 1-d conv ``weight`` (3-D, OIW:
+  ECA's ``se.conv.weight``) <-> ``kernel`` (WIO), a linear ``weight`` (2-D) <-> ``kernel`` transposed, a norm ``weight`` (1-D) <-> ``scale``; ``running_mean`` /
   ``running_var`` / ``num_batches_tracked`` <-> ``batch_stats`` ``mean`` / ``var`` /
   ``num_batches_tracked``; any other leaf (``bias``, EvoNorm's ``v``, FRN's ``tau``) keeps its
   name.
@@ -17,10 +17,10 @@ from flax import traverse_util
 
 StateDict = Dict[str, np.ndarray]
 
-# OIHW -> HWIO and (out, in) -> (in, out); the inverse permutations give the way back.
-TO_FLAX_PERM = {4: (2, 3, 1, 0), 2: (1, 0)}
+# OIHW -> HWIO, OIW -> WIO and (out, in) -> (in, out); the inverse permutations give the way back.
+TO_FLAX_PERM = {4: (2, 3, 1, 0), 3: (2, 1, 0), 2: (1, 0)}
 
-TO_TIMM_PERM = {4: (3, 2, 0, 1), 2: (1, 0)}
+TO_TIMM_PERM = {4: (3, 2, 0, 1), 3: (2, 1, 0), 2: (1, 0)}
 
 _STATS = {"running_mean": "mean", "running_var": "var", "num_batches_tracked": "num_batches_tracked"}
 

@@ -75,11 +75,12 @@ class GroupNormAct(nn.Module):
     epsilon: float = TORCH_NORM_EPS
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32
+    scale_init: Callable = nn.initializers.ones  # zeros: timm's zero_init_last on a residual's last norm
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         b, h, w, c = x.shape
-        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         xg = x.astype(stats_dtype(x.dtype)).reshape(b, h, w, self.num_groups, c // self.num_groups)
         mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)

@@ -7,7 +7,7 @@ Submodules carry timm's attribute names (``layer2_0/convs_1``, ``layer2_0/bns_1`
 checkpoint conversion is structural.
 """
 import math
-from typing import Any, ClassVar, Optional
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +15,10 @@ from flax import linen as nn
 
 from ..layers import DropPath, avg_pool2d
 from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
-from .resnet import ResNet
-
-ModuleDef = Any
+from .resnet import ResNet, ResNetBlock
 
 
-class Bottle2neck(nn.Module):
+class Bottle2neck(ResNetBlock):
     """conv1 (1x1) -> split into ``scale`` chunks of ``width`` -> a 3x3 conv (+bn, ReLU) per
     chunk but the last, each fed the previous output plus its chunk -> concat -> conv3 (1x1)
     -> bn3, + shortcut, ReLU.
@@ -30,18 +28,7 @@ class Bottle2neck(nn.Module):
     (padding counted: timm keeps it for the original weights)."""
     expansion: ClassVar[int] = 4
 
-    planes: int
-    stride: int = 1
-    downsample: Optional[Any] = None
-    cardinality: int = 1
-    base_width: int = 26
-    dilation: int = 1
-    first_dilation: Optional[int] = None
-    drop_path_rate: float = 0.0
-    drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
-    zero_init_last: bool = True
-    conv_layer: ModuleDef = None
-    norm_layer: ModuleDef = None
+    base_width: int = 26  # timm's Bottle2neck default
     scale: int = 4
 
     @nn.compact

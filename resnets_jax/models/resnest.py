@@ -6,19 +6,17 @@ Weights: timm's ports from the original PyTorch/GluonCV models (https://github.c
 Submodules carry timm's attribute names (``layer3_12/conv2/fc1``, ``layer1_0/downsample_1``) so
 that checkpoint conversion is structural.
 """
-from typing import Any, ClassVar, Optional
+from typing import ClassVar
 
 import jax
 from flax import linen as nn
 
 from ..layers import DropPath, SplitAttn, avg_pool2d
 from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
-from .resnet import ResNet
-
-ModuleDef = Any
+from .resnet import ResNet, ResNetBlock
 
 
-class ResNestBottleneck(nn.Module):
+class ResNestBottleneck(ResNetBlock):
     """conv1 (1x1) -> [avd pool] -> conv2 (SplitAttn 3x3, or grouped conv + bn2 when radix 0)
     -> [avd pool] -> conv3 (1x1) -> bn3, + shortcut, ReLU.
 
@@ -26,18 +24,6 @@ class ResNestBottleneck(nn.Module):
     ``nn.AvgPool2d(3, stride, padding=1)``), before the 3x3 when ``avd_first``."""
     expansion: ClassVar[int] = 4
 
-    planes: int
-    stride: int = 1
-    downsample: Optional[Any] = None
-    cardinality: int = 1
-    base_width: int = 64
-    dilation: int = 1
-    first_dilation: Optional[int] = None
-    drop_path_rate: float = 0.0
-    drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
-    zero_init_last: bool = True
-    conv_layer: ModuleDef = None
-    norm_layer: ModuleDef = None
     radix: int = 1
     avd: bool = False
     avd_first: bool = False

@@ -1,29 +1,39 @@
-"""timm's ResNet v1 trunk (``timm/models/resnet.py``), as ResNeSt and Res2Net use it.
+"""timm's ResNet v1 trunk (``timm/models/resnet.py``), shared by its plain ResNets, ResNeSt and Res2Net.
 
 Papers: `Deep Residual Learning for Image Recognition` (https://arxiv.org/abs/1512.03385);
 `Bag of Tricks for Image Classification with Convolutional Neural Networks` (the 'c/d/e' deep
-stems and avg-pool shortcuts, https://arxiv.org/abs/1812.01187).
+stems and avg-pool shortcuts, https://arxiv.org/abs/1812.01187); `Revisiting ResNets` (the
+ResNet-RS conv stem pool, https://arxiv.org/abs/2103.07579); `Making Convolutional Networks
+Shift-Invariant Again` (anti-aliasing, https://arxiv.org/abs/1904.11486).
 
-One trunk, many blocks: a family passes its bottleneck class (and the block's own arguments);
-stem, stages, shortcuts, dilation and head are written once here. Submodules carry timm's
-attribute names so checkpoint conversion is structural: ``conv1`` (or the deep stem's
-``conv1_0 .. conv1_6``, timm's ``nn.Sequential`` indices), ``bn1``, ``layer3_12`` (timm's
-``layer3.12``: the blocks are direct children of the model), ``layer1_0/downsample_1`` and
-``fc``.
-
-Not supported (no ResNeSt/Res2Net variant uses them): anti-aliasing, ``replace_stem_pool``,
-attention layers.
+One trunk, many blocks: a family passes its block class (one per stage if they differ) and the
+block's own arguments; stem, stem pool, stages, shortcuts, dilation and head are written once
+here. Submodules carry timm's attribute names so checkpoint conversion is structural: ``conv1``
+(or the deep stem's ``conv1_0 .. conv1_6``, timm's ``nn.Sequential`` indices), ``bn1``,
+``maxpool_0 .. maxpool_2`` (ResNet-RS's conv pool), ``layer3_12`` (timm's ``layer3.12``: the
+blocks are direct children of the model), ``layer1_0/downsample_1`` and ``fc``.
 """
 import dataclasses
 import math
 from functools import partial
-from typing import Any, List, Sequence, Tuple
+from typing import Any, ClassVar, List, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ..layers import BatchNormAct2d, Conv2d, avg_down_pool, drop_block_layers, max_pool2d, select_global_pool
+from ..layers import (
+    BatchNormAct2d,
+    Conv2d,
+    GroupNormAct,
+    anti_alias,
+    avg_down_pool,
+    avg_pool2d,
+    drop_block_layers,
+    max_pool2d,
+    normalize_aa_layer,
+    select_global_pool,
+)
 from ._common import Trunk, check_input, stride_plan
 
 ModuleDef = Any
@@ -54,6 +64,25 @@ class Shortcut:
         return self.norm_layer(apply_act=False, name="downsample_1")(x, train)
 
 
+class ResNetBlock(nn.Module):
+    """The block interface of this trunk: the fields it passes every block (a family's block
+    subclasses this, adds its own fields after these and sets ``expansion``)."""
+    expansion: ClassVar[int] = 1
+
+    planes: int
+    stride: int = 1
+    downsample: Optional[Any] = None  # a Shortcut, built by the trunk for a stage's first block
+    cardinality: int = 1
+    base_width: int = 64
+    dilation: int = 1
+    first_dilation: Optional[int] = None
+    drop_path_rate: float = 0.0
+    drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
+    zero_init_last: bool = True
+    conv_layer: ModuleDef = None
+    norm_layer: ModuleDef = None
+
+
 def _torch_linear_init(fan_in: int):
     """``nn.Linear``'s default init (timm leaves the ResNet ``fc`` at it): weight and bias
     uniform in +-1/sqrt(fan_in)."""
@@ -62,14 +91,23 @@ def _torch_linear_init(fan_in: int):
     return uniform, uniform
 
 
-class ResNet(Trunk, nn.Module):
-    """timm's ``ResNet`` v1 trunk with the stems and shortcuts its ResNeSt/Res2Net variants use.
+# timm's norm_layer names for the v1 trunk -> (our norm(+act) layer, its fixed arguments)
+NORM_LAYERS = {
+    "batchnorm": (BatchNormAct2d, {}),
+    "groupnorm": (GroupNormAct, {"num_groups": 32}),  # timm.layers.GroupNorm's default groups (resnet50_gn)
+}
 
-    ``block`` is a bottleneck class taking ``(planes, stride, downsample, cardinality,
-    base_width, dilation, first_dilation, drop_path_rate, drop_block, zero_init_last, conv_layer, norm_layer,
-    **block_args)``, with a
-    class attribute ``expansion``."""
-    block: ModuleDef
+
+class ResNet(Trunk, nn.Module):
+    """timm's ``ResNet`` v1 trunk: (B, H, W, in_chans) float -> logits (B, num_classes) (see ``Trunk``).
+
+    ``block`` is a block class, or one per stage (timm's ``test_resnet``), taking ``(planes,
+    stride, downsample, cardinality, base_width, dilation, first_dilation, drop_path_rate,
+    drop_block, zero_init_last, conv_layer, norm_layer, **block_args)``, with a class attribute
+    ``expansion``. ``block_reduce_first`` and ``aa_layer`` reach the blocks (as ``reduce_first``
+    and ``aa_layer``) only when set, so blocks without them (ResNeSt's, Res2Net's) never see them.
+    ``aa_layer``: None, 'avg' (timm's ``nn.AvgPool2d``) or 'blur' (``BlurPool2d``)."""
+    block: Any
     layers: Sequence[int]
     num_classes: int = 1000
     in_chans: int = 3
@@ -79,11 +117,15 @@ class ResNet(Trunk, nn.Module):
     base_width: int = 64
     stem_width: int = 64
     stem_type: str = ""  # '', 'deep', 'deep_tiered'
+    replace_stem_pool: bool = False  # ResNet-RS: the stem max-pool becomes a 3x3/2 conv + norm + ReLU
+    block_reduce_first: int = 1  # senet154: 2
     down_kernel_size: int = 1
     avg_down: bool = False
     channels: Sequence[int] = (64, 128, 256, 512)
     block_args: Tuple[Tuple[str, Any], ...] = ()  # extra block arguments (radix, avd, scale, ...) as
     # (name, value) pairs: a hashable module can be a static argument of jax.jit
+    norm_layer: str = "batchnorm"  # or 'groupnorm' (resnet50_gn), as timm's get_norm_layer names
+    aa_layer: Optional[str] = None
     zero_init_last: bool = True  # timm: zero-init each residual branch's last BN scale
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
@@ -103,14 +145,38 @@ class ResNet(Trunk, nn.Module):
     def stem_chs(self) -> int:
         return self.stem_width * 2 if "deep" in self.stem_type else 64
 
+    @property
+    def block_fns(self) -> Tuple[Any, ...]:
+        """The block class of each stage (timm's ``to_ntuple(len(channels))(block)``)."""
+        if isinstance(self.block, (tuple, list)):
+            if len(self.block) != len(self.channels):
+                raise ValueError(f"block: expected one block class per stage ({len(self.channels)}), "
+                                 f"got {len(self.block)}")
+            return tuple(self.block)
+        return (self.block,) * len(self.channels)
+
     def all_feature_info(self):
         return [dict(num_chs=self.stem_chs, reduction=2, module="act1")] + [
-            dict(num_chs=planes * self.block.expansion, reduction=r, module=f"layer{i + 1}")
-            for i, (planes, _, _, r) in enumerate(self.stage_plan())]
+            dict(num_chs=planes * block.expansion, reduction=r, module=f"layer{i + 1}")
+            for i, ((planes, _, _, r), block) in enumerate(zip(self.stage_plan(), self.block_fns))]
+
+    def _norm_partial(self):
+        if self.norm_layer not in NORM_LAYERS:
+            raise ValueError(f"norm_layer must be one of {sorted(NORM_LAYERS)}, got {self.norm_layer!r}")
+        cls, fixed = NORM_LAYERS[self.norm_layer]
+        return partial(cls, **fixed, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def _block_args(self) -> dict:
+        args = dict(self.block_args)
+        if self.block_reduce_first != 1:
+            args["reduce_first"] = self.block_reduce_first
+        if normalize_aa_layer(self.aa_layer):
+            args["aa_layer"] = normalize_aa_layer(self.aa_layer)
+        return args
 
     def setup(self):
         conv = partial(Conv2d, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = partial(BatchNormAct2d, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = self._norm_partial()
 
         # Stem: a 7x7/2 conv, or the 3-conv 'deep' stem as timm's nn.Sequential (conv 0, bn 1,
         # act 2, conv 3, bn 4, act 5, conv 6): the list gives conv1_0, conv1_1, conv1_3, ...
@@ -123,15 +189,20 @@ class ResNet(Trunk, nn.Module):
         else:
             self.conv1 = conv(inplanes, 7, stride=2)
         self.bn1 = norm()
+        if self.replace_stem_pool:  # timm's nn.Sequential(conv, [aa], norm, act): maxpool_0, [_1], _1/_2
+            aa = normalize_aa_layer(self.aa_layer)
+            pool_conv = conv(inplanes, 3, stride=1 if aa else 2, padding=1)
+            self.maxpool = [pool_conv, None, norm()] if aa else [pool_conv, norm()]
 
         # Stages: a block's first 3x3 uses the previous block's dilation (timm's make_blocks).
-        block_args = dict(self.block_args)
-        expansion = self.block.expansion
-        block_cls = nn.remat(self.block, static_argnums=(2,)) if self.grad_checkpointing else self.block
+        block_args = self._block_args()
         net_num_blocks, net_block_idx, prev_dilation = sum(self.layers), 0, 1
         plan = self.stage_plan()[:self.num_stages_built]
         drop_blocks = drop_block_layers(self.drop_block_rate)
-        for stage_idx, ((planes, stride, dilation, _), num_blocks) in enumerate(zip(plan, self.layers)):
+        for stage_idx, ((planes, stride, dilation, _), num_blocks, block) in enumerate(
+                zip(plan, self.layers, self.block_fns)):
+            expansion = block.expansion
+            block_cls = nn.remat(block, static_argnums=(2,)) if self.grad_checkpointing else block
             downsample = None
             if stride != 1 or inplanes != planes * expansion:
                 downsample = Shortcut(planes * expansion, stride, dilation, prev_dilation, self.avg_down,
@@ -175,8 +246,8 @@ class ResNet(Trunk, nn.Module):
         check_input(x, self.in_chans)
         if isinstance(self.conv1, (list, tuple)):
             for layer in self.conv1:
-                if isinstance(layer, BatchNormAct2d):
-                    x = layer(x, train)  # bn + ReLU (timm's separate act module)
+                if isinstance(layer, (BatchNormAct2d, GroupNormAct)):
+                    x = layer(x, train)  # norm + ReLU (timm's separate act module)
                 elif layer is not None:
                     x = layer(x)
         else:
@@ -184,12 +255,26 @@ class ResNet(Trunk, nn.Module):
         x = self.bn1(x, train)
         feats = [x]
         if stop > 1:
-            x = max_pool2d(x, 3, 2, padding=1)
+            x = self.stem_pool(x, train)
             for blocks in self.stages()[:stop - 1]:
                 for block in blocks:
                     x = block(x, train)  # train positional: static for nn.remat
                 feats.append(x)
         return feats
+
+    def stem_pool(self, x: jax.Array, train: bool) -> jax.Array:
+        """timm's ``maxpool`` (stride 2): a 3x3/2 max-pool; with ``aa_layer='avg'`` a 2x2/2 average
+        pool *instead*; with 'blur' a 3x3/1 max-pool then a blur pool /2; with
+        ``replace_stem_pool`` a 3x3 conv (stride 2, or 1 then the aa layer) + norm + ReLU."""
+        aa = normalize_aa_layer(self.aa_layer)
+        if self.replace_stem_pool:
+            pool_conv, pool_norm = self.maxpool[0], self.maxpool[-1]
+            return pool_norm(anti_alias(pool_conv(x), aa, 2), train)
+        if aa == "avg":
+            return avg_pool2d(x, 2, 2)  # timm's aa_layer(2): nn.AvgPool2d(kernel_size=2), stride 2
+        if aa is not None:
+            return anti_alias(max_pool2d(x, 3, 1, padding=1), aa, 2)
+        return max_pool2d(x, 3, 2, padding=1)
 
     def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
         self._require_head("forward_head")
