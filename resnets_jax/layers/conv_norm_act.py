@@ -6,6 +6,7 @@ from typing import Callable, Optional
 import jax
 from flax import linen as nn
 
+from .blur_pool import anti_alias, normalize_aa_layer
 from .conv import Conv2d
 from .norm import BatchNormAct2d
 
@@ -14,9 +15,8 @@ class ConvNormAct(nn.Module):
     """``conv`` (kxk, timm's symmetric padding unless ``padding`` is given) then ``bn``.
 
     ``drop_layer`` (a DropBlock2d partial) sits between the norm and its ReLU, as in timm's
-    ``BatchNormAct2d(drop_layer=...)``; ``aa_layer`` (anti-aliasing, called as
-    ``aa_layer(channels, stride, name='aa')``) takes the conv's stride when ``stride > 1``, as
-    timm's ``create_aa``. ``conv_layer`` / ``norm_layer``: the model's bound partials (dtype, ...).
+    ``BatchNormAct2d(drop_layer=...)``; ``aa_layer`` (None, 'avg', 'blur': ``anti_alias``) takes
+    the conv's stride when ``stride > 1``, as timm's ``create_aa``. ``conv_layer`` / ``norm_layer``: the model's bound partials (dtype, ...).
     Input (B, H, W, C_in) -> (B, H', W', out_chs), the input's float dtype or the partials'."""
 
     out_chs: int
@@ -29,13 +29,13 @@ class ConvNormAct(nn.Module):
     conv_layer: Callable = Conv2d
     norm_layer: Callable = BatchNormAct2d
     drop_layer: Optional[Callable] = None
-    aa_layer: Optional[Callable] = None
+    aa_layer: Optional[str] = None
     act: Callable = nn.relu  # used only beside a drop_layer; otherwise the norm's own act applies
     scale_init: Callable = nn.initializers.ones  # zeros: zero_init_last on a residual's last norm
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        use_aa = self.aa_layer is not None and self.stride > 1
+        use_aa = normalize_aa_layer(self.aa_layer) is not None and self.stride > 1
         x = self.conv_layer(self.out_chs, self.kernel_size, stride=1 if use_aa else self.stride,
                             dilation=self.dilation, groups=self.groups, padding=self.padding, name="conv")(x)
         # scale_init only when set: a norm without one (GroupNormAct) keeps its own default
@@ -47,5 +47,5 @@ class ConvNormAct(nn.Module):
             x = self.drop_layer(name="drop")(x, train)
             x = self.act(x) if self.apply_act else x
         if use_aa:
-            x = self.aa_layer(channels=self.out_chs, stride=self.stride, name="aa")(x)
+            x = anti_alias(x, self.aa_layer, self.stride)
         return x

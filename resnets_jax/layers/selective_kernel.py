@@ -100,7 +100,7 @@ class SelectiveKernel(nn.Module):
     split_input: bool = True
     conv_layer: Callable = Conv2d
     norm_layer: Callable = BatchNormAct2d
-    aa_layer: Optional[Callable] = None
+    aa_layer: Optional[str] = None  # None, 'avg', 'blur' (layers.anti_alias)
     drop_layer: Optional[Callable] = None
     dtype: Optional[Dtype] = None
     param_dtype: Dtype = jnp.float32

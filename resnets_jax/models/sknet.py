@@ -8,38 +8,24 @@ Submodules carry timm's attribute names (``layer2_0/conv1/paths_1/bn``, ``.../at
 so that checkpoint conversion is structural.
 """
 import math
-from typing import Any, ClassVar, Optional, Tuple
+from typing import Any, ClassVar, Tuple
 
 import jax
 from flax import linen as nn
 
-from ..layers import ConvNormAct, DropPath, SelectiveKernel
+from ..layers import ConvNormAct, SelectiveKernel
 from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
 from .resnet import ResNet
+from .resnet_blocks import _ResidualBlock
 
-ModuleDef = Any
 SkKwargs = Tuple[Tuple[str, Any], ...]  # timm's sk_kwargs dict as (name, value) pairs: hashable
 
 
-class _SelectiveKernelBlock(nn.Module):
-    """What both SK blocks share: timm's block arguments, and the end of the residual branch
-    (attention layer ``se``, drop path, shortcut, add, ReLU)."""
-    planes: int
-    stride: int = 1
-    downsample: Optional[Any] = None
-    cardinality: int = 1
-    base_width: int = 64
+class _SelectiveKernelBlock(_ResidualBlock):
+    """The trunk's block interface plus timm's ``reduce_first``, ``attn_layer`` and ``aa_layer``
+    (``resnet_blocks._ResidualBlock``, whose tail they share: attention ``se``, drop path on the
+    residual branch, shortcut, add, ReLU) and ``sk_kwargs`` for the SelectiveKernel conv."""
     sk_kwargs: SkKwargs = ()
-    reduce_first: int = 1
-    dilation: int = 1
-    first_dilation: Optional[int] = None
-    attn_layer: Optional[ModuleDef] = None
-    aa_layer: Optional[ModuleDef] = None
-    drop_path_rate: float = 0.0
-    drop_block: Optional[ModuleDef] = None  # DropBlock2d partial (stages 3 and 4 with drop_block_rate)
-    zero_init_last: bool = True
-    conv_layer: ModuleDef = None
-    norm_layer: ModuleDef = None
 
     def _sk(self, name: str, out_chs: int, groups: int = 1) -> SelectiveKernel:
         return SelectiveKernel(out_chs, stride=self.stride, dilation=self.first_dilation or self.dilation,
@@ -51,13 +37,6 @@ class _SelectiveKernelBlock(nn.Module):
         scale_init = nn.initializers.zeros if self.zero_init_last else nn.initializers.ones
         return ConvNormAct(out_chs, kernel_size, dilation=dilation, apply_act=False, conv_layer=self.conv_layer,
                            norm_layer=self.norm_layer, scale_init=scale_init, name=name)
-
-    def _residual(self, out: jax.Array, x: jax.Array, train: bool) -> jax.Array:
-        if self.attn_layer is not None:
-            out = self.attn_layer(name="se")(out)
-        out = DropPath(self.drop_path_rate, name="drop_path")(out, train)
-        shortcut = self.downsample(x, train) if self.downsample is not None else x
-        return nn.relu(out + shortcut)
 
 
 class SelectiveKernelBasic(_SelectiveKernelBlock):
@@ -74,7 +53,7 @@ class SelectiveKernelBasic(_SelectiveKernelBlock):
                              f"got cardinality {self.cardinality}, base_width {self.base_width}")
         out = self._sk("conv1", self.planes // self.reduce_first)(x, train)
         out = self._last("conv2", self.planes * self.expansion, 3, self.dilation)(out, train)
-        return self._residual(out, x, train)
+        return self.residual(out, x, train)
 
 
 class SelectiveKernelBottleneck(_SelectiveKernelBlock):
@@ -90,7 +69,7 @@ class SelectiveKernelBottleneck(_SelectiveKernelBlock):
                           name="conv1")(x, train)
         out = self._sk("conv2", width, groups=self.cardinality)(out, train)
         out = self._last("conv3", self.planes * self.expansion, 1)(out, train)
-        return self._residual(out, x, train)
+        return self.residual(out, x, train)
 
 
 def _cfg(**kwargs):
@@ -116,8 +95,8 @@ def _skresnet(block, default_layers, sk_kwargs, layers=None, **kwargs):
     # timm: block_args=dict(sk_kwargs=...), zero_init_last=False for every SK model. `layers`
     # overrides the depths as in timm (keyword arguments override the model's).
     kwargs.setdefault("zero_init_last", False)
-    return ResNet(block=block, layers=tuple(layers or default_layers),
-                  block_args=(("sk_kwargs", tuple(sk_kwargs.items())),), **kwargs)
+    kwargs.setdefault("block_args", (("sk_kwargs", tuple(sk_kwargs.items())),))
+    return ResNet(block=block, layers=tuple(layers or default_layers), **kwargs)
 
 
 # timm's sk_kwargs per model
