@@ -40,6 +40,8 @@ import time
 import numpy as np
 
 SEED_MODELS = ("resnetv2_50", "res2net101_26w_4s", "resnest101e")
+# timm's most used weights (resnet50.a1_in1k, then resnet18), measured beside the seed models
+DEFAULT_MODELS = SEED_MODELS + ("resnet50", "resnet18")
 DTYPES = ("fp32", "bf16")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # Each measurement runs in its own process; one that has not finished by then is reported as a
@@ -331,7 +333,7 @@ def main():
         print(json.dumps(WORKERS[sys.argv[2]](json.loads(sys.argv[3]))))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(SEED_MODELS))
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--dtype", nargs="+", choices=DTYPES, default=list(DTYPES))
     p.add_argument("--repeats", type=int, default=3)

@@ -1,11 +1,11 @@
-"""GPU check: parity of the seed models on the GPU, then throughput against timm. Run through
-``benchmarks/gpu_check.sh`` (which bounds it to 8 minutes); ``--cpu-smoke`` runs every step at
-tiny settings on CPU (the test suite does).
+"""GPU check: parity of the seed models (and resnet50, resnet18) on the GPU, then throughput
+against timm. Run through ``benchmarks/gpu_check.sh`` (which bounds it to 8 minutes);
+``--cpu-smoke`` runs every step at tiny settings on CPU (the test suite does).
 
     python benchmarks/gpu_check.py [--batch 256] [--repeats 10] [--budget-s 450] [--output PREFIX]
     python benchmarks/gpu_check.py --cpu-smoke --output /tmp/gpu_smoke
 
-1. Parity: per seed model, timm's model with every parameter and buffer perturbed (the hub is
+1. Parity: per model, timm's model with every parameter and buffer perturbed (the hub is
    unreachable, so random weights made far from init), on CUDA with TF32 off (matmul and cuDNN),
    against ours converted from it, JAX at ``highest`` matmul/conv precision; batch 2 at the
    native input size. Reports max |logit difference| / max |logit| against ``PARITY_TOL``.
@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import RESULTS_DIR, SEED_MODELS, native_size  # noqa: E402
+from bench import DEFAULT_MODELS, RESULTS_DIR, native_size  # noqa: E402
 
 PARITY_TOL = 1e-4  # fp32 on both sides, no TF32: cuDNN's and XLA's algorithms sum in different orders
 SMOKE_MODELS = ("resnetv2_18",)  # the smallest: the smoke run checks the script, test_parity the models
@@ -168,7 +168,7 @@ def main():
         sys.exit("gpu_check: torch sees no CUDA device (use --cpu-smoke on CPU)")
     if device == "cuda" and jax.default_backend() != "gpu":
         sys.exit(f"gpu_check: JAX's backend is {jax.default_backend()!r}, not 'gpu' (install jax[cuda12])")
-    models = SMOKE_MODELS if args.cpu_smoke else SEED_MODELS
+    models = SMOKE_MODELS if args.cpu_smoke else DEFAULT_MODELS
     sizes = {m: 32 if args.cpu_smoke else native_size(m) for m in models}
     batch = 2 if args.cpu_smoke else args.batch
     repeats = 1 if args.cpu_smoke else args.repeats

@@ -1,7 +1,7 @@
 """Speed ratios in one run: ours (recommended ``rj.jit`` and plain ``jax.jit``) against timm eager
 and timm under ``torch.compile``, fp32, interleaved, minimum of N.
 
-    python benchmarks/ratios.py [--models resnetv2_50 res2net101_26w_4s resnest101e] [--batch 1 8]
+    python benchmarks/ratios.py [--models resnetv2_50 res2net101_26w_4s resnest101e resnet50 resnet18] [--batch 1 8]
                                 [--repeats 7] [--size N] [--no-compile] [--first-call resnest101e]
                                 [--output benchmarks/results/ratios-CPU-KIND]
 
@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import (RESULTS_DIR, SEED_MODELS, WORKER_TIMEOUT_S, _input, _jax_model, _timm_call,  # noqa: E402
+from bench import (DEFAULT_MODELS, RESULTS_DIR, WORKER_TIMEOUT_S, _input, _jax_model, _timm_call,  # noqa: E402
                    _torch_setup, cpu_info, load_note, machine_header, native_size, run_worker)
 
 IMPLS = ("timm", "compiled", "rj.jit", "jax.jit")
@@ -161,7 +161,7 @@ def main():
         print(json.dumps(work(json.loads(sys.argv[2]))))
         return
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(SEED_MODELS))
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
     p.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--size", type=int, default=None, help="input size (default: each model's native one)")

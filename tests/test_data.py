@@ -49,6 +49,16 @@ def test_class_names():
     names = imagenet_class_names(1000)
     assert len(names) == 1000 and names[281].startswith("tabby")
     assert len(imagenet_class_names(21843)) == 21843
+
+
+@pytest.mark.parametrize("num_classes", [1000, 11821, 21843])
+def test_class_names_equal_timms(num_classes):
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    info = ImageNetInfo(infer_imagenet_subset({"num_classes": num_classes}))
+    assert imagenet_class_names(num_classes) == [info.index_to_description(i) for i in range(num_classes)]
+
+
+def test_unknown_class_count():
     with pytest.raises(ValueError, match="No class names"):
         imagenet_class_names(10)
 
