@@ -15,9 +15,10 @@ tables against timm's files entry by entry.
 from typing import Dict, Sequence, Tuple
 
 from ..layers import eca_kernel_size
-from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
+from ..registry import register_model
 from .resnet import ResNet
 from .resnet_blocks import Bottleneck
+from .resnet_cfgs import RESNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
 
 StageWidths = Tuple[int, Tuple[Tuple[int, int], ...]]
 
@@ -69,24 +70,6 @@ def pruned_block_overrides(name: str, layers: Sequence[int], channels: Sequence[
     return tuple(
         tuple((("widths", w), ("attn_kwargs", _eca_args(planes * expansion))) for w in stage[:n])
         for stage, n, planes in zip(table, layers, channels))
-
-
-def _cfg(**kwargs):
-    # timm's _tcfg (resnet.py)
-    return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv1.0", "classifier": "fc", "license": "apache-2.0",
-        "test_crop_pct": 0.95, "test_input_size": (3, 288, 288),
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    "ecaresnet50d_pruned.miil_in1k": _cfg(hf_hub_id="timm/"),
-    "ecaresnet101d_pruned.miil_in1k": _cfg(hf_hub_id="timm/"),
-})
 
 
 def _pruned(name: str, default_layers, layers=None, **kwargs) -> ResNet:

@@ -14,9 +14,10 @@ import jax
 from flax import linen as nn
 
 from ..layers import ConvNormAct, SelectiveKernel
-from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
+from ..registry import register_model
 from .resnet import ResNet
 from .resnet_blocks import _ResidualBlock
+from .resnet_cfgs import SKNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
 
 SkKwargs = Tuple[Tuple[str, Any], ...]  # timm's sk_kwargs dict as (name, value) pairs: hashable
 
@@ -70,25 +71,6 @@ class SelectiveKernelBottleneck(_SelectiveKernelBlock):
         out = self._sk("conv2", width, groups=self.cardinality)(out, train)
         out = self._last("conv3", self.planes * self.expansion, 1)(out, train)
         return self.residual(out, x, train)
-
-
-def _cfg(**kwargs):
-    return {
-        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7),
-        "crop_pct": 0.875, "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "conv1", "classifier": "fc", "license": "apache-2.0",
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    "skresnet18.ra_in1k": _cfg(hf_hub_id="timm/"),
-    "skresnet34.ra_in1k": _cfg(hf_hub_id="timm/"),
-    "skresnet50.untrained": _cfg(),
-    "skresnet50d.untrained": _cfg(first_conv="conv1.0"),
-    "skresnext50_32x4d.ra_in1k": _cfg(hf_hub_id="timm/"),
-})
 
 
 def _skresnet(block, default_layers, sk_kwargs, layers=None, **kwargs):
