@@ -56,6 +56,8 @@ def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
     if backend not in SPLIT_GROUPED_CONV_BACKENDS:
         return False
     n, h, w = x_shape[0], x_shape[1], x_shape[2]
+    if not isinstance(n, int):  # a symbolic batch (jax.export): decide from the static sizes, as for
+        n = 1                   # batch 1 (both forms give the same sums; only the speed differs)
     return n * h * w >= SPLIT_MIN_PIXELS
 
 

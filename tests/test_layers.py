@@ -140,3 +140,91 @@ def test_grouped_conv_split_equals_feature_group_count(groups, stride, dilation)
         outs.append(np.asarray(conv.apply(variables, x)))
     assert outs[0].shape == outs[1].shape
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+# timm's resnet.py layers (SE, ECA, BlurPool, avg-pool anti-aliasing) at odd sizes, on perturbed
+# weights loaded through the converter (so the key rules are tested with them). The outputs are a
+# few fp32 sums and a sigmoid deep: 1e-6 relative, as the conv/pool tests above.
+def _perturbed_timm(module, seed=0):
+    from timm_ref import perturb_
+    return perturb_(module, seed=seed).eval()
+
+
+def _convert(module, tmodule, x):
+    import resnets_jax as rj
+    sd = {k: v.detach().numpy() for k, v in tmodule.state_dict().items()}
+    return rj.convert_timm_state_dict(module, sd, example_input=x), sd
+
+
+@pytest.mark.parametrize("channels, rd_ratio", [(64, 1 / 16), (72, 0.25), (40, 1 / 16)])
+def test_se_module_matches_timm(channels, rd_ratio):
+    from timm.layers import SEModule
+    x = np.random.default_rng(0).standard_normal((2, 7, 9, channels)).astype(np.float32)
+    tse = _perturbed_timm(SEModule(channels, rd_ratio=rd_ratio))
+    se = layers.SEModule(rd_ratio=rd_ratio)
+    variables, _ = _convert(se, tse, x)
+    assert variables["params"]["fc1"]["kernel"].shape == (1, 1, channels, tse.fc1.out_channels)
+    assert "bias" in variables["params"]["fc1"] and "bias" in variables["params"]["fc2"]  # timm's SE convs carry biases
+    with torch.no_grad():
+        ref = _nhwc(tse(_nchw(x)))
+    np.testing.assert_allclose(np.asarray(se.apply(variables, x)), ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels, kernel_size", [(64, 3), (256, 5), (2048, 7), (40, 3)])
+def test_eca_module_matches_timm_and_round_trips_bit_exactly(channels, kernel_size):
+    import resnets_jax as rj
+    from timm.layers import EcaModule
+    x = np.random.default_rng(1).standard_normal((2, 5, 7, channels)).astype(np.float32)
+    teca = _perturbed_timm(EcaModule(channels))
+    assert teca.conv.weight.shape == (1, 1, kernel_size) and layers.eca_kernel_size(channels) == kernel_size
+    eca = layers.EcaModule()
+    variables, sd = _convert(eca, teca, x)
+    assert variables["params"]["conv"]["kernel"].shape == (kernel_size, 1, 1)  # WIO, from timm's 3-d OIW
+    with torch.no_grad():
+        ref = _nhwc(teca(_nchw(x)))
+    np.testing.assert_allclose(np.asarray(eca.apply(variables, x)), ref, rtol=1e-6, atol=1e-6)
+    back = rj.export_timm_state_dict(eca, variables)
+    assert sorted(back) == sorted(sd) == ["conv.weight"]
+    assert back["conv.weight"].shape == sd["conv.weight"].shape and back["conv.weight"].dtype == sd["conv.weight"].dtype
+    np.testing.assert_array_equal(back["conv.weight"], sd["conv.weight"])
+
+
+@pytest.mark.parametrize("hw", [(7, 9), (8, 8), (13, 10), (4, 5)])
+@pytest.mark.parametrize("filt_size, stride, pad_mode", [(3, 2, "reflect"), (3, 1, "reflect"), (5, 2, "reflect"),
+                                                         (3, 2, "constant")])
+def test_blur_pool_matches_timm(hw, filt_size, stride, pad_mode):
+    from timm.layers import BlurPool2d
+    x = np.random.default_rng(2).standard_normal((2, *hw, 6)).astype(np.float32)
+    tblur = BlurPool2d(6, filt_size=filt_size, stride=stride, pad_mode=pad_mode)
+    assert tblur.state_dict() == {}  # the filter is a non-persistent buffer: nothing to convert
+    with torch.no_grad():
+        ref = _nhwc(tblur(_nchw(x)))
+    out = np.asarray(layers.blur_pool2d(jnp.asarray(x), filt_size, stride, pad_mode))
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+    if filt_size == 3:  # through the aa entry point the blocks and the stem use
+        aa = {"reflect": "blur", "constant": "blurpc"}[pad_mode]
+        np.testing.assert_array_equal(np.asarray(layers.anti_alias(jnp.asarray(x), aa, stride)), out)
+
+
+@pytest.mark.parametrize("hw", [(7, 9), (8, 8), (13, 10), (3, 2)])
+@pytest.mark.parametrize("stride", [2, 1])
+def test_avg_pool_anti_aliasing_matches_timm(hw, stride):
+    """timm's create_aa(nn.AvgPool2d, channels, stride) falls back to nn.AvgPool2d(stride)."""
+    from timm.layers import create_aa
+    x = np.random.default_rng(3).standard_normal((2, *hw, 4)).astype(np.float32)
+    taa = create_aa(torch.nn.AvgPool2d, channels=4, stride=stride)
+    with torch.no_grad():
+        ref = _nhwc(taa(_nchw(x)))
+    out = np.asarray(layers.anti_alias(jnp.asarray(x), "avg", stride))
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_and_aa_names_fail_with_the_choices():
+    with pytest.raises(ValueError, match=r"\['eca', 'se'\].*'cbam'"):
+        layers.get_attn("cbam")
+    with pytest.raises(ValueError, match=r"aa_layer must be one of .*'avg'.*'blur'.*got 'max'"):
+        layers.normalize_aa_layer("max")
+    assert layers.normalize_aa_layer("AvgPool") == "avg" and layers.normalize_aa_layer("blur_pool") == "blur"
+    assert layers.get_attn(None) is None and layers.get_attn("SE") is layers.SEModule

@@ -26,26 +26,68 @@ SLOW = {"resnetv2_152x4_bit"}  # 936M parameters: ~15 GB with timm beside it, mi
 # sknet.py and the pruned ECA-ResNets: skresnet18 and ecaresnet50d_pruned in the default run, the rest
 # on request (same blocks at other depths and widths; run with -m slow)
 SLOW |= {"skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d", "ecaresnet101d_pruned"}
+# timm's resnet.py (79 architectures): the default run holds one representative of each option,
+# at reduced depth (timm's `layers` override, on both sides) where the depth is not the point;
+# every architecture runs at full depth under `-m slow` (`make test-slow`).
+ONE_EACH = (1, 1, 1, 1)
+RESNET_DEFAULT_CASES = {
+    "resnet18": None,                   # BasicBlock, 7x7 stem
+    "resnet26d": None,                  # Bottleneck, 'd' deep stem + avg-pool shortcuts
+    "resnet14t": None,                  # 't' tiered deep stem
+    "resnet50s": ONE_EACH,              # 's' deep stem (64-64-128)
+    "resnext50_32x4d": ONE_EACH,        # grouped 3x3 (ResNeXt)
+    "wide_resnet50_2": ONE_EACH,        # wide bottleneck
+    "seresnet18": None,                 # SE in BasicBlock
+    "seresnet50": ONE_EACH,             # SE in Bottleneck
+    "ecaresnet26t": None,               # ECA (1-d conv across channels)
+    "resnetaa34d": ONE_EACH,            # avg-pool anti-aliasing in BasicBlock, no stem max-pool
+    "resnetaa50": ONE_EACH,             # avg-pool anti-aliasing in Bottleneck, 7x7 stem
+    "resnetblur18": None,               # BlurPool (reflect padding) in BasicBlock and the stem
+    "resnetblur50": ONE_EACH,           # BlurPool in Bottleneck
+    "resnetrs50": ONE_EACH,             # conv stem pool (replace_stem_pool), SE at ratio 1/4
+    "senet154": ONE_EACH,               # block_reduce_first 2, 3x3 shortcut convs, 64 groups, SE
+    "resnet50_gn": ONE_EACH,            # GroupNorm trunk
+    "test_resnet": None,                # per-stage block types
+}
 # Every model under the options we recommend (rj.jit); under XLA's defaults (plain jax.jit) one
 # model per family and norm kind, which covers every kind of layer at a fraction of the time.
 XLA_DEFAULTS_CASES = ["res2net50_26w_4s", "resnest14d", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
-                      "resnetv2_50x1_bit"]
+                      "resnetv2_50x1_bit", "resnet18", "ecaresnet26t"]
 
 
 def _params(names):
-    cases = [(n, "rj-options") for n in names] + [(n, "xla-defaults") for n in XLA_DEFAULTS_CASES if n in names]
-    return [pytest.param(n, o, marks=pytest.mark.slow) if n in SLOW else (n, o) for n, o in cases]
+    """(name, option set, depths or None) cases; ids ``name-options`` (``-depth1111`` when reduced)."""
+    from resnets_jax.models.resnet_variants import VARIANTS
+    params = []
+    for n in names:
+        cases = [(n, "rj-options", None)] + ([(n, "xla-defaults", None)] if n in XLA_DEFAULTS_CASES else [])
+        if n in VARIANTS:  # a representative runs by default (maybe reduced); the full depth is slow unless it is that one
+            layers = RESNET_DEFAULT_CASES.get(n)
+            default = [(n, o, layers) for n, o, _ in cases] if n in RESNET_DEFAULT_CASES else []
+            slow = [(n, "rj-options", None)] if n not in RESNET_DEFAULT_CASES or layers else []
+        else:
+            default, slow = ([], cases) if n in SLOW else (cases, [])
+        for case in default:
+            params.append(pytest.param(*case, id=_id(*case)))
+        for case in slow:
+            params.append(pytest.param(*case, id=_id(*case), marks=pytest.mark.slow))
+    return params
 
 
-@pytest.mark.parametrize("name, option_set", _params(rj.list_models()))
-def test_logits_match_timm(name, option_set, torch_device):
+def _id(name, option_set, layers):
+    return f"{name}-{option_set}" + (f"-depth{''.join(map(str, layers))}" if layers else "")
+
+
+@pytest.mark.parametrize("name, option_set, layers", _params(rj.list_models()))
+def test_logits_match_timm(name, option_set, layers, torch_device):
     import jax
     import timm
     import torch
+    depth = {"layers": layers} if layers else {}
     torch.manual_seed(0)
-    tmodel = perturb_(timm.create_model(name), seed=1).eval()
+    tmodel = perturb_(timm.create_model(name, **depth), seed=1).eval()
     sd = timm_state_dict(tmodel)
-    model = rj.build_model(name)
+    model = rj.build_model(name, **depth)
     variables = rj.convert_timm_state_dict(model, sd)
 
     back = rj.export_timm_state_dict(model, variables)
@@ -67,6 +109,7 @@ def test_logits_match_timm(name, option_set, torch_device):
         assert ref.std() > 1e-3 * np.abs(ref).max()
         assert not np.allclose(ref[0], ref[1])
         err = rel_err(out, ref)
-        print(f"{name} {size}x{size} ({option_set}): max|Δlogit|/max|logit| = {err:.2e}")
+        print(f"{name}{' layers=' + str(layers) if layers else ''} {size}x{size} ({option_set}): "
+              f"max|Δlogit|/max|logit| = {err:.2e}")
         assert err <= PARITY_TOL, f"{name} at {size}: {err:.2e} > {PARITY_TOL}"
 

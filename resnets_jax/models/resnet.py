@@ -125,7 +125,7 @@ class ResNet(Trunk, nn.Module):
     block_args: Tuple[Tuple[str, Any], ...] = ()  # extra block arguments (radix, avd, scale, ...) as
     # (name, value) pairs: a hashable module can be a static argument of jax.jit
     # Pruned models (timm's adapt_model_from_file): per stage, per block, (name, value) arguments for
-    # that block alone, over block_args (models/pruned.py). A block's ``widths`` (conv1, conv2, conv3)
+    # that block alone, over block_args (models/resnet_pruned.py). A block's ``widths`` (conv1, conv2, conv3)
     # make the last one its stage's output width: the shortcut's, the feature map's, the head's input.
     block_overrides: Tuple[Tuple[Tuple[Tuple[str, Any], ...], ...], ...] = ()
     norm_layer: str = "batchnorm"  # or 'groupnorm' (resnet50_gn), as timm's get_norm_layer names

@@ -55,6 +55,12 @@ class _ResidualBlock(ResNetBlock):
             out = attn(**dict(self.attn_kwargs), **_bound_dtypes(self.conv_layer), name="se")(out)
         out = DropPath(self.drop_path_rate, name="drop_path")(out, train)
         shortcut = x if self.downsample is None else self.downsample(x, train)
+        if out.shape[1:3] != shortcut.shape[1:3]:
+            raise ValueError(
+                f"{'/'.join(self.path) or type(self).__name__}: the residual branch gives {out.shape[1:3]} maps, the "
+                f"shortcut {shortcut.shape[1:3]}. With aa_layer='avg' timm's floor-mode pool and the ceil-mode "
+                "avg-down shortcut disagree on odd maps (timm fails the same way): use an input size whose maps "
+                "stay even through the stages, e.g. 224, 65 or 97.")
         return nn.relu(out + shortcut)
 
 
