@@ -76,3 +76,16 @@ def test_selective_kernel_rejects_bad_arguments():
         layers.sk_kernel_plan((3, 4), 1, True)
     with pytest.raises(ValueError, match="expected odd sizes >= 3, got 1"):
         layers.sk_kernel_plan(1, 1, True)
+
+
+def test_sknet_and_pruned_names_and_tags_equal_timms():
+    """Every architecture of timm's sknet.py and the pruned ECA-ResNets of its resnet.py, with
+    every pretrained tag, registered under timm's names."""
+    import resnets_jax as rj
+    timm = pytest.importorskip("timm")
+    sk = timm.list_models(module="sknet")
+    pruned = [n for n in timm.list_models(module="resnet") if n.endswith("_pruned")]
+    assert len(sk) == 5 and len(pruned) == 2
+    assert rj.list_models("sk*") == sk and rj.list_models("*_pruned") == pruned
+    for name in sk + pruned:
+        assert rj.list_pretrained(f"{name}.*") == timm.list_pretrained(f"{name}.*"), name
