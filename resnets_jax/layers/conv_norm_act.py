@@ -16,8 +16,9 @@ class ConvNormAct(nn.Module):
 
     ``drop_layer`` (a DropBlock2d partial) sits between the norm and its ReLU, as in timm's
     ``BatchNormAct2d(drop_layer=...)``; ``aa_layer`` (None, 'avg', 'blur': ``anti_alias``) takes
-    the conv's stride when ``stride > 1``, as timm's ``create_aa``. ``conv_layer`` / ``norm_layer``: the model's bound partials (dtype, ...).
-    Input (B, H, W, C_in) -> (B, H', W', out_chs), the input's float dtype or the partials'."""
+    the conv's stride when ``stride > 1``, as timm's ``create_aa``. ``conv_layer`` /
+    ``norm_layer``: the model's bound partials (dtype, ...). Input (B, H, W, C_in) ->
+    (B, H', W', out_chs), in the input's float dtype or the partials'."""
 
     out_chs: int
     kernel_size: int = 1

@@ -21,6 +21,7 @@ from .resnet_blocks import Bottleneck
 from .resnet_cfgs import RESNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
 
 StageWidths = Tuple[int, Tuple[Tuple[int, int], ...]]
+UNPRUNED_CHANNELS = (64, 128, 256, 512)  # the trunk's planes per stage before pruning (timm's ResNet default)
 
 PRUNED_WIDTHS: Dict[str, Tuple[StageWidths, ...]] = {
     # timm/models/_pruned/ecaresnet50d_pruned.txt
@@ -57,7 +58,7 @@ def _eca_args(channels: int) -> tuple:
     return (("kernel_size", eca_kernel_size(channels)), ("adaptive", False))
 
 
-def pruned_block_overrides(name: str, layers: Sequence[int], channels: Sequence[int] = (64, 128, 256, 512),
+def pruned_block_overrides(name: str, layers: Sequence[int], channels: Sequence[int] = UNPRUNED_CHANNELS,
                            expansion: int = Bottleneck.expansion) -> tuple:
     """The trunk's ``block_overrides`` for the pruned model ``name`` at depths ``layers`` (the
     first ``layers[i]`` blocks of each stage, as timm's pruning of a shallower model reads the
@@ -76,8 +77,10 @@ def _pruned(name: str, default_layers, layers=None, **kwargs) -> ResNet:
     # timm: the ECA-ResNet-D (deep stem 32, avg-pool shortcuts, ECA in every Bottleneck), then
     # adapt_model_from_file. `layers` overrides the depths as in timm.
     layers = tuple(layers or default_layers)
-    kwargs = dict(dict(stem_width=32, stem_type="deep", avg_down=True, block_args=(("attn_layer", "eca"),)), **kwargs)
-    return ResNet(block=Bottleneck, layers=layers, block_overrides=pruned_block_overrides(name, layers), **kwargs)
+    kwargs = dict(dict(stem_width=32, stem_type="deep", avg_down=True, block_args=(("attn_layer", "eca"),),
+                       channels=UNPRUNED_CHANNELS), **kwargs)
+    overrides = pruned_block_overrides(name, layers, kwargs["channels"])
+    return ResNet(block=Bottleneck, layers=layers, block_overrides=overrides, **kwargs)
 
 
 @register_model
