@@ -14,13 +14,14 @@ torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make tes
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
 
 # one per family; small, but with the deep stem, avg-down shortcuts, split attention and
-# multi-scale blocks
-ARCHS = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s"]
+# multi-scale blocks; timm's resnet.py: its trunk with BasicBlocks (its other blocks and options:
+# tests/test_resnet_family.py, test_parity.py, test_train.py)
+ARCHS = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s", "resnet18"]
 ODD = 97
 # Depths for the API tests, on both sides (timm's `layers` override): the API is the trunk's,
 # not the depth's, and (2, 1, 1, 1) still holds a non-first Res2Net block (the one that
 # accumulates across scales). Full depths: test_parity.py.
-DEPTHS = {"res2net50_26w_4s": (2, 1, 1, 1)}
+DEPTHS = {"res2net50_26w_4s": (2, 1, 1, 1), "resnet18": (1, 1, 1, 1)}
 # timm's sknet.py (SelectiveKernelBasic) and a pruned ECA-ResNet (per-block widths from data, the
 # feature widths timm's pruning adapts) at depth (1, 1, 1, 1) on both sides: every block kind of the
 # model (a stage's first block, with its shortcut), a fraction of the compile time
@@ -269,7 +270,7 @@ def test_drop_block_statistics_match_timm(size, block_size, gamma_scale):
     np.testing.assert_array_equal(ours.apply({}, jnp.ones((2, size, size, 1))), 1.0)  # eval: identity
 
 
-@pytest.mark.parametrize("name", ["resnest14d", "resnest50d_1s4x24d", "res2net50_26w_4s"])
+@pytest.mark.parametrize("name", ["resnest14d", "resnest50d_1s4x24d", "res2net50_26w_4s", "resnet18", "resnet14t"])
 def test_drop_block_rate_acts_in_training_only(name):
     tmodel = _timm(name)
     sd = timm_state_dict(tmodel)

@@ -14,7 +14,8 @@ import resnets_jax.nnx as rjn
 # one small architecture per family; Res2Net at depths (2, 1, 1, 1) (timm's `layers` override):
 # every kind of block at a fraction of the compile time. resnetv2_50d_gn: no running statistics.
 CASES = {"resnetv2_18d": {}, "resnest14d": {}, "res2net50_26w_4s": dict(layers=(2, 1, 1, 1)),
-         "resnetv2_50d_gn": dict(layers=(1, 1, 1, 1))}
+         "resnetv2_50d_gn": dict(layers=(1, 1, 1, 1)),
+         "ecaresnet26t": dict(layers=(1, 1, 1, 1))}  # timm's resnet.py: Bottleneck, ECA's 3-d kernel
 BN_CASES = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s"]
 NUM_CLASSES = 5
 SIZE = 45  # not a multiple of 32: odd maps at every stride

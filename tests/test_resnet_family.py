@@ -153,3 +153,44 @@ def test_symbolic_batch_export_runs_at_any_batch():
         # the same program up to the grouped convs' lowering: fp32 sums in another order
         np.testing.assert_allclose(exported.call(variables, xs), jax.jit(model.apply)(variables, xs),
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_cli_lists_converts_predicts_and_embeds_resnet18(tmp_path, capsys):
+    """The command line reaches the new architectures through the registry: list, info, convert
+    (verified against timm), predict and embed on a converted perturbed resnet18."""
+    import json
+    from safetensors.torch import save_file
+    from resnets_jax.data import sample_image_path
+    from resnets_jax.tools import cli
+    torch.manual_seed(0)
+    tmodel = perturb_(timm.create_model("resnet18"), seed=5).eval()
+    save_file(tmodel.state_dict(), str(tmp_path / "model.safetensors"))
+
+    assert cli.main(["list", "resnet1*"]) == 0
+    assert capsys.readouterr().out.split() == rj.list_models("resnet1*") == timm.list_models("resnet1*", module="resnet")
+    assert cli.main(["info", "resnet18"]) == 0
+    info = capsys.readouterr().out
+    assert f"parameters: {sum(p.numel() for p in tmodel.parameters()):,}" in info and "timm/resnet18.a1_in1k" in info
+
+    out = tmp_path / "resnet18.safetensors"
+    assert cli.main(["convert", "resnet18", "--checkpoint", str(tmp_path / "model.safetensors"), "--output", str(out),
+                     "--verify"]) == 0
+    assert "max |logit difference|" in capsys.readouterr().out
+
+    assert cli.main(["predict", "resnet18", sample_image_path(), "--weights", str(out), "--top-k", "3", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top_k"]
+    x = rj.predict.load_images(rj.build_model("resnet18"), [sample_image_path()], use_test_size=True)
+    with torch.no_grad():
+        ref = tmodel(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).softmax(-1).numpy()[0]
+    assert [r["index"] for r in top] == list(np.argsort(-ref)[:3])
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "cat.png").write_bytes(open(sample_image_path(), "rb").read())
+    assert cli.main(["embed", str(folder), "--model", "resnet18", "--weights", str(out), "--output",
+                     str(tmp_path / "emb.npz"), "--no-progress"]) == 0
+    emb = np.load(tmp_path / "emb.npz")["embeddings"]
+    with torch.no_grad():
+        ref = tmodel.forward_head(tmodel.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())),
+                                  pre_logits=True).numpy()
+    assert emb.shape == (1, 512) and rel_err(emb, ref) <= PARITY_TOL
