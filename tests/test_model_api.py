@@ -22,6 +22,11 @@ ODD = 97
 # not the depth's, and (2, 1, 1, 1) still holds a non-first Res2Net block (the one that
 # accumulates across scales). Full depths: test_parity.py.
 DEPTHS = {"res2net50_26w_4s": (2, 1, 1, 1), "resnet18": (1, 1, 1, 1)}
+# timm's sknet.py (SelectiveKernelBasic) and a pruned ECA-ResNet (per-block widths from data, the
+# feature widths timm's pruning adapts) at depth (1, 1, 1, 1) on both sides: every block kind of the
+# model (a stage's first block, with its shortcut), a fraction of the compile time
+ARCHS += ["skresnet18", "ecaresnet50d_pruned"]
+DEPTHS.update({"skresnet18": (1, 1, 1, 1), "ecaresnet50d_pruned": (1, 1, 1, 1)})
 
 
 def _depth(name, **kwargs):

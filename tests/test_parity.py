@@ -23,6 +23,9 @@ REDUCED_SIZES = {
     "resnetv2_152x4_bit": (128, 97),
 }
 SLOW = {"resnetv2_152x4_bit"}  # 936M parameters: ~15 GB with timm beside it, minutes on CPU
+# sknet.py and the pruned ECA-ResNets: skresnet18 and ecaresnet50d_pruned in the default run, the rest
+# on request (same blocks at other depths and widths; run with -m slow)
+SLOW |= {"skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d", "ecaresnet101d_pruned"}
 # timm's resnet.py (79 architectures): the default run holds one representative of each option,
 # at reduced depth (timm's `layers` override, on both sides) where the depth is not the point;
 # every architecture runs at full depth under `-m slow` (`make test-slow`).

@@ -38,6 +38,9 @@ CASES = {"resnetv2_18d": {}, "resnetv2_50d_gn": SHALLOW, "resnetv2_50d_evos": SH
          "resnet18": ONE_EACH, "seresnext26d_32x4d": SHALLOW, "ecaresnet26t": ONE_EACH, "resnetaa50d": ONE_EACH,
          "resnetblur18": ONE_EACH}
 BN_CASES = ["resnetv2_18d", "resnest14d", "res2net50_26w_4s", "resnet18"]
+# Selective Kernel (sknet.py) at depth (1, 1, 1, 1) on both sides: SK blocks with and without a shortcut
+CASES["skresnet18"] = ONE_EACH
+BN_CASES += ["skresnet18"]
 SIZE = 45  # not a multiple of 32: odd maps at every stride
 # timm's avg-pool anti-aliasing (floor mode) and its avg-down shortcut (ceil mode) disagree on odd
 # maps: those models take a size whose maps stay even until the last stage (65: 33, 16, 8, 4, 2)

@@ -1,2 +1,2 @@
 """Model families; importing this package registers every architecture."""
-from . import res2net, resnest, resnet_variants, resnetv2  # noqa: F401
+from . import res2net, resnest, resnet_pruned, resnet_variants, resnetv2, sknet  # noqa: F401

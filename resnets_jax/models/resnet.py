@@ -124,6 +124,10 @@ class ResNet(Trunk, nn.Module):
     channels: Sequence[int] = (64, 128, 256, 512)
     block_args: Tuple[Tuple[str, Any], ...] = ()  # extra block arguments (radix, avd, scale, ...) as
     # (name, value) pairs: a hashable module can be a static argument of jax.jit
+    # Pruned models (timm's adapt_model_from_file): per stage, per block, (name, value) arguments for
+    # that block alone, over block_args (models/resnet_pruned.py). A block's ``widths`` (conv1, conv2, conv3)
+    # make the last one its stage's output width: the shortcut's, the feature map's, the head's input.
+    block_overrides: Tuple[Tuple[Tuple[Tuple[str, Any], ...], ...], ...] = ()
     norm_layer: str = "batchnorm"  # or 'groupnorm' (resnet50_gn), as timm's get_norm_layer names
     aa_layer: Optional[str] = None
     zero_init_last: bool = True  # timm: zero-init each residual branch's last BN scale
@@ -155,9 +159,17 @@ class ResNet(Trunk, nn.Module):
             return tuple(self.block)
         return (self.block,) * len(self.channels)
 
+    def stage_out_chs(self, stage_idx: int, planes: int, expansion: int) -> int:
+        """A stage's output width: ``planes * expansion``, or its pruned width (``block_overrides``)."""
+        if self.block_overrides:
+            widths = dict(self.block_overrides[stage_idx][0]).get("widths")
+            if widths:
+                return widths[-1]
+        return planes * expansion
+
     def all_feature_info(self):
         return [dict(num_chs=self.stem_chs, reduction=2, module="act1")] + [
-            dict(num_chs=planes * block.expansion, reduction=r, module=f"layer{i + 1}")
+            dict(num_chs=self.stage_out_chs(i, planes, block.expansion), reduction=r, module=f"layer{i + 1}")
             for i, ((planes, _, _, r), block) in enumerate(zip(self.stage_plan(), self.block_fns))]
 
     def _norm_partial(self):
@@ -204,13 +216,15 @@ class ResNet(Trunk, nn.Module):
             expansion = block.expansion
             block_cls = nn.remat(block, static_argnums=(2,)) if self.grad_checkpointing else block
             downsample = None
-            if stride != 1 or inplanes != planes * expansion:
-                downsample = Shortcut(planes * expansion, stride, dilation, prev_dilation, self.avg_down,
-                                      self.down_kernel_size, conv, norm)
+            if stride != 1 or inplanes != planes * expansion:  # decided on the unpruned widths, as timm
+                downsample = Shortcut(self.stage_out_chs(stage_idx, planes, expansion), stride, dilation,
+                                      prev_dilation, self.avg_down, self.down_kernel_size, conv, norm)
             blocks = []
             for block_idx in range(num_blocks):
                 # timm's stochastic depth rule: linear in the network-wide block index
                 dpr = self.drop_path_rate * net_block_idx / max(net_num_blocks - 1, 1)
+                overrides = self.block_overrides[stage_idx][block_idx] if self.block_overrides else ()
+                args = dict(block_args, **dict(overrides))
                 blocks.append(block_cls(
                     planes,
                     stride=stride if block_idx == 0 else 1,
@@ -224,7 +238,7 @@ class ResNet(Trunk, nn.Module):
                     zero_init_last=self.zero_init_last,
                     conv_layer=conv,
                     norm_layer=norm,
-                    **block_args,
+                    **args,
                 ))
                 prev_dilation = dilation
                 inplanes = planes * expansion
