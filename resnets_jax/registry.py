@@ -117,13 +117,21 @@ def list_models(pattern="", exclude: Optional[str] = None) -> List[str]:
     return sorted(names, key=_natural_key)
 
 
+def _with_tags(pattern):
+    """timm's ``_expand_filter``: a pattern without a tag part also matches every tag
+    (``'resnet50'`` -> ``['resnet50.*', 'resnet50']``)."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    return [q for p in patterns for q in ([p] if "." in p else [f"{p}.*", p])]
+
+
 def list_pretrained(pattern="", exclude: Optional[str] = None) -> List[str]:
-    """``arch.tag`` names that have weights on the hub, as ``timm.list_pretrained``."""
+    """``arch.tag`` names that have weights on the hub, as ``timm.list_pretrained``: a pattern
+    without a tag matches every tag of the architectures it names (``'resnet50'``)."""
     names = [f"{arch}.{tag}" for arch, cfgs in _pretrained_cfgs.items()
              for tag, cfg in cfgs.items() if cfg.get("hf_hub_id")]
-    names = [n for n in names if not pattern or _matches(n, pattern)]
+    names = [n for n in names if not pattern or _matches(n, _with_tags(pattern))]
     if exclude:
-        names = [n for n in names if not _matches(n, exclude)]
+        names = [n for n in names if not _matches(n, _with_tags(exclude))]
     return sorted(names, key=_natural_key)
 
 

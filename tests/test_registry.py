@@ -5,7 +5,10 @@ import pytest
 
 import resnets_jax as rj
 
-FAMILIES = ["resnetv2*", "resnest*", "res2n*"]
+# timm's model files we port, and name patterns over them
+TIMM_MODULES = ["resnet", "sknet", "resnest", "res2net", "resnetv2"]
+FAMILIES = ["resnetv2*", "resnest*", "res2n*", "resnet*", "seresnet*", "ecaresnet*", "skres*", "*resnext*",
+            "wide_resnet*", "senet154", "test_resnet", "resnet50", "resnet50.a1*"]  # no tag: every tag, as timm
 CFG_FIELDS = ("input_size", "test_input_size", "crop_pct", "test_crop_pct", "crop_mode", "interpolation",
               "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "hf_hub_id", "license")
 
@@ -18,23 +21,32 @@ def timm():
 
 @pytest.mark.parametrize("pattern", FAMILIES)
 def test_names_and_tags_equal_timm(pattern, timm):
-    assert rj.list_models(pattern) == timm.list_models(pattern)
-    assert rj.list_pretrained(pattern) == timm.list_pretrained(pattern)
+    # timm's other files register lookalikes (resnet50_clip, resnext26ts, ...): ours are theirs of these files
+    assert rj.list_models(pattern) == timm.list_models(pattern, module=TIMM_MODULES)
+    assert rj.list_pretrained(pattern) == timm.list_models(pattern, module=TIMM_MODULES, pretrained=True)
 
 
-@pytest.mark.parametrize("pattern, count", [("resnetv2*", 20), ("resnest*", 8), ("res2n*", 9)])
+@pytest.mark.parametrize("pattern, count", [("resnetv2*", 20), ("resnest*", 8), ("res2n*", 9), ("skres*", 5)])
 def test_every_family_is_complete(pattern, count):
     assert len(rj.list_models(pattern)) == count
 
 
+def test_every_architecture_and_tag_of_the_ported_files(timm):
+    """Every model timm registers in resnet.py, sknet.py, resnest.py, res2net.py and resnetv2.py
+    (123 architectures in timm 1.0.31), and every pretrained tag of theirs, and nothing else."""
+    archs = timm.list_models(module=TIMM_MODULES)
+    assert rj.list_models() == sorted(archs, key=rj.registry._natural_key) and len(archs) >= 123
+    assert set(rj.list_pretrained()) == set(timm.list_models(module=TIMM_MODULES, pretrained=True))
+
+
 def _all_tags(timm):
     # get_arch_pretrained_cfgs is keyed by the full 'arch.tag' name
-    return [n for p in FAMILIES for a in timm.list_models(p) for n in timm.models.get_arch_pretrained_cfgs(a)]
+    return [n for a in timm.list_models(module=TIMM_MODULES) for n in timm.models.get_arch_pretrained_cfgs(a)]
 
 
 def test_every_tag_config_equals_timm(timm):
     names = _all_tags(timm)
-    assert len(names) >= 29 + 8 + 9
+    assert len(names) >= 29 + 8 + 9 + 170 + 5
     for name in names:
         ours = rj.get_pretrained_cfg(name)
         theirs = timm.models.get_pretrained_cfg(name).to_dict()
