@@ -23,6 +23,10 @@ REDUCED_SIZES = {
     "resnetv2_152x4_bit": (128, 97),
 }
 SLOW = {"resnetv2_152x4_bit"}  # 936M parameters: ~15 GB with timm beside it, minutes on CPU
+# The widest and deepest of the others, for the 20-minute budget on 2 cores (Intel Xeon: 49, 38 and 55 s
+# each): their blocks and options run by default in resnetv2_50x3_bit (x3 width), resnetv2_101x1_bit
+# and resnest200e (the same blocks at other depths)
+SLOW |= {"resnetv2_101x3_bit", "resnetv2_152x2_bit", "resnest269e"}
 # sknet.py and the pruned ECA-ResNets: skresnet18 and ecaresnet50d_pruned in the default run, the rest
 # on request (same blocks at other depths and widths; run with -m slow)
 SLOW |= {"skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d", "ecaresnet101d_pruned"}

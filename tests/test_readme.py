@@ -37,7 +37,7 @@ def _code(text: str):
 
 def _slug(heading: str) -> str:
     """GitHub's anchor for a heading: lowercase, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"[`*_]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    text = re.sub(r"[`*]|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()  # GitHub keeps "_"
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
