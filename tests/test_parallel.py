@@ -70,7 +70,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("option_set", OPTION_SETS)
+# Two processes under the options we recommend by default; under XLA's defaults on request (`-m slow`,
+# 82 s on 2 cores): the multi-process path is the same program either way, and the single-process
+# sharded test above holds both option sets' numerics.
+@pytest.mark.parametrize("option_set", [pytest.param(o, marks=pytest.mark.slow) if o == "xla-defaults" else o
+                                        for o in OPTION_SETS])
 def test_two_processes_equal_one(tmp_path, option_set):
     """Two processes under jax.distributed on loopback (2 CPU devices each, gloo collectives),
     each handing in its own share, against one process with 4 devices handing in everything:
