@@ -32,6 +32,12 @@ class _ResidualBlock(ResNetBlock):
     attn_kwargs: Tuple[Tuple[str, Any], ...] = ()  # (name, value) pairs, e.g. (('rd_ratio', 0.25),) for resnetrs
     aa_layer: Optional[str] = None  # 'avg' (timm's nn.AvgPool2d), 'blur' (BlurPool2d), or None
 
+    def check_basic_width(self) -> None:
+        """Basic blocks (timm's ``BasicBlock``, ``SelectiveKernelBasic``) have no grouped or widened 3x3."""
+        if self.cardinality != 1 or self.base_width != 64:
+            raise ValueError(f"{type(self).__name__} supports cardinality 1 and base_width 64 only (as timm), got "
+                             f"cardinality={self.cardinality}, base_width={self.base_width}")
+
     def use_aa(self) -> bool:
         """timm: anti-alias where the block downsamples, or where a dilated stage begins."""
         return normalize_aa_layer(self.aa_layer) is not None and (
@@ -71,9 +77,7 @@ class BasicBlock(_ResidualBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if self.cardinality != 1 or self.base_width != 64:
-            raise ValueError(f"BasicBlock supports cardinality 1 and base_width 64 only (as timm), got "
-                             f"cardinality={self.cardinality}, base_width={self.base_width}")
+        self.check_basic_width()
         first_planes = self.planes // self.reduce_first
         first_dilation = self.first_dilation or self.dilation
         use_aa = self.use_aa()

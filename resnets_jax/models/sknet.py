@@ -49,9 +49,7 @@ class SelectiveKernelBasic(_SelectiveKernelBlock):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        if self.cardinality != 1 or self.base_width != 64:
-            raise ValueError(f"SelectiveKernelBasic supports cardinality 1 and base_width 64 (as timm's), "
-                             f"got cardinality {self.cardinality}, base_width {self.base_width}")
+        self.check_basic_width()
         out = self._sk("conv1", self.planes // self.reduce_first)(x, train)
         out = self._last("conv2", self.planes * self.expansion, 3, self.dilation)(out, train)
         return self.residual(out, x, train)
