@@ -137,7 +137,13 @@ def test_use_compiler_options_everywhere_reaches_plain_jit():
     code = (
         "import jax, jax.numpy as jnp\n"
         "from resnets_jax import xla\n"
-        "xla.use_compiler_options_everywhere()\n"
+        # an option no jaxlib knows beside ours: left out with a note, not XLA's abort on an unknown flag
+        f"xla.CPU_COMPILER_OPTIONS = {{**xla.CPU_COMPILER_OPTIONS, {NO_SUCH_OPTION!r}: '1'}}\n"
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    flags = xla.use_compiler_options_everywhere()\n"
+        f"print(sum({NO_SUCH_OPTION!r} in str(w.message) for w in caught), {NO_SUCH_OPTION!r} in flags)\n"
         "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
         "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
         "text = jax.jit(f).lower(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).compile().as_text()\n"
@@ -147,4 +153,42 @@ def test_use_compiler_options_everywhere_reaches_plain_jit():
         "except RuntimeError:\n"
         "    print('late call refused')\n")
     # XLA:CPU's default sends the conv to YNNPACK (a "ynn" fusion); under our options it does not
-    assert run([sys.executable, "-c", code]).splitlines()[-2:] == ["False", "late call refused"]
+    assert run([sys.executable, "-c", code]).splitlines()[-3:] == ["1 False", "False", "late call refused"]
+
+
+NO_SUCH_OPTION = "xla_resnets_jax_no_such_option"  # a name no jaxlib has (a later jaxlib's renamed option)
+BAD_VALUE = {"xla_cpu_enable_fast_math": "maybe"}  # a known option, a value it does not take
+
+
+def _conv_program_text(jit):
+    import jax
+    import jax.numpy as jnp
+    f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    return jit(f).lower(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).compile().as_text().lower()
+
+
+def test_unknown_xla_options_are_left_out_with_one_note(monkeypatch):
+    """An option this jaxlib does not know (by name, or by value) is left out of rj.compiler_options()
+    with one RuntimeWarning naming it and the jaxlib version, once per process; the known ones still
+    apply and rj.jit compiles."""
+    import warnings
+    import jax
+    import jaxlib
+    import resnets_jax as rj
+    from resnets_jax import xla
+    backend = jax.default_backend()
+    known = dict(xla.BACKEND_COMPILER_OPTIONS.get(backend, {}))
+    monkeypatch.setitem(xla.BACKEND_COMPILER_OPTIONS, backend, {**known, NO_SUCH_OPTION: "1", **BAD_VALUE})
+    xla._known.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = rj.compiler_options(), rj.compiler_options()
+        text = _conv_program_text(rj.jit)
+    notes = [str(w.message) for w in caught if w.category is RuntimeWarning and "left out" in str(w.message)]
+    assert first == second == known
+    assert len(notes) == 2, notes  # one per option, said once although asked twice and compiled
+    for name in (NO_SUCH_OPTION, *BAD_VALUE):
+        (note,) = [n for n in notes if f"option {name}=" in n]
+        assert f"jaxlib {jaxlib.__version__}" in note, note
+    if backend == "cpu":  # the known option applied: the conv stays off YNNPACK (XLA:CPU's default sends it there)
+        assert "ynn" not in text and "ynn" in _conv_program_text(jax.jit)
