@@ -146,7 +146,7 @@ def test_use_compiler_options_everywhere_reaches_plain_jit():
         f"print(sum({NO_SUCH_OPTION!r} in str(w.message) for w in caught), {NO_SUCH_OPTION!r} in flags)\n"
         "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
         "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-        "text = jax.jit(f).lower(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).compile().as_text()\n"
+        "text = jax.jit(f).lower(jnp.ones((1, 32, 32, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()\n"
         "print('ynn' in text.lower())\n"
         "try:\n"
         "    xla.use_compiler_options_everywhere()\n"
@@ -164,7 +164,8 @@ def _conv_program_text(jit):
     import jax
     import jax.numpy as jnp
     f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
-    return jit(f).lower(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).compile().as_text().lower()
+    # large enough for XLA:CPU's default to send it to YNNPACK (an 8x8x4 conv stays XLA's own either way)
+    return jit(f).lower(jnp.ones((1, 32, 32, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text().lower()
 
 
 def test_unknown_xla_options_are_left_out_with_one_note(monkeypatch):
