@@ -88,7 +88,14 @@ def test_grouped_conv():
 
 
 def test_gpu_check_cpu_smoke(tmp_path):
+    """The GPU check's code paths on CPU (a tiny model, 32 px): per model ours and timm's fp32 each
+    against timm's float64 (logits, features; a training step's logits, running statistics,
+    gradients) with the bound they are held to, and one throughput row per matched precision."""
     pytest.importorskip("timm")
+    sys.path.insert(0, BENCH)
+    from gpu_check import SMOKE_MODELS
+    from gpu_parity import AS_TIMM_FACTOR, FLOOR
+    from gpu_speed import PRECISIONS
     out = tmp_path / "g"
     env = dict(os.environ, PYTHON=sys.executable)
     res = subprocess.run(["bash", os.path.join(BENCH, "gpu_check.sh"), "--cpu-smoke", "--output", str(out)],
@@ -96,11 +103,22 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     with open(f"{out}.json") as f:
         results = json.load(f)
-    assert [r["model"] for r in results["parity"]] == ["resnetv2_18"]
-    assert all(r["ok"] for r in results["parity"])
-    assert [(r["model"], r["dtype"]) for r in results["throughput"] if r.get("jax_img_s")] == [
-        ("resnetv2_18", "fp32"), ("resnetv2_18", "bf16")]
-    assert "## Throughput" in (tmp_path / "g.md").read_text()
+    judged = [(r, k) for r in results["parity"] for k in ("logits", "features")]
+    judged += [(r, k) for r in results["train"] for k in ("logits", "running_stats", "gradients")]
+    assert [r["model"] for r in results["parity"]] == [r["model"] for r in results["train"]] == list(SMOKE_MODELS)
+    for r, k in judged:
+        j = r[k]
+        assert 0 < j["timm"] < 1e-3 and 0 < j["ours"] <= j["bound"], (r["model"], k, j)  # measured, not zeros
+        assert j["bound"] == max(AS_TIMM_FACTOR * j["timm"], FLOOR) and j["ok"] and r["ok"]
+    assert 0.1 < results["parity"][0]["logit_scale"] < 100  # the perturbation keeps activations of order one
+    speed = results["speed"]
+    assert sorted(r["precision"] for r in speed) == sorted(PRECISIONS)
+    for r in speed:
+        assert r["ours_img_s"] > 0 and r["timm_img_s"] > 0 and r["ours_first_s"] >= r["ours_compile_s"] > 0
+        assert r["ours_peak_mib"] > 0 and r["gflops_per_image"] > 0
+        assert r["max_rel_diff"] < (5e-2 if r["precision"] == "bf16" else 1e-4), r  # the same function
+    text = (tmp_path / "g.md").read_text()
+    assert all(h in text for h in ("## Parity against timm's float64", "## One training step", "## Throughput"))
 
 
 # ------------------------------------------------------------ the speed choices the scripts measure

@@ -57,6 +57,28 @@ def rel_err(a, b) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def norm_err(ours: dict, ref: dict) -> float:
+    """||ours - ref|| / ||ref|| over every entry of ``ref`` (e.g. every parameter's gradient)."""
+    keys = sorted(ref)
+    return float(np.sqrt(sum(np.sum((np.asarray(ours[k], np.float64) - ref[k]) ** 2) for k in keys)
+                         / sum(np.sum(np.asarray(ref[k], np.float64) ** 2) for k in keys)))
+
+
+def timm_train_step(model, x_nhwc: np.ndarray, labels: np.ndarray, smoothing: float, device: str = "cpu"):
+    """timm's training forward and backward (``LabelSmoothingCrossEntropy(smoothing)``, in the
+    model's dtype, on ``device``): logits, the state dict afterwards (running statistics updated)
+    and every parameter's gradient, as numpy."""
+    import torch
+    from timm.loss import LabelSmoothingCrossEntropy
+    model = model.to(device).train()
+    dtype = next(model.parameters()).dtype
+    with torch.enable_grad():  # whatever grad mode an earlier caller left
+        logits = model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))).to(device, dtype))
+        LabelSmoothingCrossEntropy(smoothing)(logits, torch.from_numpy(labels).to(device)).backward()
+    grads = {k: p.grad.detach().cpu().numpy() for k, p in model.named_parameters()}
+    return logits.detach().cpu().numpy(), timm_state_dict(model), grads
+
+
 # Training steps with their ReLU decisions held (docs/exactness.md): an fp32 step is only as exact
 # as its ReLU decisions, so comparisons that should be tight hold them, the same on both sides.
 
