@@ -11,6 +11,7 @@ persistent compilation cache. ``layers/`` holds numerics only and asks here.
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -85,7 +86,7 @@ def _probe(options: dict) -> tuple:
             break
         except Exception as e:  # jaxlib raises JaxRuntimeError / XlaRuntimeError / ValueError by version
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            named = [k for k in kept if k in message] or list(kept)
+            named = [k for k in kept if re.search(rf"(?<!\w){re.escape(k)}(?!\w)", message)] or list(kept)
             for k in named:
                 dropped[k] = message
                 del kept[k]
