@@ -9,7 +9,12 @@ persistent compilation cache. ``layers/`` holds numerics only and asks here.
     rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
 """
 import functools
+import json
 import os
+import re
+import subprocess
+import sys
+import warnings
 from typing import Optional, Sequence
 
 import jax
@@ -26,7 +31,8 @@ from .cache import cache_dir
 # are as exact as under XLA's defaults (tests/test_parity.py runs both), and so are training
 # steps (DataParallel.jit_step uses these options): an fp32 step is only as exact as its ReLU
 # decisions, whichever the options, a near-zero input going either way with the order of the
-# sums (docs/exactness.md). The option name is jaxlib's: pyproject.toml caps jaxlib below 0.11.
+# sums (docs/exactness.md). The option is experimental in jaxlib: one a jaxlib does not know (or a value
+# it does not take) is left out with a warning (known_compiler_options), never an error.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
@@ -68,23 +74,53 @@ MIN_CACHED_COMPILE_SECS = 0.5
 MIN_COMPILE_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 
 
+def _probe(options: dict) -> tuple:
+    """Which of ``options`` XLA takes: one trivial program (a scalar negation, milliseconds) compiled
+    with all of them; an option the error names (XLA says "No such compile option: 'name'" or
+    "While setting option name, ..." and stops at the first) is left out and the rest tried again.
+    Returns (kept, {left-out name: XLA's message}); an error naming none of them leaves all out."""
+    kept, dropped = dict(options), {}
+    while kept:
+        try:
+            jax.jit(jnp.negative, compiler_options=kept).lower(1.0).compile()
+            break
+        except Exception as e:  # jaxlib raises JaxRuntimeError / XlaRuntimeError / ValueError by version
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            named = [k for k in kept if re.search(rf"(?<!\w){re.escape(k)}(?!\w)", message)] or list(kept)
+            for k in named:
+                dropped[k] = message
+                del kept[k]
+    return kept, dropped
+
+
+def _note_left_out(dropped: dict, options: dict) -> None:
+    import jaxlib
+    for name, message in dropped.items():
+        warnings.warn(f"resnets_jax: XLA option {name}={options[name]!r} left out: jaxlib {jaxlib.__version__} "
+                      f"does not take it ({message}); the other options apply", RuntimeWarning, stacklevel=3)
+
+
 @functools.lru_cache(maxsize=None)
-def _accepted(backend: str, options: tuple) -> bool:
-    """Whether this jaxlib knows the options (older ones reject unknown flags at compile time)."""
-    try:
-        jax.jit(jnp.negative, compiler_options=dict(options)).lower(1.0).compile()
-    except Exception:  # jaxlib raises XlaRuntimeError / ValueError depending on the version
-        return False
-    return True
+def _known(backend: str, options: tuple) -> tuple:
+    kept, dropped = _probe(dict(options))
+    _note_left_out(dropped, dict(options))  # once per process: the result is cached
+    return tuple(kept.items())
+
+
+def known_compiler_options(options: dict) -> dict:
+    """``options`` less those this jaxlib does not know by name or whose value it does not take
+    (XLA's option names and values change between jaxlib releases; ours were measured on the
+    versions in constraints.txt). Each one left out is said once per process, as a
+    ``RuntimeWarning`` naming the option and the jaxlib version; never an error. Asked on JAX's
+    default backend, once per process and set of options (one trivial compile)."""
+    return dict(_known(jax.default_backend(), tuple(sorted(options.items())))) if options else {}
 
 
 def compiler_options() -> dict:
     """The XLA compiler options that make our models fastest on JAX's default backend, for
-    ``jax.jit(..., compiler_options=...)``; empty where XLA's defaults are best or this jaxlib
-    does not know them."""
-    backend = jax.default_backend()
-    options = BACKEND_COMPILER_OPTIONS.get(backend, {})
-    return dict(options) if options and _accepted(backend, tuple(sorted(options.items()))) else {}
+    ``jax.jit(..., compiler_options=...)``; empty where XLA's defaults are best. An option this
+    jaxlib does not know is left out with a warning (:func:`known_compiler_options`)."""
+    return known_compiler_options(BACKEND_COMPILER_OPTIONS.get(jax.default_backend(), {}))
 
 
 def jit(fun, **kwargs):
@@ -100,14 +136,45 @@ def use_compiler_options_everywhere() -> str:
     ``XLA_FLAGS``; training steps compile under them too, as ``DataParallel.jit_step`` does by
     default (see ``CPU_COMPILER_OPTIONS``). Call it before JAX's first computation. Returns the new ``XLA_FLAGS``.
 
+    XLA aborts the process on a flag it does not know in ``XLA_FLAGS``, and can be asked only once
+    it has read them: a child process (about a second) tries the options first, and one this
+    jaxlib does not take is left out with a warning, as in :func:`known_compiler_options`.
+
     Raises ``RuntimeError`` once JAX's backends are initialized (XLA reads the flags only then)."""
-    from jax._src import xla_bridge  # private, but the only way to know whether XLA read its flags
-    if xla_bridge.backends_are_initialized():
+    if _backends_initialized():
         raise RuntimeError("use_compiler_options_everywhere() must run before JAX's first computation "
                            "(XLA has already read XLA_FLAGS); pass compiler_options to jax.jit instead")
-    flags = [f"--{k}={v}" for k, v in CPU_COMPILER_OPTIONS.items()]
+    kept, dropped = _probe_in_child(CPU_COMPILER_OPTIONS)
+    _note_left_out(dropped, CPU_COMPILER_OPTIONS)
+    flags = [f"--{k}={v}" for k, v in kept.items()]
     os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + flags).strip()
     return os.environ["XLA_FLAGS"]
+
+
+def _backends_initialized() -> bool:
+    try:  # private, but the only way to know whether XLA read its flags
+        from jax._src.xla_bridge import backends_are_initialized
+    except ImportError:  # pragma: no cover - a JAX without it: the caller's word that it is early
+        return False
+    return backends_are_initialized()
+
+
+_CHILD_PROBE = ("import json, sys; from resnets_jax.xla import _probe; "
+                "print(json.dumps(_probe(json.loads(sys.argv[1]))))")
+
+
+def _probe_in_child(options: dict) -> tuple:
+    """:func:`_probe` in a child process on XLA:CPU (this process's XLA must not read flags yet)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               PYTHONPATH=os.pathsep.join([root] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    res = subprocess.run([sys.executable, "-c", _CHILD_PROBE, json.dumps(options)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:  # e.g. XLA_FLAGS already holds a flag XLA rejects: add none of ours
+        reason = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[-1]
+        return {}, {k: f"the probe process failed: {reason}" for k in options}
+    kept, dropped = json.loads(res.stdout.strip().splitlines()[-1])
+    return kept, dropped
 
 
 def enable_compilation_cache(path: Optional[str] = None,

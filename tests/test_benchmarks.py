@@ -88,7 +88,14 @@ def test_grouped_conv():
 
 
 def test_gpu_check_cpu_smoke(tmp_path):
+    """The GPU check's code paths on CPU (a tiny model, 32 px): per model ours and timm's fp32 each
+    against timm's float64 (logits, features; a training step's logits, running statistics,
+    gradients) with the bound they are held to, and one throughput row per matched precision."""
     pytest.importorskip("timm")
+    sys.path.insert(0, BENCH)
+    from gpu_check import SMOKE_MODELS
+    from gpu_parity import AS_TIMM_FACTOR, FLOOR
+    from gpu_speed import PRECISIONS
     out = tmp_path / "g"
     env = dict(os.environ, PYTHON=sys.executable)
     res = subprocess.run(["bash", os.path.join(BENCH, "gpu_check.sh"), "--cpu-smoke", "--output", str(out)],
@@ -96,11 +103,22 @@ def test_gpu_check_cpu_smoke(tmp_path):
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     with open(f"{out}.json") as f:
         results = json.load(f)
-    assert [r["model"] for r in results["parity"]] == ["resnetv2_18"]
-    assert all(r["ok"] for r in results["parity"])
-    assert [(r["model"], r["dtype"]) for r in results["throughput"] if r.get("jax_img_s")] == [
-        ("resnetv2_18", "fp32"), ("resnetv2_18", "bf16")]
-    assert "## Throughput" in (tmp_path / "g.md").read_text()
+    judged = [(r, k) for r in results["parity"] for k in ("logits", "features")]
+    judged += [(r, k) for r in results["train"] for k in ("logits", "running_stats", "gradients")]
+    assert [r["model"] for r in results["parity"]] == [r["model"] for r in results["train"]] == list(SMOKE_MODELS)
+    for r, k in judged:
+        j = r[k]
+        assert 0 < j["timm"] < 1e-3 and 0 < j["ours"] <= j["bound"], (r["model"], k, j)  # measured, not zeros
+        assert j["bound"] == max(AS_TIMM_FACTOR * j["timm"], FLOOR) and j["ok"] and r["ok"]
+    assert 0.1 < results["parity"][0]["logit_scale"] < 100  # the perturbation keeps activations of order one
+    speed = results["speed"]
+    assert sorted(r["precision"] for r in speed) == sorted(PRECISIONS)
+    for r in speed:
+        assert r["ours_img_s"] > 0 and r["timm_img_s"] > 0 and r["ours_first_s"] >= r["ours_compile_s"] > 0
+        assert r["ours_peak_mib"] > 0 and r["gflops_per_image"] > 0
+        assert r["max_rel_diff"] < (5e-2 if r["precision"] == "bf16" else 1e-4), r  # the same function
+    text = (tmp_path / "g.md").read_text()
+    assert all(h in text for h in ("## Parity against timm's float64", "## One training step", "## Throughput"))
 
 
 # ------------------------------------------------------------ the speed choices the scripts measure
@@ -137,14 +155,59 @@ def test_use_compiler_options_everywhere_reaches_plain_jit():
     code = (
         "import jax, jax.numpy as jnp\n"
         "from resnets_jax import xla\n"
-        "xla.use_compiler_options_everywhere()\n"
+        # an option no jaxlib knows beside ours: left out with a note, not XLA's abort on an unknown flag
+        f"xla.CPU_COMPILER_OPTIONS = {{**xla.CPU_COMPILER_OPTIONS, {NO_SUCH_OPTION!r}: '1'}}\n"
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    flags = xla.use_compiler_options_everywhere()\n"
+        f"print(sum({NO_SUCH_OPTION!r} in str(w.message) for w in caught), {NO_SUCH_OPTION!r} in flags)\n"
         "f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME', "
         "dimension_numbers=('NHWC', 'HWIO', 'NHWC'))\n"
-        "text = jax.jit(f).lower(jnp.ones((1, 8, 8, 4)), jnp.ones((3, 3, 4, 4))).compile().as_text()\n"
+        "text = jax.jit(f).lower(jnp.ones((1, 32, 32, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text()\n"
         "print('ynn' in text.lower())\n"
         "try:\n"
         "    xla.use_compiler_options_everywhere()\n"
         "except RuntimeError:\n"
         "    print('late call refused')\n")
     # XLA:CPU's default sends the conv to YNNPACK (a "ynn" fusion); under our options it does not
-    assert run([sys.executable, "-c", code]).splitlines()[-2:] == ["False", "late call refused"]
+    assert run([sys.executable, "-c", code]).splitlines()[-3:] == ["1 False", "False", "late call refused"]
+
+
+NO_SUCH_OPTION = "xla_resnets_jax_no_such_option"  # a name no jaxlib has (a later jaxlib's renamed option)
+BAD_VALUE = {"xla_cpu_enable_fast_math": "maybe"}  # a known option, a value it does not take
+
+
+def _conv_program_text(jit):
+    import jax
+    import jax.numpy as jnp
+    f = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))  # noqa: E731
+    # large enough for XLA:CPU's default to send it to YNNPACK (an 8x8x4 conv stays XLA's own either way)
+    return jit(f).lower(jnp.ones((1, 32, 32, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text().lower()
+
+
+def test_unknown_xla_options_are_left_out_with_one_note(monkeypatch):
+    """An option this jaxlib does not know (by name, or by value) is left out of rj.compiler_options()
+    with one RuntimeWarning naming it and the jaxlib version, once per process; the known ones still
+    apply and rj.jit compiles."""
+    import warnings
+    import jax
+    import jaxlib
+    import resnets_jax as rj
+    from resnets_jax import xla
+    backend = jax.default_backend()
+    known = dict(xla.BACKEND_COMPILER_OPTIONS.get(backend, {}))
+    monkeypatch.setitem(xla.BACKEND_COMPILER_OPTIONS, backend, {**known, NO_SUCH_OPTION: "1", **BAD_VALUE})
+    xla._known.cache_clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = rj.compiler_options(), rj.compiler_options()
+        text = _conv_program_text(rj.jit)
+    notes = [str(w.message) for w in caught if w.category is RuntimeWarning and "left out" in str(w.message)]
+    assert first == second == known
+    assert len(notes) == 2, notes  # one per option, said once although asked twice and compiled
+    for name in (NO_SUCH_OPTION, *BAD_VALUE):
+        (note,) = [n for n in notes if f"option {name}=" in n]
+        assert f"jaxlib {jaxlib.__version__}" in note, note
+    if backend == "cpu":  # the known option applied: the conv stays off YNNPACK (XLA:CPU's default sends it there)
+        assert "ynn" not in text and "ynn" in _conv_program_text(jax.jit)

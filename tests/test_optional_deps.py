@@ -126,3 +126,21 @@ def test_train_extra(files, tmp_path, blocked, package):
     assert calls[2] == ok  # the core needs neither
     if blocked == "orbax":  # reading a run's weights needs orbax (grain only to resume one)
         assert calls[3] == ["MissingExtraError", True, state_msg]
+
+
+def test_dependency_ranges_admit_current_jax_and_the_tested_versions():
+    """pyproject.toml's ranges admit JAX 0.11 (what GPU images ship; issue 23) and every version
+    constraints.txt pins (the ones the suite ran with)."""
+    import tomllib
+    from packaging.requirements import Requirement
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    reqs = {r.name: r for r in map(Requirement, project["dependencies"] + project["optional-dependencies"]["dev"])}
+    for name in ("jax", "jaxlib"):
+        assert reqs[name].specifier.contains("0.11.2"), reqs[name]
+    pins = [line.split("==") for line in (REPO_ROOT / "constraints.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")]
+    assert {"jax", "jaxlib"} <= {name for name, _ in pins}
+    for name, version in pins:
+        if name in reqs:
+            assert reqs[name].specifier.contains(version), (name, version, str(reqs[name]))

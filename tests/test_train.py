@@ -16,8 +16,8 @@ import resnets_jax as rj
 from resnets_jax.layers import DropPath
 from resnets_jax.train import make_loss_fn, weight_decay_mask
 from resnets_jax.convert import flax_to_timm_key
-from timm_ref import (OPTION_SETS, PARITY_TOL, TorchReluHeld, compiler_options_for, holding_relus, perturb_, rel_err,
-                      relu_inputs, timm_state_dict, with_decisions)
+from timm_ref import (OPTION_SETS, PARITY_TOL, TorchReluHeld, compiler_options_for, holding_relus, norm_err, perturb_,
+                      rel_err, relu_inputs, timm_state_dict, timm_train_step, with_decisions)
 
 
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
@@ -62,14 +62,7 @@ ZERO_GRAD_SHARE = 1e-6
 
 def _timm_train_step(tm, x, y):
     """timm's training forward and backward: logits, the state dict afterwards, param grads."""
-    from timm.loss import LabelSmoothingCrossEntropy
-    tm.train()
-    dtype = next(tm.parameters()).dtype
-    with torch.enable_grad():  # whatever grad mode an earlier test left
-        logits = tm(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(dtype))
-        LabelSmoothingCrossEntropy(SMOOTHING)(logits, torch.from_numpy(y)).backward()
-    grads = {k: p.grad.numpy() for k, p in tm.named_parameters()}
-    return logits.detach().numpy(), timm_state_dict(tm), grads
+    return timm_train_step(tm, x, y, SMOOTHING)
 
 
 def _grad_errors(ours, ref) -> dict:
@@ -191,12 +184,6 @@ RELU_ROUNDING_FACTOR = 2.0
 RELU_CASES = ["resnetv2_18d", "resnetv2_50d_gn", "resnest14d", "res2net50_26w_4s"]
 
 
-def _norm_err(ours, ref) -> float:
-    """||ours - ref|| / ||ref|| over every parameter's gradient."""
-    keys = sorted(ref)
-    return float(np.sqrt(sum(np.sum((ours[k] - ref[k]) ** 2) for k in keys) / sum(np.sum(ref[k] ** 2) for k in keys)))
-
-
 def _relu_rounding(x32, x64) -> float:
     assert len(x32) == len(x64) > 0
     return float(np.mean([np.sqrt(np.mean((a - b) ** 2)) / np.abs(b).max() for a, b in zip(x32, x64)]))
@@ -223,7 +210,7 @@ def test_fp32_gradients_as_exact_as_timm(name, option_set):
     model = rj.build_model(name, num_classes=NUM_CLASSES, **CASES[name])
     grads, _, _, relus = _our_grads(model, rj.convert_timm_state_dict(model, ref["sd32"]), ref["batch"],
                                     [x > 0 for x in ref["relus"]], compiler_options_for(option_set))
-    ours, theirs = _norm_err(grads, ref["grads"]), _norm_err(timm_grads, ref["timm_grads"])
+    ours, theirs = norm_err(grads, ref["grads"]), norm_err(timm_grads, ref["timm_grads"])
     ours_worst, theirs_worst = (max(_grad_errors(g, r).values()) for g, r in
                                 ((grads, ref["grads"]), (timm_grads, ref["timm_grads"])))
     rounding, timm_rounding = _relu_rounding(relus, ref["relus"]), _relu_rounding(timm_relus, ref["timm_relus"])
