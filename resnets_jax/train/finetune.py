@@ -37,12 +37,7 @@ from flax import serialization
 
 from ..convert import export_timm_checkpoint, init_variables
 from ..data import create_transform, resolve_data_config
-from ..data.image_folder import (
-    ImageFolder,
-    eval_batches,
-    split_indices,
-    train_transform,
-)
+from ..data.image_folder import ImageFolder, eval_batches, split_indices
 from ..factory import build_model, create_model
 from ..io.files import check_output, write_atomic
 from ..parallel import DataParallel
@@ -59,6 +54,7 @@ CHECKPOINT_DIR = "checkpoints"  # Orbax steps: output_dir/checkpoints/<step>/{st
 LEGACY_CHECKPOINT_NAME = "last.msgpack"  # the msgpack format of resnets_jax 0.1 (read, never resumed)
 METRICS_NAME = "metrics.json"
 CHECKPOINT_FORMAT = "resnets_jax.finetune/2"
+_BEFORE_COLOR_JITTER = {"color_jitter": 0.0}  # runs from before the setting trained without it
 LEGACY_CHECKPOINT_FORMAT = "resnets_jax.finetune/1"
 # settings that do not change the result: a resumed run may change them
 _RUN_ONLY = ("output_dir", "resume", "export", "checkpoint_every", "progress", "workers", "worker_processes",
@@ -96,6 +92,7 @@ class FinetuneConfig:
     img_size: Optional[int] = None
     interpolation: str = "random"      # timm's --train-interpolation
     hflip: float = 0.5
+    color_jitter: float = 0.4          # timm's --color-jitter (brightness, contrast, saturation); 0: off
     val_fraction: float = 0.1
     seed: int = 0
     bf16: bool = False                 # bfloat16 compute; parameters and statistics stay float32
@@ -257,8 +254,8 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
     chans = model.in_chans
     size = (cfg.img_size,) * 2 if cfg.img_size else tuple(data_cfg["input_size"][1:])
     mode = "RGB" if chans == 3 else "L"
-    transform = functools.partial(train_transform, size=size, mean=data_cfg["mean"], std=data_cfg["std"],
-                                  interpolation=cfg.interpolation, hflip=cfg.hflip)
+    transform = create_transform(**{**data_cfg, "input_size": (chans, *size), "interpolation": cfg.interpolation},
+                                 is_training=True, hflip=cfg.hflip, color_jitter=cfg.color_jitter or None)
     train_ds = train_dataset(ImageFolderSource(dataset, mode), train_idx, cfg.batch_size, cfg.seed, cfg.epochs,
                              transform, jax.process_index(), jax.process_count())
     threads = cfg.workers or min(8, os.cpu_count() or 1)
@@ -379,7 +376,7 @@ def _check_output_dir(cfg: FinetuneConfig, ckpt_dir: str) -> None:
 def _check_fingerprint(where: str, meta: dict, fingerprint: dict) -> None:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{where}: not a {CHECKPOINT_FORMAT} checkpoint (format {meta.get('format')!r})")
-    saved = meta["config"]
+    saved = {**_BEFORE_COLOR_JITTER, **meta["config"]}
     if saved != fingerprint:
         diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {fingerprint.get(k)!r}"
                 for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
