@@ -21,6 +21,7 @@ with the same parameters, bit for bit, as a run that was never interrupted.
 Run directories of the earlier msgpack format (``last.msgpack``) are not resumed (a clear error
 says so); ``load_finetuned`` still reads their weights.
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -170,6 +171,21 @@ def _progress(total: int, initial: int, enabled: bool):
         return tqdm(total=total, initial=initial, file=sys.stderr, unit="step", dynamic_ncols=True)
     except ImportError:
         return _PlainProgress(total, initial)
+
+
+def _above(bar):
+    """A context in which a line written to stderr goes above tqdm's bar instead of through it."""
+    if hasattr(bar, "external_write_mode"):
+        return bar.external_write_mode(file=sys.stderr)
+    return contextlib.nullcontext()
+
+
+def _epoch_line(record: dict) -> str:
+    """``epoch 3 train_loss 0.4121 ... lr 0.000125 seconds 12.3``: lr in 3 significant digits
+    (a late cosine lr would be 0.0000 in 4 decimals), seconds in 1, the rest in 4 decimals."""
+    formats = {"lr": "{:.3g}", "seconds": "{:.1f}"}
+    return " ".join(f"{k} {formats.get(k, '{:.4f}').format(v)}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in record.items())
 
 
 class _PlainProgress:
@@ -340,7 +356,8 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
             if jax.process_index() == 0:
                 write_atomic(os.path.join(cfg.output_dir, METRICS_NAME),
                              lambda tmp: _write_json(tmp, {"classes": dataset.classes, "epochs": history}))
-            log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            with _above(bar):
+                log(_epoch_line(record))
         ckpts.wait()
     finally:
         ckpts.close()
