@@ -41,7 +41,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ende
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 QUIET_LOGGERS = ("absl", "orbax", "grain", "jax._src.xla_bridge")  # libraries whose info/warnings --verbose shows
 # create_model keyword -> the dests a command may give it under (for hints naming the command's flag)
-_CREATE_MODEL_FLAGS = {"checkpoint_path": ("weights", "checkpoint"), "num_classes": ("num_classes",)}
+_CREATE_MODEL_FLAGS = {"checkpoint_path": ("weights", "checkpoint", "checkpoint_path"), "num_classes": ("num_classes",)}
 
 
 def _cmd_list(args):
