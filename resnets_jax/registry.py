@@ -9,7 +9,7 @@ import difflib
 import fnmatch
 import re
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -19,6 +19,7 @@ IMAGENET_INCEPTION_STD = (0.5, 0.5, 0.5)
 _model_entrypoints: Dict[str, Callable] = {}
 _pretrained_cfgs: Dict[str, Dict[str, dict]] = {}  # arch -> {tag: cfg}, default tag first
 _hf_hub_cfgs: Dict[str, dict] = {}  # '<org>/<repo>[@rev]' -> cfg from its config.json, once read
+_model_to_module: Dict[str, str] = {}  # arch -> timm's module name ('resnet', 'resnest', ...)
 
 HF_HUB_PREFIX = "hf-hub:"
 
@@ -37,10 +38,14 @@ def generate_default_cfgs(cfgs: Dict[str, dict]) -> Dict[str, dict]:
 
 
 def register_model(fn: Callable) -> Callable:
-    """Register a model function under its name, with the ``default_cfgs`` of its module."""
+    """Register a model function under its name, with the ``default_cfgs`` of its module. Its
+    ``module`` (``list_models(module=...)``) is timm's: the family module's ``TIMM_MODULE`` where
+    ours is split otherwise (``resnet_variants`` -> ``'resnet'``), else the module's own name."""
     name = fn.__name__
     _model_entrypoints[name] = fn
-    cfgs = getattr(sys.modules[fn.__module__], "default_cfgs", {})
+    mod = sys.modules[fn.__module__]
+    _model_to_module[name] = getattr(mod, "TIMM_MODULE", fn.__module__.rpartition(".")[2])
+    cfgs = getattr(mod, "default_cfgs", {})
     _pretrained_cfgs[name] = {c["tag"]: c for c in cfgs.values() if c["architecture"] == name}
     return fn
 
@@ -104,36 +109,67 @@ def get_pretrained_cfg(name: str) -> dict:
     return cfgs[tag]
 
 
-def _matches(name: str, pattern) -> bool:
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    return any(fnmatch.fnmatch(name, p) for p in patterns)
+def _to_str_list(value: Union[str, Iterable[str], None]) -> List[str]:
+    """timm's ``_to_str_list``: one str or an iterable of str -> a list (empty for '' or None)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
-def list_models(pattern="", exclude: Optional[str] = None) -> List[str]:
-    """Architecture names, as ``timm.list_models`` spells and sorts them."""
-    names = [n for n in _model_entrypoints if not pattern or _matches(n, pattern)]
-    if exclude:
-        names = [n for n in names if not _matches(n, exclude)]
-    return sorted(names, key=_natural_key)
-
-
-def _with_tags(pattern):
+def _expand_filter(pattern: str) -> List[str]:
     """timm's ``_expand_filter``: a pattern without a tag part also matches every tag
     (``'resnet50'`` -> ``['resnet50.*', 'resnet50']``)."""
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    return [q for p in patterns for q in ([p] if "." in p else [f"{p}.*", p])]
+    return [pattern] if "." in pattern else [f"{pattern}.*", pattern]
 
 
-def list_pretrained(pattern="", exclude: Optional[str] = None) -> List[str]:
-    """``arch.tag`` names that have weights on the hub, as ``timm.list_pretrained``: a pattern
-    without a tag matches every tag of the architectures it names (``'resnet50'``)."""
-    names = [f"{arch}.{tag}" for arch, cfgs in _pretrained_cfgs.items()
-             for tag, cfg in cfgs.items() if cfg.get("hf_hub_id")]
-    names = [n for n in names if not pattern or _matches(n, _with_tags(pattern))]
-    if exclude:
-        names = [n for n in names if not _matches(n, _with_tags(exclude))]
+def _default_cfg(arch: str) -> dict:
+    return next(iter(_pretrained_cfgs[arch].values()), {})
+
+
+def _has_weights(cfg: dict) -> bool:
+    """timm's ``PretrainedCfg.has_weights``: a url, a file or a hub id."""
+    return bool(cfg.get("url") or cfg.get("file") or cfg.get("hf_hub_id"))
+
+
+def list_models(filter: Union[str, Iterable[str]] = "", module: Union[str, Iterable[str]] = "",
+                pretrained: bool = False, exclude_filters: Union[str, Iterable[str]] = "",
+                name_matches_cfg: bool = False, include_tags: Optional[bool] = None) -> List[str]:
+    """Model names, sorted naturally: ``timm.list_models`` (``timm/models/_registry.py``) with its
+    arguments and their meaning, over the architectures registered here.
+
+    ``filter`` / ``exclude_filters``: fnmatch pattern(s), a str or an iterable of them, the
+    second removing what the first took in. ``module``: timm's module name(s) (``'resnet'``,
+    ``'resnest'``, ``'res2net'``, ``'resnetv2'``, ``'sknet'``). ``include_tags`` (default:
+    ``pretrained``): ``'arch.tag'`` names, every tag of each architecture; a pattern without a tag
+    then also matches its tags. ``pretrained``: only names with weights (a hub id, url or file).
+    ``name_matches_cfg``: only names that have a pretrained config of their own."""
+    include, exclude, modules = _to_str_list(filter), _to_str_list(exclude_filters), _to_str_list(module)
+    if include_tags is None:
+        include_tags = pretrained
+    names = {n for n in _model_entrypoints if not modules or _model_to_module.get(n) in modules}
+    tagged = {arch: [f"{arch}.{tag}" if tag else arch for tag in _pretrained_cfgs[arch]] for arch in names}
+    if include_tags:
+        names = {n for arch in names for n in tagged[arch] or [arch]}
+        include = [q for p in include for q in _expand_filter(p)]
+        exclude = [q for p in exclude for q in _expand_filter(p)]
+    if include:
+        names = {n for n in names if any(fnmatch.fnmatch(n, p) for p in include)}
+    names = {n for n in names if not any(fnmatch.fnmatch(n, p) for p in exclude)}
+    if pretrained:  # timm's _model_has_pretrained: each 'arch.tag' with weights, and 'arch' when its default has
+        names &= {n for arch in tagged for (n, cfg) in zip(tagged[arch], _pretrained_cfgs[arch].values())
+                  if _has_weights(cfg)} | {arch for arch in tagged if _has_weights(_default_cfg(arch))}
+    if name_matches_cfg:  # timm's _model_pretrained_cfgs: each architecture with a config, and each 'arch.tag'
+        names &= {n for arch in tagged if tagged[arch] for n in (arch, *tagged[arch])}
     return sorted(names, key=_natural_key)
+
+
+def list_pretrained(filter: Union[str, Iterable[str]] = "", exclude_filters: Union[str, Iterable[str]] = "") -> List[str]:
+    """``'arch.tag'`` names with weights, as ``timm.list_pretrained``: ``list_models(filter,
+    pretrained=True, exclude_filters=exclude_filters, include_tags=True)``; a pattern without a
+    tag matches every tag of the architectures it names (``'resnet50'``)."""
+    return list_models(filter=filter, pretrained=True, exclude_filters=exclude_filters, include_tags=True)
 
 
 def _natural_key(name: str):
-    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", name)]
+    """timm's ``_natural_key``: digits compare as numbers, the rest case-insensitively."""
+    return [int(s) if s.isdigit() else s for s in re.split(r"(\d+)", name.lower())]

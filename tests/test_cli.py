@@ -30,6 +30,7 @@ def test_info(capsys):
     tmodel = timm.create_model("resnetv2_18")
     assert f"parameters: {sum(p.numel() for p in tmodel.parameters()):,}" in out
     assert "timm/resnetv2_18.ra4_e3600_r224_in1k" in out and "input_size=(3, 224, 224)" in out
+    assert "test size (predict, embed; --use-train-size: the size above): input_size=(3, 288, 288) crop_pct=1.0" in out
     gmacs = float(re.search(r"GMACs: (\S+) at 224x224", out).group(1))
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         tmodel(torch.zeros(1, 3, 224, 224))

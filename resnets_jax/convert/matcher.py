@@ -149,8 +149,9 @@ def load_variables(model, state_dict: Mapping[str, np.ndarray], *, skip_missing:
     arch = _model_architecture(model)
     if written_for and arch and written_for.partition(".")[0] != arch:
         raise CheckpointError(f"Checkpoint was written for {written_for}, not {arch}: the variables have the "
-                              f"same names and shapes but the architectures differ. Load it with "
-                              f"create_model('{written_for}', checkpoint_path=...).")
+                              f"same names and shapes but the architectures differ. Load it as {written_for}: "
+                              f"create_model('{written_for}', checkpoint_path=...) in Python, the model name "
+                              f"{written_for} on the command line.")
     if len(out) < len(expected):  # skipped keys: fill from a fresh init
         fresh = flat_variables(init_variables(model, example_input=example_input))
         out.update({k: v for k, v in fresh.items() if k not in out})

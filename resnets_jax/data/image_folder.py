@@ -7,13 +7,11 @@ batches in an order that is a pure function of ``(seed, epoch)``.
 
 Classes are the sorted sub-folder names (as torchvision's ``find_classes``); a class's images
 are every file below its folder with one of ``IMAGE_EXTENSIONS``, in sorted order. The training
-transform is timm's ``transforms_imagenet_train`` without auto-augment, colour jitter or random
-erasing: ``RandomResizedCropAndInterpolation`` (timm's sampling, drawn from a ``random.Random``
-seeded per ``(seed, epoch, image)``: the same crop as timm's with ``random.seed`` of that seed),
-a horizontal flip with probability ``hflip``, ``/255`` and normalization. Validation images
-get the eval transform of ``data.create_transform``.
+transform is ``data.create_transform(..., is_training=True)`` (``data.augment``), drawn from a
+``random.Random`` seeded per ``(seed, epoch, image)`` (``sample_rng``: the same crop as timm's
+with ``random.seed`` of that seed). Validation images get the eval transform of
+``data.create_transform``.
 """
-import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -22,14 +20,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from .transforms import _PIL_INTERPOLATION, to_model_mode
+from .augment import RRC_RATIO, RRC_SCALE, TrainTransform, rrc_params  # noqa: F401  (rrc_params: its old home)
+from .images import to_model_mode
 
 # What PIL decodes: torchvision's IMG_EXTENSIONS plus .gif (timm's ImageDataset lists only .png/.jpg/.jpeg).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-RRC_SCALE = (0.08, 1.0)  # timm's default crop area range (fraction of the image)
-RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # timm's default crop aspect ratio range
-RRC_ATTEMPTS = 10  # tries before the centre-crop fallback, as timm / torchvision
-RANDOM_INTERPOLATIONS = ("bilinear", "bicubic")  # timm's 'random' interpolation picks one per image
 
 
 class ImageFolder:
@@ -99,44 +94,15 @@ def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     return random.Random(int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0]))
 
 
-def rrc_params(rng: random.Random, width: int, height: int, scale: Sequence[float] = RRC_SCALE,
-               ratio: Sequence[float] = RRC_RATIO) -> Tuple[int, int, int, int]:
-    """timm's ``RandomResizedCropAndInterpolation.get_params`` (the same draws from ``rng`` as
-    timm's from the ``random`` module): ``(top, left, height, width)`` of the crop."""
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(RRC_ATTEMPTS):
-        target_area = rng.uniform(*scale) * area
-        aspect_ratio = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if w <= width and h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    in_ratio = width / height  # fallback: a centre crop within the ratio range
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 def train_transform(img: Image.Image, rng: random.Random, size: Tuple[int, int], mean: Sequence[float],
                     std: Sequence[float], interpolation: str = "random", hflip: float = 0.5,
-                    scale: Sequence[float] = RRC_SCALE, ratio: Sequence[float] = RRC_RATIO) -> np.ndarray:
-    """timm's training transform (no auto-augment, colour jitter or random erasing) of an image
-    already in the model's mode: random resized crop to ``size`` (H, W), horizontal flip with
-    probability ``hflip``, ``/255``, normalization. ``(H, W, C)`` float32."""
-    top, left, h, w = rrc_params(rng, *img.size, scale=scale, ratio=ratio)
-    interp = rng.choice(RANDOM_INTERPOLATIONS) if interpolation == "random" else interpolation
-    img = img.crop((left, top, left + w, top + h)).resize((size[1], size[0]), _PIL_INTERPOLATION[interp])
-    x = np.asarray(img, dtype=np.float32) / np.float32(255)
-    if x.ndim == 2:
-        x = x[..., None]
-    if rng.random() < hflip:
-        x = x[:, ::-1]
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+                    scale: Sequence[float] = RRC_SCALE, ratio: Sequence[float] = RRC_RATIO,
+                    color_jitter=None) -> np.ndarray:
+    """timm's training transform of an image already in the model's mode, drawn from ``rng``:
+    ``data.augment.TrainTransform`` (what ``create_transform(..., is_training=True)`` returns),
+    here without colour jitter unless ``color_jitter`` is given. ``(H, W, C)`` float32."""
+    return TrainTransform(size, scale=scale, ratio=ratio, interpolation=interpolation, hflip=hflip,
+                          color_jitter=color_jitter, mean=mean, std=std, mode=img.mode)(img, rng)
 
 
 class Batches:

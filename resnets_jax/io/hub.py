@@ -5,7 +5,10 @@ import os
 from typing import Optional, Tuple
 
 from ..registry import get_pretrained_cfg, model_entrypoint, parse_hf_hub_name
-from .errors import CheckpointError
+from .errors import CheckpointError, WeightsUnavailableError, placeholder
+
+# what to do without the hub: the words before the create_model call / the command's flags
+_OFFLINE_ADVICE = "Without network access, download the file elsewhere and pass it:"
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -32,9 +35,10 @@ def _offline_reason() -> str:
     return ""
 
 def _hub_download(repo: str, filenames: Tuple[str, ...], cache_dir: Optional[str], revision: Optional[str],
-                  what: str, instead: str) -> str:
-    """The first of ``filenames`` that ``repo`` has (cache first when offline); else one error
-    saying why and what to do ``instead``."""
+                  what: str, model_name: Optional[str], **instead) -> str:
+    """The first of ``filenames`` that ``repo`` has (cache first when offline); else one
+    ``WeightsUnavailableError`` saying why, and the ``create_model(model_name, **instead)`` call
+    (or the command's flags) that loads a downloaded copy."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -55,8 +59,8 @@ def _hub_download(repo: str, filenames: Tuple[str, ...], cache_dir: Optional[str
             errors.append(f"{filename}: {type(e).__name__}")
         except OSError as e:
             errors.append(f"{filename}: {type(e).__name__}: {e}")
-    raise CheckpointError(f"Could not get {what} from the Hugging Face hub ({repo}): "
-                          f"{offline or '; '.join(errors)}. {instead}")
+    raise WeightsUnavailableError(f"Could not get {what} from the Hugging Face hub ({repo}): "
+                                  f"{offline or '; '.join(errors)}.", _OFFLINE_ADVICE, model_name, **instead)
 
 def download_pretrained(cfg: dict, cache_dir: Optional[str] = None) -> str:
     """Fetch ``model.safetensors`` (else ``pytorch_model.bin``) of a pretrained tag with
@@ -64,13 +68,11 @@ def download_pretrained(cfg: dict, cache_dir: Optional[str] = None) -> str:
     repo = cfg.get("hf_hub_id")
     source = cfg.get("source") or f"{cfg['architecture']}.{cfg['tag']}"
     if not repo:
-        raise CheckpointError(f"{source} has no pretrained weights; pass checkpoint_path= instead")
-    extra = f", num_classes={cfg['num_classes']}" if cfg.get("source") else ""
-    return _hub_download(
-        repo, ("model.safetensors", "pytorch_model.bin"), cache_dir, cfg.get("hf_hub_revision"),
-        f"weights for {source}",
-        f"Without network access, download the file elsewhere and pass it as "
-        f"create_model('{cfg['architecture']}', checkpoint_path='model.safetensors'{extra}).")
+        raise WeightsUnavailableError(f"{source} has no pretrained weights.", "Pass a checkpoint file:",
+                                      cfg["architecture"], checkpoint_path=placeholder("FILE"))
+    extra = dict(num_classes=cfg["num_classes"]) if cfg.get("source") else {}
+    return _hub_download(repo, ("model.safetensors", "pytorch_model.bin"), cache_dir, cfg.get("hf_hub_revision"),
+                         f"weights for {source}", cfg["architecture"], checkpoint_path="model.safetensors", **extra)
 
 def read_hf_hub_config(name: str, cache_dir: Optional[str] = None) -> dict:
     """The pretrained config of ``hf-hub:<org>/<repo>[@revision]``: a timm model on the hub,
@@ -81,10 +83,8 @@ def read_hf_hub_config(name: str, cache_dir: Optional[str] = None) -> dict:
     if not model_id:
         raise ValueError(f"{name!r} is not an hf-hub: name (expected 'hf-hub:<org>/<repo>')")
     repo, _, revision = model_id.partition("@")
-    path = _hub_download(repo, ("config.json",), cache_dir, revision or None, f"config.json of {name}",
-                         "Without network access, download the repository's model.safetensors elsewhere and "
-                         "pass it as create_model('<architecture>', checkpoint_path='model.safetensors', "
-                         "num_classes=<its number of classes>).")
+    path = _hub_download(repo, ("config.json",), cache_dir, revision or None, f"config.json of {name}", None,
+                         checkpoint_path="model.safetensors", num_classes=placeholder("<its number of classes>"))
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)

@@ -5,6 +5,7 @@ from typing import List, Tuple
 import jax
 
 from ..layers import global_pool_feat_mult
+from ..registry import get_pretrained_cfg
 
 
 def check_input(x: jax.Array, in_chans: int) -> None:
@@ -62,6 +63,20 @@ class Trunk:
     overrides ``final_norm``. With ``features_only`` the model returns the list of the selected
     NHWC maps, in network order, and holds only the layers they need (as timm's
     ``FeatureListNet``)."""
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's ``model.pretrained_cfg``: the pretrained config of the tag the model was built
+        as (its ``variant``: ``'arch.tag'``, or ``'hf-hub:org/repo'`` with its ``config.json``),
+        a copy; ``{}`` for a module built without a name. Derived from ``variant``, a field, so
+        ``clone`` keeps it; a ``pretrained_cfg_overlay`` given to ``create_model`` applies to
+        that call's loading only (a linen module is a hashable dataclass, not a dict holder)."""
+        return dict(get_pretrained_cfg(self.variant)) if self.variant else {}
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name of ``pretrained_cfg`` (timm keeps it as an alias)."""
+        return self.pretrained_cfg
 
     @property
     def num_features(self) -> int:

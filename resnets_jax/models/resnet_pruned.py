@@ -20,6 +20,8 @@ from .resnet import ResNet
 from .resnet_blocks import Bottleneck
 from .resnet_cfgs import RESNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
 
+TIMM_MODULE = "resnet"  # timm registers these in resnet.py (list_models(module="resnet"))
+
 StageWidths = Tuple[int, Tuple[Tuple[int, int], ...]]
 UNPRUNED_CHANNELS = (64, 128, 256, 512)  # the trunk's planes per stage before pruning (timm's ResNet default)
 

@@ -18,6 +18,8 @@ from .resnet import ResNet
 from .resnet_blocks import BasicBlock, Bottleneck
 from .resnet_cfgs import RESNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
 
+TIMM_MODULE = "resnet"  # timm registers these in resnet.py (list_models(module="resnet"))
+
 # Depths (blocks per stage)
 R10, R26, R50, R101, R152 = (1, 1, 1, 1), (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 23, 3), (3, 8, 36, 3)
 R200, R269 = (3, 24, 36, 3), (3, 30, 48, 8)

@@ -10,6 +10,10 @@
                       [--use-train-size]
     resnets-jax finetune NAME DATA_DIR --output DIR [--checkpoint F | --pretrained] [--epochs N] ... [--export F]
 
+``--verbose`` (before or after the command) lets the libraries' own logging through (Orbax's and
+Grain's absl lines); without it only their errors show, so stderr holds our lines and one
+progress bar.
+
 Compiled programs are kept in JAX's persistent compilation cache (``$RESNETS_JAX_CACHE_DIR/xla``,
 default ``~/.cache/resnets_jax/xla``), so a second run does not recompile; ``--no-compile-cache``
 or ``RESNETS_JAX_NO_COMPILE_CACHE=1`` turns it off.
@@ -23,15 +27,21 @@ closed stdout (``resnets-jax list | head -1``) ends quietly with status 141.
 """
 import argparse
 import json
+import logging
 import os
 import sys
 
+from .. import __version__
 from .._optional import MissingExtraError
+from ..io.errors import WeightsUnavailableError
 from ..registry import list_models, list_pretrained
 
 NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
+QUIET_LOGGERS = ("absl", "orbax", "grain", "jax._src.xla_bridge")  # libraries whose info/warnings --verbose shows
+# create_model keyword -> the dests a command may give it under (for hints naming the command's flag)
+_CREATE_MODEL_FLAGS = {"checkpoint_path": ("weights", "checkpoint", "checkpoint_path"), "num_classes": ("num_classes",)}
 
 
 def _cmd_list(args):
@@ -42,7 +52,9 @@ def _cmd_list(args):
 def _cmd_info(args):
     from .info import model_info
     info = model_info(args.name)
-    d = info["data_config"]
+    d, t = info["data_config"], info["test_data_config"]
+    test = ("same as above" if (t["input_size"], t["crop_pct"]) == (d["input_size"], d["crop_pct"])
+            else f"input_size={t['input_size']} crop_pct={t['crop_pct']}")
     print(f"{info['name']}\n"
           f"  architecture: {info['architecture']}\n"
           f"  parameters: {info['parameters']:,}\n"
@@ -52,7 +64,8 @@ def _cmd_info(args):
           f"  num_features: {info['num_features']}\n"
           f"  hub: {info['hub'] or '(no pretrained weights)'}\n"
           f"  data config: input_size={d['input_size']} interpolation={d['interpolation']} "
-          f"crop_pct={d['crop_pct']} crop_mode={d['crop_mode']} mean={d['mean']} std={d['std']}")
+          f"crop_pct={d['crop_pct']} crop_mode={d['crop_mode']} mean={d['mean']} std={d['std']}\n"
+          f"  test size (predict, embed; --use-train-size: the size above): {test}")
 
 
 def _cmd_convert(args):
@@ -92,6 +105,8 @@ def _print_table(header, rows) -> None:
 def _cmd_predict(args):
     from ..factory import create_model
     from .predict import predict
+    if args.top_k < 1:  # before the model is made: the upper bound needs it
+        raise ValueError(f"--top-k {args.top_k}: expected a number of classes >= 1")
     if args.weights:
         model, variables = create_model(args.name, checkpoint_path=args.weights, use_ema=args.use_ema)
     else:
@@ -132,6 +147,32 @@ def _cmd_finetune(args):
                       "export": args.export, **{k: v for k, v in last.items() if k != "seconds"}}))
 
 
+# finetune's flags that take a FinetuneConfig field: (field, type, help; '(default: ...)' added unless given)
+_FINETUNE_FLAGS = (
+    ("epochs", int, "passes over the training images"),
+    ("batch_size", int, "images per step, over every device and process"),
+    ("accum_steps", int, "batches per optimizer update (gradient accumulation)"),
+    ("lr", float, "peak learning rate, after the warmup"),
+    ("min_lr", float, "learning rate at the end of the cosine decay"),
+    ("warmup_epochs", float, "epochs of linear warmup from --warmup-lr"),
+    ("warmup_lr", float, "learning rate at the start of the warmup"),
+    ("weight_decay", float, "weight decay, on kernels only"),
+    ("momentum", float, "SGD momentum"),
+    ("smoothing", float, "label smoothing"),
+    ("color_jitter", float, "colour jitter of brightness, contrast and saturation, as timm's --color-jitter; 0: off"),
+    ("drop_rate", float, "dropout before the classifier"),
+    ("drop_path_rate", float, "stochastic depth (drop path) rate"),
+    ("img_size", int, "training and validation image size in pixels (default: the model's input size)"),
+    ("hflip", float, "probability of a horizontal flip"),
+    ("val_fraction", float, "fraction of each class held out for validation; 0: none"),
+    ("seed", int, "seed of the split, the data order, the augmentation and the initialization"),
+    ("checkpoint_every", int, "steps between checkpoints (default: 0, at the end of each epoch only)"),
+    ("workers", int, "image decoding threads per process (default: the CPU count, at most 8)"),
+    ("worker_processes", int, "Grain worker processes decoding images (default: 0, threads of this process)"),
+    ("keep_checkpoints", int, "latest checkpoints kept, besides the best one"),
+)
+
+
 def _add_finetune_parser(sub) -> None:
     from ..train.finetune import FinetuneConfig
     from ..train.step import OPTIMIZERS
@@ -146,20 +187,19 @@ def _add_finetune_parser(sub) -> None:
     src.add_argument("--pretrained", action="store_true", help="start from the tag's hub weights")
     s.add_argument("--resume", action="store_true", help="continue from DIR's latest checkpoint")
     s.add_argument("--export", metavar="FILE.safetensors", help="write the result as a timm checkpoint")
-    s.add_argument("--num-classes", type=int, help="default: the number of class folders")
-    s.add_argument("--opt", choices=OPTIMIZERS, default=d.opt)
-    for name, typ in [("epochs", int), ("batch_size", int), ("accum_steps", int), ("lr", float), ("min_lr", float),
-                      ("warmup_epochs", float), ("warmup_lr", float), ("weight_decay", float), ("momentum", float),
-                      ("smoothing", float), ("drop_rate", float), ("drop_path_rate", float), ("img_size", int),
-                      ("hflip", float), ("val_fraction", float), ("seed", int), ("checkpoint_every", int),
-                      ("workers", int), ("worker_processes", int), ("keep_checkpoints", int)]:
+    s.add_argument("--num-classes", type=int, help="classes of the new classifier (default: the number of class "
+                                                  "folders)")
+    s.add_argument("--opt", choices=OPTIMIZERS, default=d.opt, help="optimizer: SGD with Nesterov momentum, "
+                   "momentum SGD, or AdamW (default: %(default)s)")
+    for name, typ, what in _FINETUNE_FLAGS:
         s.add_argument("--" + name.replace("_", "-"), type=typ, default=getattr(d, name),
-                       help=f"default: {getattr(d, name)}")
+                       help=what if "default:" in what else f"{what} (default: %(default)s)")
     s.add_argument("--best-metric", choices=("val_acc", "val_loss"), default=d.best_metric,
-                   help="the best checkpoint, kept besides the latest ones, is best at this")
-    s.add_argument("--interpolation", default=d.interpolation, help="'random' (bilinear or bicubic), or one of them")
+                   help="the best checkpoint, kept besides the latest ones, is best at this (default: %(default)s)")
+    s.add_argument("--interpolation", default=d.interpolation, help="the training crops' resize: 'random' (bilinear "
+                   "or bicubic per image, timm's --train-interpolation), or a PIL filter name (default: %(default)s)")
     s.add_argument("--bf16", action="store_true", help="bfloat16 compute (parameters stay float32)")
-    s.add_argument("--no-progress", dest="progress", action="store_false")
+    s.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar on stderr")
     s.set_defaults(fn=_cmd_finetune)
 
 
@@ -180,15 +220,18 @@ def _add_test_size(s) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].replace("``", ""))
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--no-compile-cache", action="store_true",
                    help=f"do not use the persistent compilation cache (or set {NO_COMPILE_CACHE_ENV}=1)")
+    _add_verbose(p, False)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("list", help="architectures (or pretrained arch.tag names) matching a pattern")
-    s.add_argument("pattern", nargs="?")
-    s.add_argument("--pretrained", action="store_true")
+    s.add_argument("pattern", nargs="?", help="a shell-style pattern, e.g. 'resnetv2_50*' (default: every name)")
+    s.add_argument("--pretrained", action="store_true",
+                   help="the arch.tag names with hub weights (timm's list_pretrained) instead of architectures")
     s.set_defaults(fn=_cmd_list)
     s = sub.add_parser("info", help="parameters and data config of a model")
-    s.add_argument("name")
+    s.add_argument("name", help="arch, arch.tag or hf-hub:<org>/<repo>")
     s.set_defaults(fn=_cmd_info)
     s = sub.add_parser("convert", help="convert a timm checkpoint into a Flax checkpoint file")
     s.add_argument("names", nargs="+", metavar="NAME",
@@ -200,48 +243,92 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--output", "-o", metavar="PATH", help="the output file (one model)")
     out.add_argument("--output-dir", metavar="DIR", help="one <name>.<format> file per model (created if missing)")
     s.add_argument("--format", choices=["safetensors", "msgpack"],
-                   help="default: msgpack for a .msgpack output, else safetensors")
+                   help="the output format (default: msgpack for a .msgpack output, else safetensors)")
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--verify", action="store_true",
                    help="check the written file against timm before it is moved into place (needs torch and timm)")
     _add_use_ema(s)
-    s.add_argument("--cache-dir", help="huggingface_hub cache directory")
+    s.add_argument("--cache-dir", metavar="DIR",
+                   help="huggingface_hub's cache directory (default: its own, $HF_HUB_CACHE or ~/.cache/huggingface)")
     s.set_defaults(fn=_cmd_convert)
     s = sub.add_parser("predict", help="classify images")
-    s.add_argument("name")
-    s.add_argument("images", nargs="+")
-    s.add_argument("--weights", help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
-    s.add_argument("--top-k", type=int, default=5)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("name", help="arch, arch.tag or hf-hub:<org>/<repo>")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    s.add_argument("--weights", metavar="FILE",
+                   help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
+    s.add_argument("--top-k", type=int, default=5, metavar="K",
+                   help="classes per image, 1 to the model's number of classes (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.add_argument("--exif-transpose", action="store_true",
                    help="rotate photos as their EXIF orientation says (timm does not, nor do we by default)")
     _add_use_ema(s)
     _add_test_size(s)
     s.set_defaults(fn=_cmd_predict)
     s = sub.add_parser("demo", help="convert a checkpoint, classify a photo, compare with timm")
-    s.add_argument("name", nargs="?", default="resnetv2_50.a1h_in1k")
+    s.add_argument("name", nargs="?", default="resnetv2_50.a1h_in1k", help="arch.tag (default: %(default)s)")
     s.set_defaults(fn=_cmd_demo)
     s = sub.add_parser("embed", help="pooled embeddings (or top-k) of every image under a folder; resumable")
-    s.add_argument("folder")
+    s.add_argument("folder", help="every image below it, recursively")
     s.add_argument("--model", required=True, help="arch, arch.tag or hf-hub:<org>/<repo>")
-    s.add_argument("--output", "-o", required=True, metavar="FILE.npz")
-    s.add_argument("--weights", help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
-    s.add_argument("--batch-size", type=int, default=64, help="images per step over all devices and hosts")
-    s.add_argument("--top-k", type=int, help="top-k predictions instead of embeddings")
-    s.add_argument("--workers", type=int, help="decoding threads per process (default: CPU count)")
+    s.add_argument("--output", "-o", required=True, metavar="FILE.npz", help="the output file")
+    s.add_argument("--weights", metavar="FILE",
+                   help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
+    s.add_argument("--batch-size", type=int, default=64,
+                   help="images per step over all devices and hosts (default: %(default)s)")
+    s.add_argument("--top-k", type=int, metavar="K",
+                   help="the top K predictions instead of embeddings, K from 1 to the model's number of classes "
+                        "(default: embeddings)")
+    s.add_argument("--workers", type=int, help="decoding threads per process (default: the CPU count)")
     s.add_argument("--force", action="store_true",
                    help="replace an existing output; discard an unfinished run made with other settings")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     _add_use_ema(s)
     _add_test_size(s)
     s.set_defaults(fn=_cmd_embed)
     _add_finetune_parser(sub)
+    for s in subcommands(p).values():  # also after the command: `resnets-jax finetune ... --verbose`
+        _add_verbose(s, argparse.SUPPRESS)
     return p
 
 
-def main(argv=None) -> int:
+def _add_verbose(parser, default) -> None:
+    parser.add_argument("--verbose", "-v", action="store_true", default=default,
+                        help="show the libraries' own log lines (Orbax, Grain, JAX) on stderr")
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict:
+    """``{command name: its parser}`` of ``build_parser()``."""
+    return next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _quiet_libraries() -> None:
+    """Only errors from the libraries' loggers (absl: Orbax, Grain): their info and warning lines
+    would come between our lines and through the progress bar."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        args = build_parser().parse_args(argv)
+        from absl import logging as absl_logging
+        absl_logging.set_verbosity(absl_logging.ERROR)
+    except ImportError:  # absl comes with jax's and orbax's dependencies; nothing to quiet without it
+        pass
+
+
+def _message(e: Exception, parser: argparse.ArgumentParser, args) -> str:
+    """The error's message; a ``WeightsUnavailableError`` names the command's flags."""
+    if not isinstance(e, WeightsUnavailableError) or args is None:
+        return str(e)
+    actions = subcommands(parser)[args.command]._actions
+    flags = {kw: a.option_strings[0] for kw, dests in _CREATE_MODEL_FLAGS.items() for a in actions
+             if a.dest in dests and a.option_strings}
+    return e.cli_message(flags)
+
+
+def main(argv=None) -> int:
+    parser, args = build_parser(), None
+    try:
+        args = parser.parse_args(argv)
+        if not args.verbose:
+            _quiet_libraries()
         if not (args.no_compile_cache or os.environ.get(NO_COMPILE_CACHE_ENV, "") not in ("", "0")):
             from ..xla import enable_compilation_cache
             enable_compilation_cache()
@@ -257,7 +344,7 @@ def main(argv=None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_CLOSED_PIPE
     except (ValueError, OSError, MissingExtraError) as e:  # CheckpointError is a ValueError
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_message(e, parser, args)}", file=sys.stderr)
         return 2
 
 

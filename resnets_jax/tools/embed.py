@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from ..data import IMAGE_EXTENSIONS, create_transform, resolve_data_config
 from ..io.files import check_output, remove_stale_temps, write_atomic
 from ..parallel import DataParallel, initialize
-from .predict import class_names, load_image, top_k
+from .predict import check_top_k, class_names, load_image, top_k
 
 PREFETCH_BATCHES = 2  # decoded ahead of the device: one to feed it next, one to absorb slow files
 MANIFEST_VERSION = 1
@@ -193,11 +193,10 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
          use_test_size: bool = True) -> EmbedResult:
     log = log or _log
     start = time.perf_counter()
-    if batch_size < 1 or (k is not None and k < 1):
-        raise ValueError(f"batch_size and k must be positive; got {batch_size} and {k}")
-    if k and not model.num_classes:
-        raise ValueError(f"top-k needs a classifier; {model.variant} has num_classes=0")
-    k = k and min(k, model.num_classes)
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size}: expected a positive number of images")
+    if k is not None:
+        check_top_k(k, model.num_classes)
     dp = dp or DataParallel()
     main_process = jax.process_index() == 0
     cfg = resolve_data_config(model, use_test_size=use_test_size)

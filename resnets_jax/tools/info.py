@@ -35,7 +35,8 @@ def model_gmacs(model, input_size: Sequence[int], shapes=None) -> float:
 
 def model_info(name: str, input_size: Optional[Sequence[int]] = None) -> dict:
     """Name, architecture, parameters, GMACs (at the tag's input size unless given), classes,
-    hub repository and eval data config of ``name`` (``arch``, ``arch.tag`` or ``hf-hub:...``)."""
+    hub repository, eval data config and the test-size one (``test_data_config``: what predict
+    and embed use by default) of ``name`` (``arch``, ``arch.tag`` or ``hf-hub:...``)."""
     from ..data import resolve_data_config
     from ..factory import build_model
     model = build_model(name)
@@ -53,4 +54,5 @@ def model_info(name: str, input_size: Optional[Sequence[int]] = None) -> dict:
         "num_features": getattr(model, "num_features", None),
         "hub": cfg.get("hf_hub_id") or None,
         "data_config": data_cfg,
+        "test_data_config": resolve_data_config(model, use_test_size=True),  # what predict and embed use
     }

@@ -53,10 +53,20 @@ def class_names(model) -> Optional[List[str]]:
         return None
 
 
+def check_top_k(k: int, num_classes: int) -> None:
+    """``ValueError`` unless ``1 <= k <= num_classes`` (a model without a classifier has none)."""
+    if not num_classes:
+        raise ValueError(f"top-k {k}: the model has no classifier (num_classes=0)")
+    if not 1 <= k <= num_classes:
+        raise ValueError(f"top-k {k}: expected 1 to {num_classes}, the model's number of classes")
+
+
 def top_k(logits: np.ndarray, k: int = 5, names: Optional[Sequence[str]] = None) -> List[List[dict]]:
     """Per image, the k most probable classes: index, label (``names``, else ImageNet's when the
-    class count says so, else the index), probability."""
+    class count says so, else the index), probability. ``ValueError`` (``check_top_k``) unless
+    ``1 <= k <= num_classes``."""
     logits = np.asarray(logits, np.float64)
+    check_top_k(k, logits.shape[-1])
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     if names is None:
@@ -76,7 +86,9 @@ def predict(model, variables, paths: Sequence[str], k: int = 5, exif_transpose: 
             use_test_size: bool = True) -> List[List[dict]]:
     """Top-``k`` classes of each image (see ``top_k``). ``use_test_size``: the tag's
     ``test_input_size`` / ``test_crop_pct`` where it has them, as timm's ``inference.py`` and
-    ``validate.py`` by default (their ``--use-train-size`` is ``use_test_size=False``)."""
+    ``validate.py`` by default (their ``--use-train-size`` is ``use_test_size=False``).
+    ``ValueError`` unless ``1 <= k <= model.num_classes``, checked before any image is read."""
+    check_top_k(k, model.num_classes)
     x = load_images(model, paths, use_test_size=use_test_size, exif_transpose=exif_transpose)
     logits = jit(model.apply)(variables, x)
     return top_k(np.asarray(logits), k, names=class_names(model))

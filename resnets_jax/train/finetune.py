@@ -21,6 +21,7 @@ with the same parameters, bit for bit, as a run that was never interrupted.
 Run directories of the earlier msgpack format (``last.msgpack``) are not resumed (a clear error
 says so); ``load_finetuned`` still reads their weights.
 """
+import contextlib
 import dataclasses
 import functools
 import json
@@ -37,12 +38,7 @@ from flax import serialization
 
 from ..convert import export_timm_checkpoint, init_variables
 from ..data import create_transform, resolve_data_config
-from ..data.image_folder import (
-    ImageFolder,
-    eval_batches,
-    split_indices,
-    train_transform,
-)
+from ..data.image_folder import ImageFolder, eval_batches, split_indices
 from ..factory import build_model, create_model
 from ..io.files import check_output, write_atomic
 from ..parallel import DataParallel
@@ -59,6 +55,7 @@ CHECKPOINT_DIR = "checkpoints"  # Orbax steps: output_dir/checkpoints/<step>/{st
 LEGACY_CHECKPOINT_NAME = "last.msgpack"  # the msgpack format of resnets_jax 0.1 (read, never resumed)
 METRICS_NAME = "metrics.json"
 CHECKPOINT_FORMAT = "resnets_jax.finetune/2"
+_BEFORE_COLOR_JITTER = {"color_jitter": 0.0}  # runs from before the setting trained without it
 LEGACY_CHECKPOINT_FORMAT = "resnets_jax.finetune/1"
 # settings that do not change the result: a resumed run may change them
 _RUN_ONLY = ("output_dir", "resume", "export", "checkpoint_every", "progress", "workers", "worker_processes",
@@ -96,6 +93,7 @@ class FinetuneConfig:
     img_size: Optional[int] = None
     interpolation: str = "random"      # timm's --train-interpolation
     hflip: float = 0.5
+    color_jitter: float = 0.4          # timm's --color-jitter (brightness, contrast, saturation); 0: off
     val_fraction: float = 0.1
     seed: int = 0
     bf16: bool = False                 # bfloat16 compute; parameters and statistics stay float32
@@ -173,6 +171,21 @@ def _progress(total: int, initial: int, enabled: bool):
         return tqdm(total=total, initial=initial, file=sys.stderr, unit="step", dynamic_ncols=True)
     except ImportError:
         return _PlainProgress(total, initial)
+
+
+def _above(bar):
+    """A context in which a line written to stderr goes above tqdm's bar instead of through it."""
+    if hasattr(bar, "external_write_mode"):
+        return bar.external_write_mode(file=sys.stderr)
+    return contextlib.nullcontext()
+
+
+def _epoch_line(record: dict) -> str:
+    """``epoch 3 train_loss 0.4121 ... lr 0.000125 seconds 12.3``: lr in 3 significant digits
+    (a late cosine lr would be 0.0000 in 4 decimals), seconds in 1, the rest in 4 decimals."""
+    formats = {"lr": "{:.3g}", "seconds": "{:.1f}"}
+    return " ".join(f"{k} {formats.get(k, '{:.4f}').format(v)}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in record.items())
 
 
 class _PlainProgress:
@@ -257,8 +270,8 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
     chans = model.in_chans
     size = (cfg.img_size,) * 2 if cfg.img_size else tuple(data_cfg["input_size"][1:])
     mode = "RGB" if chans == 3 else "L"
-    transform = functools.partial(train_transform, size=size, mean=data_cfg["mean"], std=data_cfg["std"],
-                                  interpolation=cfg.interpolation, hflip=cfg.hflip)
+    transform = create_transform(**{**data_cfg, "input_size": (chans, *size), "interpolation": cfg.interpolation},
+                                 is_training=True, hflip=cfg.hflip, color_jitter=cfg.color_jitter or None)
     train_ds = train_dataset(ImageFolderSource(dataset, mode), train_idx, cfg.batch_size, cfg.seed, cfg.epochs,
                              transform, jax.process_index(), jax.process_count())
     threads = cfg.workers or min(8, os.cpu_count() or 1)
@@ -343,7 +356,8 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
             if jax.process_index() == 0:
                 write_atomic(os.path.join(cfg.output_dir, METRICS_NAME),
                              lambda tmp: _write_json(tmp, {"classes": dataset.classes, "epochs": history}))
-            log(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+            with _above(bar):
+                log(_epoch_line(record))
         ckpts.wait()
     finally:
         ckpts.close()
@@ -379,7 +393,7 @@ def _check_output_dir(cfg: FinetuneConfig, ckpt_dir: str) -> None:
 def _check_fingerprint(where: str, meta: dict, fingerprint: dict) -> None:
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{where}: not a {CHECKPOINT_FORMAT} checkpoint (format {meta.get('format')!r})")
-    saved = meta["config"]
+    saved = {**_BEFORE_COLOR_JITTER, **meta["config"]}
     if saved != fingerprint:
         diff = [f"{k}: checkpoint {saved.get(k)!r}, this run {fingerprint.get(k)!r}"
                 for k in sorted(set(saved) | set(fingerprint)) if saved.get(k) != fingerprint.get(k)]
