@@ -88,7 +88,8 @@ def test_validate_equals_timms_validate_logic(run, timm_model, tmp_path):
     folder = tmp_path / "val"
     shutil.copytree(root / "val", folder)
     (folder / "red" / "broken.png").write_text("not an image")
-    code, stdout, stderr = _cli("validate", MODEL, folder, "--weights", out, "--json", "--no-progress")
+    code, stdout, stderr = _cli("validate", MODEL, folder, "--weights", out, "--json", "--no-progress",
+                                "--batch-size", 8)  # fine-tuning's batch: its validation's compiled forward
     assert code == 0, stderr
     res = json.loads(stdout)
     assert f"using {out / 'model_best.safetensors'}" in stderr  # the run directory's best export
@@ -110,7 +111,7 @@ def test_predict_a_folder_labels_with_the_class_names(run, timm_model, tmp_path)
     for f in (root / "val").rglob("*.png"):
         shutil.copy(f, tmp_path / f"{f.parent.name}_{f.name}")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 cut short")
-    code, stdout, stderr = _cli("predict", MODEL, tmp_path, "--weights", out, "--json", "--batch-size", 3)
+    code, stdout, stderr = _cli("predict", MODEL, tmp_path, "--weights", out, "--json", "--batch-size", 8)
     assert code == 0, stderr
     res = json.loads(stdout)
     assert res[-1] == {"image": str(tmp_path / "broken.jpg"), "error": res[-1]["error"]}  # listed apart

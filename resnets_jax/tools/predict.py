@@ -105,8 +105,8 @@ def predict_files(model, variables, paths: Sequence[str], k: int = 5, batch_size
     out = Predictions([], [])
     for indices, images in decoded_batches(paths, batches, transform, workers, log):
         x, ok = stack_readable(images, len(indices), cfg["input_size"])
-        rows = top_k(dp.predict(model, variables, x, pad_to=batch_size), min(k, model.num_classes), names) \
-            if len(x) else []
+        logits = dp.predict(model, variables, x, pad_to=min(batch_size, len(paths))) if len(x) else np.zeros((0, 1))
+        rows = top_k(logits, min(k, model.num_classes), names)
         readable = iter(rows)
         for i, image, good in zip(indices, images, ok):
             if good:
