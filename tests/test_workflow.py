@@ -146,3 +146,46 @@ def test_convert_and_back_to_timm(run, timm_model, tmp_path):
     theirs = timm.create_model(MODEL, num_classes=model.num_classes, checkpoint_path=back).state_dict()
     ours = timm_model.state_dict()
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+
+
+# --------------------------------------------------------------------------- what goes wrong, said once
+
+def test_a_flag_against_the_file_and_a_head_without_record_name_both(run, tmp_path):
+    _, out, _, _ = run
+    image = next((run[0] / "val" / "red").iterdir())
+    code, _, err = _cli("predict", MODEL, image, "--weights", out, "--num-classes", 5)
+    assert code == 2 and "num_classes=5 was asked for" in err and "records num_classes=2" in err
+    plain = tmp_path / "timm.safetensors"  # timm's own file: no record of its classes
+    from safetensors.torch import save_file
+    save_file(timm.create_model(MODEL, num_classes=3).state_dict(), str(plain))
+    code, _, err = _cli("embed", image.parent, "--model", MODEL, "--weights", plain, "--output", tmp_path / "e.npz")
+    assert code == 2 and "has 3 outputs, the model 1000 classes; give num_classes=3 (--num-classes 3)" in err
+
+
+def test_a_directory_without_weights_says_what_was_looked_for(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    code, _, err = _cli("predict", MODEL, tmp_path / "cat.png", "--weights", tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "looked for model_best.safetensors, last.safetensors or a single *.safetensors" in err
+
+
+def test_split_roots_are_found_named_or_refused(tmp_path):
+    from resnets_jax.data.image_folder import split_folders, training_data
+    for split in ("train", "validation", "holdout"):
+        for name in ("a", "b"):
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / name / "0.png")
+    assert split_folders(str(tmp_path)) == (str(tmp_path / "train"), str(tmp_path / "validation"))
+    assert split_folders(str(tmp_path), val_split="holdout")[1] == str(tmp_path / "holdout")
+    with pytest.raises(ValueError, match="--val-split 'test'"):
+        split_folders(str(tmp_path), val_split="test")
+    (tmp_path / "holdout" / "c").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "holdout" / "c" / "0.png")
+    with pytest.raises(ValueError, match="'c' not among the training classes"):
+        training_data(str(tmp_path), val_split="holdout")
+    flat = tmp_path / "flat"  # class folders named after splits, images directly inside
+    for name in ("train", "val"):
+        (flat / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(flat / name / "0.png")
+    with pytest.raises(ValueError, match="hold images, not class folders"):
+        training_data(str(flat))

@@ -145,6 +145,7 @@ def run_validate(name: str, folder: str, weights: Optional[str] = None, *, num_c
     hub weights), under ``jax.distributed`` when launched as several processes. With
     ``results_file``, process 0 writes the results there as JSON (atomically; an existing file
     is replaced only with ``force``). What ``resnets-jax validate`` runs."""
+    from ..data import grain_pipeline  # noqa: F401  (the train extra: missing, one error before any work)
     initialize()
     if results_file:
         results_file = check_output(results_file, force)  # before any work
