@@ -5,7 +5,7 @@ header's ``__metadata__`` (or a msgpack checkpoint's ``__resnets_jax__`` entry).
 strings, as safetensors requires: numbers as decimal text, structured values (lists) as JSON,
 under timm's ``pretrained_cfg`` key names.
 
-    meta = read_model_metadata("run/model_best.safetensors")
+    meta = read_model_metadata("run/model_best.safetensors")     # io.formats
     meta.num_classes, meta.label_names, meta.data_config   # 2, ['blue', 'red'], {'input_size': (3, 32, 32), ...}
 
 A file without these keys (a timm checkpoint, a file of an earlier version) gives ``None`` /
@@ -79,19 +79,3 @@ def _check(key: str, value) -> None:
         raise ValueError("expected a JSON list of numbers")
     if key in _INT_KEYS and value < 0:
         raise ValueError("expected a non-negative integer")
-
-
-def read_model_metadata(path) -> ModelMetadata:
-    """The ``ModelMetadata`` of a checkpoint file (a path or ``kinds.CheckpointFile``): a
-    safetensors header's (the header only is read), a msgpack Flax checkpoint's; other kinds
-    (torch files, BiT ``.npz``) record none. ``CheckpointError`` for a file of no known kind."""
-    from . import kinds
-    file = kinds.open_checkpoint(path)
-    if file.kind == kinds.SAFETENSORS:
-        meta = file.safetensors.metadata
-    elif file.kind == kinds.MSGPACK:
-        from .flax_checkpoint import read_flax_msgpack
-        meta = read_flax_msgpack(file.path).metadata
-    else:
-        meta = {}
-    return decode_model_metadata(meta, where=file.path)

@@ -19,7 +19,7 @@ from ..io.files import atomic_output, check_output
 from ..io.flax_checkpoint import resolve_format, write_flax_checkpoint
 from ..io.formats import is_bit_npz
 from ..io.kinds import open_checkpoint
-from ..io.model_metadata import read_model_metadata
+from ..io.formats import read_model_metadata
 from ..io.run_dir import resolve_checkpoint_path
 from ..pretrained import pretrained_file
 from ..registry import list_pretrained

@@ -8,7 +8,8 @@ from typing import Any, Callable, List, Optional
 
 from ..data import resolve_data_config
 from ..factory import create_model, resolve_pretrained_cfg
-from ..io.model_metadata import ModelMetadata, read_model_metadata
+from ..io.formats import read_model_metadata
+from ..io.model_metadata import ModelMetadata
 from ..io.run_dir import resolve_checkpoint_path
 from .predict import class_names
 
