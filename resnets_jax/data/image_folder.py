@@ -156,7 +156,8 @@ def split_indices(labels: np.ndarray, val_fraction: float, seed: int) -> Tuple[n
 
 def training_data(root: str, train_split: Optional[str] = None, val_split: Optional[str] = None,
                   val_fraction: float = 0.1, seed: int = 0) -> Tuple[ImageFolder, np.ndarray, np.ndarray, str]:
-    """Fine-tuning's data: ``(dataset, train indices, validation indices, what was found)``.
+    """Fine-tuning's data: ``(dataset, train indices, validation indices, what was found in a
+    split root, '' for a folder of class folders)``.
     A split root (``split_folders``) trains on its training folder and validates on its
     validation folder (its class folders labelled by the training folder's classes); a folder of
     class folders, or a split root without a validation folder, holds out ``val_fraction`` of each
@@ -173,8 +174,9 @@ def training_data(root: str, train_split: Optional[str] = None, val_split: Optio
     train_idx, val_idx = split_indices(dataset.labels, val_fraction, seed)
     if val_fraction and not len(val_idx):
         raise ValueError(f"val_fraction {val_fraction} holds out no image of {folder}; raise it (or use 0)")
-    where = f"{root}: training on {folder} (no validation folder), " if splits else f"{root}: "
-    return dataset, train_idx, val_idx, where + f"validating on {val_fraction:g} of each class ({len(val_idx)} images)"
+    where = f"{root}: training on {folder}; no validation folder, so validating on {val_fraction:g} of each class " \
+        f"({len(val_idx)} images)" if splits else ""
+    return dataset, train_idx, val_idx, where
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:

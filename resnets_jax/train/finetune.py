@@ -221,7 +221,6 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     _check_config(cfg, dp)
     dataset, train_idx, val_idx, found = training_data(cfg.data_dir, cfg.train_split, cfg.val_split,
                                                        cfg.val_fraction, cfg.seed)
-    log(found)
     num_classes = cfg.num_classes or len(dataset.classes)
     if num_classes < len(dataset.classes):
         raise ValueError(f"num_classes {num_classes} < the {len(dataset.classes)} class folders of {cfg.data_dir}")
@@ -233,6 +232,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
         check_output(cfg.export, force=cfg.resume)
     # the folder this run makes (None: both existed): a run that fails before its first intact checkpoint removes it
     made = next((d for d in (cfg.output_dir, ckpt_dir) if not os.path.exists(d)), None)
+    if found:
+        log(found)
     os.makedirs(cfg.output_dir, exist_ok=True)
     try:
         return _finetune(cfg, log, dp, dataset, num_classes, train_idx, val_idx, ckpt_dir)
