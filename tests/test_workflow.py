@@ -189,3 +189,38 @@ def test_split_roots_are_found_named_or_refused(tmp_path):
         Image.new("RGB", (8, 8)).save(flat / name / "0.png")
     with pytest.raises(ValueError, match="hold images, not class folders"):
         training_data(str(flat))
+
+
+@pytest.mark.slow  # two processes with their own compiles (~20 s loaded): run with -m slow
+def test_validate_on_two_processes_equals_one(run, tmp_path):
+    """Two processes of two devices each (``jax.distributed`` on loopback), each decoding its rows
+    of every batch, give the one-process results: the same counts and unreadable files, the loss to
+    fp32 rounding (sums in another order)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    root, out, _, _ = run
+    folder = tmp_path / "val"
+    shutil.copytree(root / "val", folder)
+    (folder / "blue" / "broken.png").write_text("not an image")  # 9 files, 4 per batch: 2 rows per process
+    argv = [sys.executable, "-m", "resnets_jax.tools.cli", "validate", MODEL, str(folder), "--weights", str(out),
+            "--batch-size", "4", "--json", "--no-progress"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(argv, env=dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_PROCESSES="2",
+                                             JAX_PROCESS_ID=str(pid), JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                             XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outputs]
+    code, stdout, stderr = _cli("validate", MODEL, folder, "--weights", out, "--batch-size", 4, "--json",
+                                "--no-progress")
+    assert code == 0, stderr
+    one = json.loads(stdout)
+    for stdout, _ in outputs:  # gloo's lines come first on stdout
+        got = json.loads(stdout[stdout.index("{"):])
+        assert {k: got[k] for k in ("top1", "top5", "count", "failed")} == \
+            {k: one[k] for k in ("top1", "top5", "count", "failed")}
+        assert abs(got["loss"] - one["loss"]) <= PARITY_TOL * max(1.0, one["loss"])

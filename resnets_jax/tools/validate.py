@@ -123,17 +123,19 @@ def validate(model, variables, folder: str, *, data_config: dict, label_names: O
         bar.update(min(share * procs, len(dataset) - i * share * procs))
     seconds = time.perf_counter() - start
     bar.close()
-    sums = dp.allgather(sums).sum(0)
+    # gathered as 32-bit (JAX's default): the counts as integers, exact; the loss sum to fp32
+    counts = dp.allgather(sums[1:].astype(np.int32)).sum(0)
+    loss = float(dp.allgather(np.float32(sums[0])).astype(np.float64).sum())
     failed = dp.allgather(failed).any(0)
-    loss, top1, top5, count = sums[0], sums[1], sums[2], int(sums[3])
+    top1, top5, count = int(counts[0]), int(counts[1]), int(counts[2])
     if not count:
         raise ValueError(f"{folder}: none of its {len(dataset)} images could be read")
     top1, top5 = 100 * top1 / count, 100 * top5 / count
     params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables["params"]))
     return ValidateResult(model=model.variant, top1=round(top1, 4), top1_err=round(100 - top1, 4), top5=round(top5, 4),
-                          top5_err=round(100 - top5, 4), loss=float(loss / count), count=count,
-                          images_per_s=count / max(seconds, 1e-9), param_count=round(params / 1e6, 2), img_size=w,
-                          crop_pct=data_config["crop_pct"], interpolation=data_config["interpolation"],
+                          top5_err=round(100 - top5, 4), loss=loss / count, count=count,
+                          images_per_s=count / max(seconds, 1e-9), param_count=round(params / 1e6, 2), img_size=int(w),
+                          crop_pct=float(data_config["crop_pct"]), interpolation=data_config["interpolation"],
                           failed=[dataset.samples[i][0] for i in np.flatnonzero(failed)])
 
 
