@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from .._optional import require
 from ..data import ImageFolder, create_transform
 from ..data.image_folder import split_folders
 from ..io.files import check_output, write_text_atomic
@@ -36,6 +37,7 @@ from .weights import load_model
 
 TOP5 = 5  # timm's validate.py: accuracy(output, target, topk=(1, 5))
 DEFAULT_BATCH_SIZE = 256  # timm's validate.py --batch-size
+VALIDATE_NEEDS = ("validate's input pipeline (Grain)", "grain")  # the train extra
 
 
 @dataclasses.dataclass
@@ -147,7 +149,7 @@ def run_validate(name: str, folder: str, weights: Optional[str] = None, *, num_c
     hub weights), under ``jax.distributed`` when launched as several processes. With
     ``results_file``, process 0 writes the results there as JSON (atomically; an existing file
     is replaced only with ``force``). What ``resnets-jax validate`` runs."""
-    from ..data import grain_pipeline  # noqa: F401  (the train extra: missing, one error before any work)
+    require(*VALIDATE_NEEDS)  # before any work
     initialize()
     if results_file:
         results_file = check_output(results_file, force)  # before any work
