@@ -14,9 +14,11 @@ import jax.numpy as jnp
 
 from .convert import init_variables, load_variables
 from .io import load_state_dict
-from .io.arrays import view_state_dict
+from .io.arrays import tensor_shape, view_state_dict
 from .io.flax_checkpoint import is_flax_layout
 from .io.hub import read_hf_hub_config
+from .io.model_metadata import decode_model_metadata
+from .io.run_dir import resolve_checkpoint_path
 from .pretrained import fit_bit_npz, load_pretrained, pruned_prefixes
 from .registry import (
     HF_HUB_PREFIX,
@@ -88,7 +90,10 @@ def create_model(
     without torch: safetensors, ``.bin``/``.pth``/``.pth.tar`` in torch's zip format, Google's
     BiT ``.npz`` for ResNetV2 models, the head kept only at the file's width as timm's
     ``load_pretrained``; or a Flax checkpoint written by ``save_checkpoint`` / ``resnets-jax
-    convert``, whose recorded ``num_classes``/``in_chans`` are the defaults. ``use_ema``, True as
+    convert``. A file's recorded ``num_classes``/``in_chans`` (``io.model_metadata``: our
+    checkpoints and exports record them) are the defaults, and one given that differs is a
+    ``ValueError`` naming both; a run directory of ``finetune`` stands for its best export
+    (``io.run_dir``). ``use_ema``, True as
     in timm's ``load_checkpoint``, takes a training checkpoint's ``state_dict_ema`` (else
     ``model_ema``) when it has one, else its ``state_dict``; which one is said on stderr), else from the hub when ``pretrained`` (``cache_dir`` as huggingface_hub's), else
     from a random init with ``rng``. ``pretrained_cfg_overlay`` updates the tag's pretrained config
@@ -102,16 +107,14 @@ def create_model(
     """
     cfg = resolve_pretrained_cfg(model_name, cache_dir, pretrained_cfg_overlay)
     if checkpoint_path is not None:
+        checkpoint_path = resolve_checkpoint_path(checkpoint_path)  # a run directory: its best export
         state_dict = load_state_dict(checkpoint_path, use_ema=use_ema)
-        if is_flax_layout(state_dict):  # our own checkpoints say what they hold
-            meta = getattr(state_dict, "metadata", None) or {}
-            for k in ("num_classes", "in_chans"):
-                if meta.get(k, "").isdigit():
-                    kwargs.setdefault(k, int(meta[k]))
+        _checkpoint_defaults(checkpoint_path, state_dict, kwargs)
         source = getattr(state_dict, "source", None)
         if source is not None:  # a training checkpoint: say which weights (timm logs it)
             print(f"{checkpoint_path}: loaded checkpoint[{source!r}] (use_ema={use_ema})", file=sys.stderr)
         model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
+        _check_head_width(checkpoint_path, state_dict, model, cfg)
         if getattr(state_dict, "kind", "") == "bit_npz":  # timm: model.load_pretrained(path)
             view, skip = fit_bit_npz(model, state_dict)
             return model, load_variables(model, view, skip_missing=skip)
@@ -120,3 +123,31 @@ def create_model(
     if pretrained:
         return model, load_pretrained(model, cfg, cache_dir=cache_dir)
     return model, init_variables(model, rng)
+
+
+def _checkpoint_defaults(path, state_dict, kwargs: dict) -> None:
+    """The file's recorded ``num_classes`` / ``in_chans`` into ``kwargs`` as defaults; a value
+    given that differs is one ``ValueError`` naming both."""
+    meta = decode_model_metadata(getattr(state_dict, "metadata", None) or {}, where=str(path))
+    for key, recorded in (("num_classes", meta.num_classes), ("in_chans", meta.in_chans)):
+        if recorded is None:
+            continue
+        given = kwargs.get(key)
+        if given is None:
+            kwargs[key] = recorded
+        elif given != recorded:
+            raise ValueError(f"{key}={given} was asked for, but {path} records {key}={recorded}: drop the "
+                             f"argument (--{key.replace('_', '-')}) or give {recorded}")
+
+
+def _check_head_width(path, state_dict, model, cfg: dict) -> None:
+    """A timm file whose classifier has another width than the model's: one error saying which
+    ``num_classes`` to give (the strict load would list every mismatch instead)."""
+    key = f"{cfg.get('classifier', '')}.weight"
+    if getattr(model, "features_only", False) or not model.num_classes or is_flax_layout(state_dict) or \
+            getattr(state_dict, "kind", "") == "bit_npz" or key not in state_dict:
+        return
+    width = tensor_shape(state_dict, key)[0]
+    if width != model.num_classes:
+        raise ValueError(f"{path}: its classifier ({key}) has {width} outputs, the model {model.num_classes} "
+                         f"classes; give num_classes={width} (--num-classes {width})")

@@ -17,6 +17,7 @@ order (each one is a collective), each with its own slice of the data. Processes
 slices of different lengths (an empty one included); every process should have the same
 number of devices.
 """
+import functools
 import os
 from typing import Any, Callable, Optional, Sequence, Tuple
 
@@ -101,7 +102,6 @@ class DataParallel:
         self.multi_process = len(processes) > 1
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
-        self._jitted = {}
 
     @property
     def num_devices(self) -> int:
@@ -182,14 +182,10 @@ class DataParallel:
 
     def predict_fn(self, model, method: Optional[str] = None, **kwargs) -> Callable:
         """A jitted ``f(variables, images)`` (global arrays) running ``model.apply`` in eval
-        mode with the batch sharded, cached per (model, method, kwargs)."""
-        key = (model, method, tuple(sorted(kwargs.items())))
-        if key not in self._jitted:
-            def apply(variables, x):
-                return model.apply(variables, x, method=method, **kwargs)
-            self._jitted[key] = jit(apply, in_shardings=(self.replicated, self.batch_sharding),
-                                        out_shardings=self.batch_sharding)
-        return self._jitted[key]
+        mode with the batch sharded, cached per (mesh, model, method, kwargs) for the process:
+        fine-tuning's validation, ``validate`` and ``predict`` in one process compile a batch
+        shape once."""
+        return _predict_fn(self.mesh, model, method, tuple(sorted(kwargs.items())))
 
     def _forward(self, model, variables, local_images, method, pad_to, kwargs):
         """The sharded forward of every process's slice, each padded to the same length:
@@ -230,6 +226,18 @@ class DataParallel:
         out, counts, size = self._forward(model, variables, local_images, method, pad_to, kwargs)
         rows = self.gather(out)
         return np.concatenate([rows[p * size:p * size + c] for p, c in enumerate(counts)])
+
+
+PREDICT_FNS_KEPT = 16  # jitted forwards kept per process (each holds its compiled executables)
+
+
+@functools.lru_cache(maxsize=PREDICT_FNS_KEPT)
+def _predict_fn(mesh: Mesh, model, method: Optional[str], kwargs: tuple) -> Callable:
+    batch = NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+    def apply(variables, x):
+        return model.apply(variables, x, method=method, **dict(kwargs))
+    return jit(apply, in_shardings=(NamedSharding(mesh, PartitionSpec()), batch), out_shardings=batch)
 
 
 def _round_up(n: int, multiple: int) -> int:

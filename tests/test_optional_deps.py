@@ -108,8 +108,10 @@ def test_train_extra(files, tmp_path, blocked, package):
     ``MissingExtraError``; the core still reads and converts without the extra."""
     run_dir = tmp_path / "run"
     load = f"from resnets_jax.train.finetune import load_finetuned; load_finetuned({str(tmp_path)!r})"
-    (results,), calls = _run_blocked([blocked], [["finetune", "resnetv2_18", str(files / "data"), "-o", str(run_dir),
-                                                  "--epochs", "1"]], [
+    validate = [["validate", "resnetv2_18", str(files / "data"), "--weights", str(files / "weights.safetensors"),
+                 "--results-file", str(tmp_path / "results.json")]] if blocked == "grain" else []
+    (results, *validated), calls = _run_blocked([blocked], [["finetune", "resnetv2_18", str(files / "data"), "-o",
+                                                             str(run_dir), "--epochs", "1"]] + validate, [
         "import resnets_jax.data.grain_pipeline",
         "import resnets_jax.train.checkpoint",
         f"import resnets_jax as rj; assert rj.load_state_dict({str(files / 'weights.safetensors')!r})['w'].shape == (2,)",
@@ -118,6 +120,9 @@ def test_train_extra(files, tmp_path, blocked, package):
     assert code == 2 and stdout == "" and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert stderr.endswith(f" needs {package}: pip install 'resnets-jax[train]'\n")
     assert not run_dir.exists()
+    if validate:  # before the model is loaded; no results file
+        assert validated == [[2, "", _line("train", package, "validate's input pipeline (Grain)")]]
+        assert not (tmp_path / "results.json").exists()
     grain_msg = _line("train", package, "fine-tuning's input pipeline (resnets_jax.data.grain_pipeline)")[7:-1]
     state_msg = _line("train", package, "fine-tuning's train state (resnets_jax.train.checkpoint)")[7:-1]
     ok = ["ok", False, ""]

@@ -7,6 +7,7 @@ checkpoint) resumes at the same example.
 
     ds = train_dataset(ImageFolderSource(folder), train_idx, batch_size=32, seed=0, epochs=10, transform=t)
     it = iter(to_iter_dataset(ds, workers=4))    # batches of {"image": (b, H, W, C) float32, "label": (b,) int32}
+    ev = eval_dataset(ImageFolder(val_dir), 64, eval_transform, (3, 224, 224))   # validation, every image once
 
 The batches equal ``image_folder.Batches``' (the same images, crops and flips), each process
 receiving rows ``[p * b, (p + 1) * b)`` of each global batch of ``b * process_count`` rows.
@@ -97,6 +98,51 @@ def train_dataset(source: ImageFolderSource, indices: np.ndarray, batch_size: in
     return (grain.MapDataset.range(epochs * position.steps_per_epoch * local)
             .map(position).map(_LoadAndTransform(source, transform, seed))
             .batch(local, drop_remainder=True))
+
+
+class _LoadForEval(grain.transforms.Map):
+    """A slot (an image index, or -1: padding) -> ``{"image", "label", "index", "ok"}``; an image
+    that cannot be read comes back as zeros with ``ok`` False (and is said through ``log``)."""
+
+    def __init__(self, folder: ImageFolder, transform: Callable, input_size, mode: str, log: Callable):
+        self.folder, self.transform, self.mode, self.log = folder, transform, mode, log
+        c, h, w = input_size
+        self.blank = np.zeros((h, w, c), np.float32)
+
+    def map(self, slot):
+        slot = int(slot)
+        if slot >= 0:
+            try:
+                image = np.asarray(self.transform(self.folder.load(slot, self.mode)), np.float32)
+                return {"image": image, "label": np.int32(self.folder.labels[slot]), "index": np.int64(slot),
+                        "ok": np.bool_(True)}
+            except (ValueError, OSError, SyntaxError) as e:  # PIL's errors for a damaged file
+                self.log(f"warning: {e}; left out")
+        return {"image": self.blank, "label": np.int32(-1), "index": np.int64(slot), "ok": np.bool_(False)}
+
+
+def eval_rows(num_images: int, batch_size: int, process_count: int = 1) -> int:
+    """A process's rows in each batch of ``eval_dataset``."""
+    return -(-min(batch_size, num_images) // process_count)
+
+
+def eval_dataset(folder: ImageFolder, batch_size: int, transform: Callable, input_size, mode: str = "RGB",
+                 process_index: int = 0, process_count: int = 1,
+                 log: Callable[[str], None] = lambda s: None) -> grain.MapDataset:
+    """Every image of ``folder`` once, in order, through the eval ``transform``, for one process:
+    global batch ``i`` is images ``[i * B, (i + 1) * B)`` with ``B = min(batch_size, len(folder))``
+    rounded up to a multiple of ``process_count``, and each process gets its ``B /
+    process_count`` rows of every batch, as ``{"image": (b, H, W, C) float32, "label": (b,)
+    int32, "index": (b,) int64, "ok": (b,) bool}``. Every batch of every process has ``b`` rows:
+    past the last image, rows are padding (``index`` -1, ``ok`` False), as are unreadable images
+    (``ok`` False, their ``index`` kept). ``input_size``: (C, H, W)."""
+    n = len(folder)
+    share = eval_rows(n, batch_size, process_count)
+    step = share * process_count
+    slots = np.arange(-(-n // step) * step).reshape(-1, process_count, share)[:, process_index].reshape(-1)
+    slots = np.where(slots < n, slots, -1)
+    return (grain.MapDataset.source(slots).map(_LoadForEval(folder, transform, input_size, mode, log))
+            .batch(share, drop_remainder=False))
 
 
 def to_iter_dataset(ds: grain.MapDataset, workers: Optional[int] = None, threads: int = 8,

@@ -7,6 +7,8 @@ from .errors import CheckpointError
 from .flax_checkpoint import save_checkpoint
 from .formats import is_flax_checkpoint, load_state_dict
 from .kinds import CheckpointFile, open_checkpoint
+from .formats import read_model_metadata
+from .model_metadata import ModelMetadata
 
 __all__ = ["CheckpointError", "CheckpointFile", "load_state_dict", "is_flax_checkpoint", "open_checkpoint",
-           "save_checkpoint"]
+           "save_checkpoint", "ModelMetadata", "read_model_metadata"]

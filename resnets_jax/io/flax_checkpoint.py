@@ -11,6 +11,7 @@ from flax import traverse_util
 from ..registry import get_pretrained_cfg, parse_hf_hub_name
 from .errors import CheckpointError
 from .files import check_output, write_atomic
+from .model_metadata import encode_model_metadata
 from .safetensors import write_safetensors
 
 FLAX_FORMAT = "resnets_jax"  # the ``format`` metadata of the checkpoints save_checkpoint writes
@@ -32,11 +33,13 @@ def is_flax_layout(state_dict: Mapping) -> bool:
     """Whether a checkpoint holds Flax variables (``params/...``) rather than timm's keys."""
     return len(state_dict) > 0 and all(k.split("/", 1)[0] in _FLAX_COLLECTIONS and "/" in k for k in state_dict)
 
-def checkpoint_metadata(model) -> Dict[str, str]:
-    """What ``save_checkpoint`` records beside the weights (all strings, as safetensors wants)."""
+def checkpoint_metadata(model, label_names=None, data_config=None) -> Dict[str, str]:
+    """What ``save_checkpoint`` records beside the weights (all strings, as safetensors wants):
+    the format, the architecture and ``io.model_metadata``'s entries (``num_classes``,
+    ``in_chans``, and ``label_names`` / the eval data config when given)."""
     from .. import __version__
     meta = {"format": FLAX_FORMAT, "format_version": "1", "resnets_jax_version": __version__,
-            "num_classes": str(model.num_classes), "in_chans": str(model.in_chans)}
+            **encode_model_metadata(model.num_classes, model.in_chans, label_names, data_config)}
     variant = getattr(model, "variant", "")
     if variant:
         if parse_hf_hub_name(variant):
@@ -46,12 +49,13 @@ def checkpoint_metadata(model) -> Dict[str, str]:
             meta["architecture"] = variant
     return meta
 
-def write_flax_checkpoint(path: str, model, variables: Mapping, format: str = "safetensors") -> None:
+def write_flax_checkpoint(path: str, model, variables: Mapping, format: str = "safetensors", *,
+                          label_names=None, data_config=None) -> None:
     """Write ``variables`` to ``path`` as is (no temp file: ``save_checkpoint`` is the atomic,
     no-clobber way). ``format``: ``'safetensors'`` (flattened keys ``params/stem/conv/kernel``,
     metadata in the header) or ``'msgpack'`` (``flax.serialization``, the nested tree plus a
-    ``__resnets_jax__`` entry)."""
-    meta = checkpoint_metadata(model)
+    ``__resnets_jax__`` entry). ``label_names``, ``data_config``: recorded (``checkpoint_metadata``)."""
+    meta = checkpoint_metadata(model, label_names, data_config)
     if format == "safetensors":
         write_safetensors(path, flatten_variables({c: variables[c] for c in variables}), meta)
     elif format == "msgpack":
@@ -95,12 +99,16 @@ def resolve_format(output: str, format: Optional[str] = None) -> str:
         raise ValueError(f"Unknown checkpoint format {format!r}: expected one of {', '.join(FORMATS)}")
     return format
 
-def save_checkpoint(model, variables, output: str, *, format: Optional[str] = None, force: bool = False) -> str:
+def save_checkpoint(model, variables, output: str, *, format: Optional[str] = None, force: bool = False,
+                    label_names=None, data_config=None) -> str:
     """Write ``variables`` as a Flax checkpoint that ``create_model(name, checkpoint_path=output)``
     loads: safetensors (flattened keys ``params/stem/conv/kernel``, ``batch_stats/...``, with
-    metadata ``format: resnets_jax``, ``architecture``, ``num_classes``, ``in_chans``) unless
-    ``format='msgpack'`` or the name ends in ``.msgpack``. Atomic; refuses to overwrite
-    without ``force``. Returns the absolute path."""
+    metadata ``format: resnets_jax``, ``architecture``, ``num_classes``, ``in_chans``, and
+    ``label_names`` (a name per class) and ``data_config`` (timm's eval data config) when given,
+    which every command that reads the file uses) unless ``format='msgpack'`` or the name ends in
+    ``.msgpack``. Atomic; refuses to overwrite without ``force``. Returns the absolute path."""
     output = check_output(output, force)
     format = resolve_format(output, format)
-    return write_atomic(output, lambda tmp: write_flax_checkpoint(tmp, model, variables, format), force)
+    return write_atomic(output, lambda tmp: write_flax_checkpoint(tmp, model, variables, format,
+                                                                  label_names=label_names, data_config=data_config),
+                        force)

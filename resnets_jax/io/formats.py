@@ -9,6 +9,7 @@ from .bit_npz import read_bit_npz
 from . import kinds
 from .flax_checkpoint import is_flax_layout, read_flax_msgpack
 from .kinds import open_checkpoint
+from .model_metadata import ModelMetadata, decode_model_metadata
 from .safetensors import read_safetensors
 from .torch_zip import (
     _CLEAN_PREFIXES,
@@ -75,3 +76,17 @@ def load_state_dict(path: str, use_ema: bool = True) -> Mapping[str, np.ndarray]
     if any(k.startswith(_CLEAN_PREFIXES) for k in state_dict):
         return view_state_dict(state_dict, rename=clean_key)
     return state_dict
+
+
+def read_model_metadata(path) -> ModelMetadata:
+    """The ``ModelMetadata`` of a checkpoint file (a path or ``kinds.CheckpointFile``): a
+    safetensors header's (the header only is read), a msgpack Flax checkpoint's; other kinds
+    (torch files, BiT ``.npz``) record none. ``CheckpointError`` for a file of no known kind."""
+    file = open_checkpoint(path)
+    if file.kind == kinds.SAFETENSORS:
+        meta = file.safetensors.metadata
+    elif file.kind == kinds.MSGPACK:
+        meta = read_flax_msgpack(file.path).metadata
+    else:
+        meta = {}
+    return decode_model_metadata(meta, where=file.path)

@@ -4,11 +4,17 @@
     resnets-jax info NAME
     resnets-jax convert NAME (--checkpoint PATH | --from-hub) --output PATH [--format F] [--force] [--verify]
     resnets-jax convert NAME|PATTERN... --from-hub --output-dir DIR [--format F] [--force] [--verify]
-    resnets-jax predict NAME IMAGE... [--weights PATH] [--top-k K] [--json] [--use-train-size]
+    resnets-jax predict NAME IMAGE|FOLDER|GLOB... [--weights PATH|RUN_DIR] [--num-classes N] [--batch-size N]
+                        [--top-k K] [--json] [--use-train-size]
+    resnets-jax validate NAME FOLDER [--weights PATH|RUN_DIR] [--num-classes N] [--batch-size N] [--results-file F]
     resnets-jax demo [NAME]
     resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
                       [--use-train-size]
     resnets-jax finetune NAME DATA_DIR --output DIR [--checkpoint F | --pretrained] [--epochs N] ... [--export F]
+                         [--train-split NAME] [--val-split NAME]
+
+--weights / --checkpoint take a checkpoint file or a fine-tuning run directory (its best export);
+the class names and eval data config an export records are used.
 
 ``--verbose`` (before or after the command) lets the libraries' own logging through (Orbax's and
 Grain's absl lines); without it only their errors show, so stderr holds our lines and one
@@ -72,7 +78,7 @@ def _cmd_convert(args):
     from .convert import convert_checkpoint, convert_many
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     kwargs = dict(checkpoint_path=args.checkpoint, from_hub=args.from_hub, force=args.force, verify=args.verify,
-                  cache_dir=args.cache_dir, use_ema=args.use_ema, log=log)
+                  cache_dir=args.cache_dir, use_ema=args.use_ema, log=log, num_classes=args.num_classes)
     if args.output_dir is None:
         if len(args.names) != 1:
             raise ValueError(f"--output names one file, but {len(args.names)} models were given: use --output-dir")
@@ -103,30 +109,51 @@ def _print_table(header, rows) -> None:
 
 
 def _cmd_predict(args):
-    from ..factory import create_model
-    from .predict import predict
-    if args.top_k < 1:  # before the model is made: the upper bound needs it
+    from .images import expand_image_args
+    from .predict import predict_files
+    from .weights import load_model
+    if args.top_k < 1:  # before anything is loaded: the upper bound needs the model
         raise ValueError(f"--top-k {args.top_k}: expected a number of classes >= 1")
-    if args.weights:
-        model, variables = create_model(args.name, checkpoint_path=args.weights, use_ema=args.use_ema)
-    else:
-        model, variables = create_model(args.name, pretrained=True)
-    results = predict(model, variables, args.images, k=args.top_k, exif_transpose=args.exif_transpose,
-                      use_test_size=args.use_test_size)
+    paths = expand_image_args(args.images)
+    loaded = load_model(args.name, args.weights, num_classes=args.num_classes, use_ema=args.use_ema,
+                        use_test_size=args.use_test_size)
+    res = predict_files(loaded.model, loaded.variables, paths, k=args.top_k, batch_size=args.batch_size,
+                        data_config=loaded.data_config, label_names=loaded.label_names,
+                        exif_transpose=args.exif_transpose, workers=args.workers)
     if args.json:
-        print(json.dumps([{"image": p, "top_k": r} for p, r in zip(args.images, results)], indent=2))
+        print(json.dumps([{"image": p, "top_k": r} for p, r in res.results]
+                         + [{"image": p, "error": why} for p, why in res.failed], indent=2))
+    else:
+        for path, top in res.results:
+            print(path)
+            for r in top:
+                print(f"  {r['probability']:7.2%}  {r['index']:5d}  {r['label']}")
+        if res.failed:
+            print(f"\n{len(res.failed)} unreadable, left out:\n" + "\n".join(f"  {p}: {why}" for p, why in res.failed))
+    if not res.results:
+        raise ValueError(f"none of the {len(paths)} images could be read")
+
+
+def _cmd_validate(args):
+    import dataclasses
+    from .validate import run_validate
+    res = run_validate(args.name, args.folder, args.weights, num_classes=args.num_classes, use_ema=args.use_ema,
+                       use_test_size=args.use_test_size, results_file=args.results_file, force=args.force,
+                       batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(res), indent=2))
         return
-    for path, res in zip(args.images, results):
-        print(path)
-        for r in res:
-            print(f"  {r['probability']:7.2%}  {r['index']:5d}  {r['label']}")
+    print(f" * Acc@1 {res.top1:.3f} ({res.top1_err:.3f}) Acc@5 {res.top5:.3f} ({res.top5_err:.3f})  "
+          f"loss {res.loss:.4f}  {res.count} images, {res.images_per_s:.1f} images/s"
+          + (f"; {len(res.failed)} unreadable, left out:\n" + "\n".join(f"  {p}" for p in res.failed)
+             if res.failed else ""))
 
 
 def _cmd_embed(args):
     from .embed import run_embed
     res = run_embed(args.model, args.folder, args.output, weights=args.weights, force=args.force, k=args.top_k,
                     batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress,
-                    use_ema=args.use_ema, use_test_size=args.use_test_size)
+                    use_ema=args.use_ema, use_test_size=args.use_test_size, num_classes=args.num_classes)
     print(f"wrote {res.output}: {res.images} images ({res.computed} computed now, {res.resumed} resumed)"
           + (f"; {len(res.failed)} unreadable, listed as 'failed'" if res.failed else ""))
 
@@ -179,11 +206,13 @@ def _add_finetune_parser(sub) -> None:
     d = FinetuneConfig("", "", "")
     s = sub.add_parser("finetune", help="fine-tune on a folder of images (one sub-folder per class)")
     s.add_argument("model", help="arch or arch.tag")
-    s.add_argument("data_dir", help="a folder with one sub-folder of images per class")
+    s.add_argument("data_dir", help="a folder with one sub-folder of images per class, or with train/ and val/ "
+                                    "folders of them (timm's layout: trains on train/, validates on val/)")
     s.add_argument("--output", "-o", dest="output_dir", required=True, metavar="DIR",
                    help="checkpoints (Orbax, DIR/checkpoints/<step>) and metrics.json go here")
     src = s.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", metavar="FILE", help="start from this timm checkpoint (new head if needed)")
+    src.add_argument("--checkpoint", metavar="FILE",
+                     help="start from this timm checkpoint, or a run directory's best export (new head if needed)")
     src.add_argument("--pretrained", action="store_true", help="start from the tag's hub weights")
     s.add_argument("--resume", action="store_true", help="continue from DIR's latest checkpoint")
     s.add_argument("--export", metavar="FILE.safetensors", help="write the result as a timm checkpoint")
@@ -194,6 +223,9 @@ def _add_finetune_parser(sub) -> None:
     for name, typ, what in _FINETUNE_FLAGS:
         s.add_argument("--" + name.replace("_", "-"), type=typ, default=getattr(d, name),
                        help=what if "default:" in what else f"{what} (default: %(default)s)")
+    s.add_argument("--train-split", metavar="NAME", help="DATA_DIR's training folder (default: found, e.g. train/)")
+    s.add_argument("--val-split", metavar="NAME",
+                   help="DATA_DIR's validation folder (default: found, e.g. val/ or validation/)")
     s.add_argument("--best-metric", choices=("val_acc", "val_loss"), default=d.best_metric,
                    help="the best checkpoint, kept besides the latest ones, is best at this (default: %(default)s)")
     s.add_argument("--interpolation", default=d.interpolation, help="the training crops' resize: 'random' (bilinear "
@@ -218,6 +250,15 @@ def _add_test_size(s) -> None:
                       help="the train input_size / crop_pct even when the tag has a test size (timm's option)")
 
 
+def _add_weights(s, hub_default: bool = True) -> None:
+    s.add_argument("--weights", "--checkpoint", dest="weights", metavar="PATH",
+                   help="a timm or resnets_jax checkpoint file, or a fine-tuning run directory (its best export)"
+                        + ("; default: the tag's hub weights" if hub_default else ""))
+    s.add_argument("--num-classes", type=int, metavar="N",
+                   help="the classes of a --weights file that does not record them (a timm checkpoint with a new "
+                        "head); default: the file's record, else the tag's")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="resnets-jax", description=__doc__.split("\n")[0].replace("``", ""))
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -237,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("names", nargs="+", metavar="NAME",
                    help="arch, arch.tag, hf-hub:<org>/<repo>, or (with --output-dir) a pattern over pretrained tags")
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="PATH", help="a timm checkpoint file (.safetensors, .bin, .pth)")
+    src.add_argument("--checkpoint", metavar="PATH",
+                     help="a timm checkpoint file (.safetensors, .bin, .pth), or a fine-tuning run directory")
     src.add_argument("--from-hub", action="store_true", help="the tag's weights on the Hugging Face hub")
     out = s.add_mutually_exclusive_group(required=True)
     out.add_argument("--output", "-o", metavar="PATH", help="the output file (one model)")
@@ -247,15 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite an existing output")
     s.add_argument("--verify", action="store_true",
                    help="check the written file against timm before it is moved into place (needs torch and timm)")
+    s.add_argument("--num-classes", type=int, metavar="N",
+                   help="the classes of a --checkpoint file that does not record them (a timm checkpoint with a "
+                        "new head)")
     _add_use_ema(s)
     s.add_argument("--cache-dir", metavar="DIR",
                    help="huggingface_hub's cache directory (default: its own, $HF_HUB_CACHE or ~/.cache/huggingface)")
     s.set_defaults(fn=_cmd_convert)
-    s = sub.add_parser("predict", help="classify images")
+    s = sub.add_parser("predict", help="classify images (files, folders, globs)")
     s.add_argument("name", help="arch, arch.tag or hf-hub:<org>/<repo>")
-    s.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    s.add_argument("--weights", metavar="FILE",
-                   help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
+    s.add_argument("images", nargs="+", metavar="IMAGE", help="an image file, a folder (recursive) or a glob")
+    _add_weights(s)
+    s.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
+    s.add_argument("--workers", type=int, help="decoding threads (default: the CPU count)")
     s.add_argument("--top-k", type=int, default=5, metavar="K",
                    help="classes per image, 1 to the model's number of classes (default: %(default)s)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -271,8 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("folder", help="every image below it, recursively")
     s.add_argument("--model", required=True, help="arch, arch.tag or hf-hub:<org>/<repo>")
     s.add_argument("--output", "-o", required=True, metavar="FILE.npz", help="the output file")
-    s.add_argument("--weights", metavar="FILE",
-                   help="a timm or resnets_jax checkpoint file (default: the tag's hub weights)")
+    _add_weights(s)
     s.add_argument("--batch-size", type=int, default=64,
                    help="images per step over all devices and hosts (default: %(default)s)")
     s.add_argument("--top-k", type=int, metavar="K",
@@ -285,10 +330,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_use_ema(s)
     _add_test_size(s)
     s.set_defaults(fn=_cmd_embed)
+    _add_validate_parser(sub)
     _add_finetune_parser(sub)
     for s in subcommands(p).values():  # also after the command: `resnets-jax finetune ... --verbose`
         _add_verbose(s, argparse.SUPPRESS)
     return p
+
+
+def _add_validate_parser(sub) -> None:
+    from .validate import DEFAULT_BATCH_SIZE
+    s = sub.add_parser("validate", help="top-1/top-5 accuracy and loss on a labelled folder (timm's validate.py)")
+    s.add_argument("name", help="arch, arch.tag or hf-hub:<org>/<repo>")
+    s.add_argument("folder", help="one sub-folder of images per class (or a root with val/)")
+    _add_weights(s)
+    s.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per step over all devices and hosts (default: {DEFAULT_BATCH_SIZE}, as timm)")
+    s.add_argument("--workers", type=int, help="decoding threads per process (default: CPU count, at most 8)")
+    s.add_argument("--results-file", metavar="FILE.json", help="write the results there as JSON")
+    s.add_argument("--force", action="store_true", help="replace an existing --results-file")
+    s.add_argument("--json", action="store_true", help="print the results as JSON")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_use_ema(s)
+    _add_test_size(s)
+    s.set_defaults(fn=_cmd_validate)
 
 
 def _add_verbose(parser, default) -> None:

@@ -19,6 +19,8 @@ from ..io.files import atomic_output, check_output
 from ..io.flax_checkpoint import resolve_format, write_flax_checkpoint
 from ..io.formats import is_bit_npz
 from ..io.kinds import open_checkpoint
+from ..io.formats import read_model_metadata
+from ..io.run_dir import resolve_checkpoint_path
 from ..pretrained import pretrained_file
 from ..registry import list_pretrained
 from .verify import VERIFY_NEEDS, VERIFY_TOL, verify_with_timm
@@ -39,16 +41,22 @@ class ConversionResult:
 def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str] = None, from_hub: bool = False,
                        format: Optional[str] = None, force: bool = False, verify: bool = False,
                        cache_dir: Optional[str] = None, use_ema: bool = True, verify_tol: float = VERIFY_TOL,
-                       log: Callable[[str], None] = lambda s: None) -> ConversionResult:
+                       num_classes: Optional[int] = None, log: Callable[[str], None] = lambda s: None
+                       ) -> ConversionResult:
     """Convert the timm checkpoint of ``name`` (``checkpoint_path``, or the tag's hub weights
     with ``from_hub``; ``hf-hub:<org>/<repo>`` names work too) into a Flax checkpoint at
     ``output``. With ``verify`` (torch and timm needed), the written file is loaded back and held
     against timm's model on the same checkpoint before it is moved into place; a parity
-    figure above ``verify_tol`` fails the conversion. Nothing is written on failure.
+    figure above ``verify_tol`` fails the conversion. Nothing is written on failure. The
+    source's recorded class names and eval data config (``io.model_metadata``) are carried into
+    the output; ``num_classes`` is for a file that records none (a timm checkpoint with a new
+    head). A fine-tuning run directory stands for its best export.
     ``verify`` without timm and torch: ``MissingExtraError`` before any work."""
     start = time.perf_counter()
     if (checkpoint_path is None) == (not from_hub):
         raise ValueError("Give exactly one weights source: a checkpoint file (--checkpoint PATH) or --from-hub")
+    if from_hub and num_classes is not None:
+        raise ValueError("--num-classes is for a --checkpoint file that does not record its classes, not --from-hub")
     if verify:
         require(*VERIFY_NEEDS)
     output = check_output(output, force)  # before any work: fail fast
@@ -56,12 +64,14 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
     if from_hub:
         log(f"fetching {name} from the hub")
         checkpoint_path = pretrained_file(resolve_pretrained_cfg(name, cache_dir), cache_dir=cache_dir)
-    source = open_checkpoint(checkpoint_path)  # its kind, decided once for every step below
+    source = open_checkpoint(resolve_checkpoint_path(checkpoint_path, log))  # its kind, decided once
+    meta = read_model_metadata(source)
     if from_hub:
         model, variables = create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=source),
                                         cache_dir=cache_dir)
     else:
-        model, variables = create_model(name, checkpoint_path=source, use_ema=use_ema, cache_dir=cache_dir)
+        model, variables = create_model(name, checkpoint_path=source, use_ema=use_ema, cache_dir=cache_dir,
+                                        num_classes=num_classes)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(variables["params"]))
     if is_flax_checkpoint(source):
         verify_note = "the source is already a resnets_jax checkpoint"
@@ -69,7 +79,8 @@ def convert_checkpoint(name: str, output: str, *, checkpoint_path: Optional[str]
         verify_note = _bit_npz_note(source, model)
     parity = None
     with atomic_output(output, force) as tmp:
-        write_flax_checkpoint(tmp, model, variables, format)
+        write_flax_checkpoint(tmp, model, variables, format, label_names=meta.label_names,
+                              data_config=meta.data_config)
         del variables  # verification loads the written file back: hold one copy at a time
         if verify and not verify_note:
             log(f"verifying {name} against timm")

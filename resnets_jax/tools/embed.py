@@ -26,27 +26,25 @@ sharded over every device of every process, resumable.
   replaced only with ``force``.
 """
 import dataclasses
-import glob
 import hashlib
 import json
 import os
 import shutil
 import sys
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import IMAGE_EXTENSIONS, create_transform, resolve_data_config
+from ..data import create_transform, resolve_data_config
 from ..io.files import check_output, remove_stale_temps, write_atomic
 from ..parallel import DataParallel, initialize
-from .predict import check_top_k, class_names, load_image, top_k
+from .images import decoded_batches, list_images, stack_readable
+from .predict import check_top_k, class_names, top_k
+from .weights import load_model
 
-PREFETCH_BATCHES = 2  # decoded ahead of the device: one to feed it next, one to absorb slow files
 MANIFEST_VERSION = 1
 # Test hook: after this many chunks written in a run, write the next chunk's temporary file and
 # exit at once (os._exit, no cleanup), as a kill in the middle of a write would.
@@ -64,18 +62,6 @@ class EmbedResult:
     computed: int        # images embedded in this invocation (readable ones; process 0's count)
     resumed: int         # images taken from batches an earlier run had done (readable ones)
     seconds: float
-
-
-def list_images(folder: str) -> List[str]:
-    """Image files under ``folder`` (recursive), as sorted paths relative to it."""
-    if not os.path.isdir(folder):
-        raise ValueError(f"{folder}: no such folder")
-    files = sorted(os.path.relpath(p, folder).replace(os.sep, "/")
-                   for p in glob.iglob(os.path.join(glob.escape(folder), "**", "*"), recursive=True)
-                   if p.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(p))
-    if not files:
-        raise ValueError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in it or below it")
-    return files
 
 
 def pooled_features(module, x):
@@ -109,24 +95,24 @@ def embed_folder(model, variables, folder: str, output: str, **kwargs) -> EmbedR
     ``batch_size`` (global, over all devices; default 64), ``force``, ``workers`` (decode
     threads; default: CPU count), ``dp`` (a ``DataParallel``; default all devices),
     ``progress``, ``log``, ``use_test_size`` (default True: the tag's ``test_input_size`` /
-    ``test_crop_pct`` where it has them, as timm's ``inference.py``)."""
+    ``test_crop_pct`` where it has them, as timm's ``inference.py``), ``data_config`` (instead
+    of the tag's), ``label_names`` (of the top-k classes; default: the tag's)."""
     return _run(_Job.check(folder, output, kwargs.pop("force", False)), model, variables, **kwargs)
 
 
 def run_embed(name: str, folder: str, output: str, weights: Optional[str] = None, force: bool = False,
-              use_ema: bool = True, **kwargs) -> EmbedResult:
-    """``embed_folder`` with the model ``name`` and ``weights`` (a timm or resnets_jax
-    checkpoint file; default: the tag's pretrained hub weights), checking the folder and the
-    output before loading anything, under ``jax.distributed`` when launched as several
-    processes (``parallel.initialize``). What ``resnets-jax embed`` runs."""
-    from ..factory import create_model
+              use_ema: bool = True, num_classes: Optional[int] = None, use_test_size: bool = True,
+              **kwargs) -> EmbedResult:
+    """``embed_folder`` with the model ``name`` and ``weights`` (``weights.load_model``: a
+    checkpoint file or a fine-tuning run directory, its recorded class names and data config
+    used; default: the tag's pretrained hub weights), checking the folder and the output before
+    loading anything, under ``jax.distributed`` when launched as several processes
+    (``parallel.initialize``). What ``resnets-jax embed`` runs."""
     initialize()
     job = _Job.check(folder, output, force)
-    if weights:
-        model, variables = create_model(name, checkpoint_path=weights, use_ema=use_ema)
-    else:
-        model, variables = create_model(name, pretrained=True)
-    return _run(job, model, variables, **kwargs)
+    loaded = load_model(name, weights, num_classes=num_classes, use_ema=use_ema, use_test_size=use_test_size)
+    return _run(job, loaded.model, loaded.variables, data_config=loaded.data_config,
+                label_names=loaded.label_names, **kwargs)
 
 
 def _digest(strings) -> str:
@@ -190,7 +176,8 @@ def _agree(dp: DataParallel, error: Optional[BaseException]) -> None:
 
 def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int = 64, workers: Optional[int] = None,
          dp: Optional[DataParallel] = None, progress: bool = True, log: Optional[Callable] = None,
-         use_test_size: bool = True) -> EmbedResult:
+         use_test_size: bool = True, data_config: Optional[dict] = None,
+         label_names: Optional[List[str]] = None) -> EmbedResult:
     log = log or _log
     start = time.perf_counter()
     if batch_size < 1:
@@ -199,7 +186,7 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
         check_top_k(k, model.num_classes)
     dp = dp or DataParallel()
     main_process = jax.process_index() == 0
-    cfg = resolve_data_config(model, use_test_size=use_test_size)
+    cfg = data_config or resolve_data_config(model, use_test_size=use_test_size)
     transform = create_transform(**cfg)
     n_files, procs, me = len(job.files), jax.process_count() if dp.multi_process else 1, jax.process_index()
     share = -(-batch_size // procs)  # a process's files in a batch
@@ -227,7 +214,7 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
     if resumed and main_process:
         log(f"resuming: {num_batches - len(todo)} of {num_batches} batches ({resumed} files) already done in {job.parts}")
     variables = dp.replicate(variables)
-    names = class_names(model) if k else None
+    names = (label_names or class_names(model)) if k else None
     method = None if k else pooled_features
     exit_after = int(os.environ.get(EXIT_AFTER_ENV, "-1"))
 
@@ -235,49 +222,27 @@ def _run(job: _Job, model, variables, k: Optional[int] = None, batch_size: int =
         lo = i * batch_size + me * share
         return range(lo, max(lo, min(lo + share, (i + 1) * batch_size, n_files)))
 
-    def decode(index):
-        try:
-            return load_image(os.path.join(job.folder, job.files[index]), transform)
-        except ValueError as e:
-            log(f"warning: {e}; left out")
-            return None
-
     bar = _progress_bar(n_files, resumed, progress and main_process)
     computed, unreadable = 0, 0  # images embedded now, files of this run that could not be read
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        pending = deque()
-
-        def submit(j):
-            i = todo[j]
-            pending.append((i, my_files(i), [pool.submit(decode, f) for f in my_files(i)]))
-
-        for j in range(min(PREFETCH_BATCHES, len(todo))):
-            submit(j)
-        for j in range(len(todo)):
-            i, indices, futures = pending.popleft()
-            if j + PREFETCH_BATCHES < len(todo):
-                submit(j + PREFETCH_BATCHES)
-            images = [f.result() for f in futures]
-            ok = np.zeros(share, bool)
-            ok[:len(images)] = [im is not None for im in images]
-            good = [im for im in images if im is not None]
-            x = np.stack(good) if good else np.zeros((0, cfg["input_size"][1], cfg["input_size"][2],
-                                                     cfg["input_size"][0]), np.float32)
-            rows = dp.predict_all(model, variables, x, method=method, pad_to=share)
-            oks = dp.allgather(ok)  # (processes, share): which files of the batch were read
-            batch = np.arange(i * batch_size, min((i + 1) * batch_size, n_files))
-            if main_process:
-                valid = np.concatenate([oks[p][:len(batch[p * share:(p + 1) * share])] for p in range(procs)])
-                computed, unreadable = computed + int(valid.sum()), unreadable + int((~valid).sum())
-                arrays = dict(index=batch[valid], failed=batch[~valid])
-                if k:
-                    preds = top_k(rows, k, names)
-                    arrays.update({name: np.array([[r[key] for r in p] for p in preds], dtype).reshape(-1, k)
-                                   for name, key, dtype in TOP_K_FIELDS})
-                else:
-                    arrays.update(embeddings=rows.astype(np.float32))
-                _write_atomic(_chunk_path(job.parts, i), lambda f: np.savez(f, **arrays), exit_hook=j == exit_after)
-                bar.update(len(batch))
+    paths = [os.path.join(job.folder, f) for f in job.files]
+    batches = decoded_batches(paths, [my_files(i) for i in todo], transform, workers, log)
+    for j, (i, (_, images)) in enumerate(zip(todo, batches)):
+        x, ok = stack_readable(images, share, cfg["input_size"])
+        rows = dp.predict_all(model, variables, x, method=method, pad_to=share)
+        oks = dp.allgather(ok)  # (processes, share): which files of the batch were read
+        batch = np.arange(i * batch_size, min((i + 1) * batch_size, n_files))
+        if main_process:
+            valid = np.concatenate([oks[p][:len(batch[p * share:(p + 1) * share])] for p in range(procs)])
+            computed, unreadable = computed + int(valid.sum()), unreadable + int((~valid).sum())
+            arrays = dict(index=batch[valid], failed=batch[~valid])
+            if k:
+                preds = top_k(rows, k, names)
+                arrays.update({name: np.array([[r[key] for r in p] for p in preds], dtype).reshape(-1, k)
+                               for name, key, dtype in TOP_K_FIELDS})
+            else:
+                arrays.update(embeddings=rows.astype(np.float32))
+            _write_atomic(_chunk_path(job.parts, i), lambda f: np.savez(f, **arrays), exit_hook=j == exit_after)
+            bar.update(len(batch))
     bar.close()
     result = EmbedResult(output=job.output, images=0, failed=[], computed=computed, resumed=0,
                          seconds=time.perf_counter() - start)

@@ -1,9 +1,10 @@
-"""Classify images: preprocessing from the model's data config, jitted forward, top-k labels."""
-import os
-from typing import Callable, List, Optional, Sequence
+"""Classify images: preprocessing from the model's data config, jitted forward, top-k labels;
+files, folders and globs in batches, an unreadable file listed apart (``predict_files``)."""
+import dataclasses
+import sys
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
 
 from ..data import (
     create_transform,
@@ -13,6 +14,9 @@ from ..data import (
 )
 from ..registry import get_pretrained_cfg
 from ..xla import jit
+from .images import decoded_batches, load_image, stack_readable
+
+__all__ = ["load_images", "load_image", "class_names", "top_k", "predict", "predict_files", "Predictions"]
 
 
 def load_images(model, paths: Sequence[str], use_test_size: bool = True, exif_transpose: bool = False) -> np.ndarray:
@@ -22,18 +26,6 @@ def load_images(model, paths: Sequence[str], use_test_size: bool = True, exif_tr
     transform = create_transform(**resolve_data_config(model, use_test_size=use_test_size),
                                  exif_transpose=exif_transpose)
     return np.stack([load_image(p, transform) for p in paths])
-
-
-def load_image(path: str, transform: Callable) -> np.ndarray:
-    """One image file through ``transform``; a missing or unreadable file is a ValueError
-    naming it."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as img:
-            return transform(img)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"{path}: not an image PIL can read ({e})") from None
 
 
 def class_names(model) -> Optional[List[str]]:
@@ -92,3 +84,44 @@ def predict(model, variables, paths: Sequence[str], k: int = 5, exif_transpose: 
     x = load_images(model, paths, use_test_size=use_test_size, exif_transpose=exif_transpose)
     logits = jit(model.apply)(variables, x)
     return top_k(np.asarray(logits), k, names=class_names(model))
+
+
+@dataclasses.dataclass
+class Predictions:
+    results: List[Tuple[str, List[dict]]]  # (path, top-k records as ``top_k``'s) of each readable image, in order
+    failed: List[Tuple[str, str]]          # (path, why) of each file that could not be read
+
+
+def predict_files(model, variables, paths: Sequence[str], k: int = 5, batch_size: int = 32,
+                  data_config: Optional[dict] = None, label_names: Optional[Sequence[str]] = None,
+                  use_test_size: bool = True, exif_transpose: bool = False, workers: Optional[int] = None,
+                  dp=None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Predictions:
+    """Top-``k`` classes of each file of ``paths`` (``images.expand_image_args`` turns folders and
+    globs into them), ``batch_size`` images per step over every device (``DataParallel``; every
+    step padded to one shape, so it compiles once), decoded in threads ahead of the device
+    (``images.decoded_batches``). A file that cannot be read is listed in ``failed`` (and
+    warned of through ``log``); the others go on. ``data_config``: the eval data config
+    (default: the tag's, its test size with ``use_test_size``); ``label_names``: of the classes
+    (default: ``class_names(model)``)."""
+    from ..parallel import DataParallel
+    if batch_size < 1:
+        raise ValueError(f"batch size {batch_size}: expected a positive number of images")
+    check_top_k(k, model.num_classes)
+    cfg = data_config or resolve_data_config(model, use_test_size=use_test_size)
+    transform = create_transform(**cfg, exif_transpose=exif_transpose)
+    names = list(label_names) if label_names else class_names(model)
+    dp = dp or DataParallel()
+    variables = dp.replicate(variables)
+    batches = [range(i, min(i + batch_size, len(paths))) for i in range(0, len(paths), batch_size)]
+    out = Predictions([], [])
+    for indices, images in decoded_batches(paths, batches, transform, workers, log):
+        x, ok = stack_readable(images, len(indices), cfg["input_size"])
+        logits = dp.predict(model, variables, x, pad_to=min(batch_size, len(paths))) if len(x) else np.zeros((0, 1))
+        rows = top_k(logits, min(k, model.num_classes), names)
+        readable = iter(rows)
+        for i, image, good in zip(indices, images, ok):
+            if good:
+                out.results.append((paths[i], next(readable)))
+            else:
+                out.failed.append((paths[i], str(image).removeprefix(f"{paths[i]}: ")))
+    return out

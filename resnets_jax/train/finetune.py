@@ -38,9 +38,10 @@ from flax import serialization
 
 from ..convert import export_timm_checkpoint, init_variables
 from ..data import create_transform, resolve_data_config
-from ..data.image_folder import ImageFolder, eval_batches, split_indices
+from ..data.image_folder import ImageFolder, eval_batches, training_data
 from ..factory import build_model, create_model
 from ..io.files import check_output, write_atomic
+from ..io.run_dir import BEST_EXPORT_NAME, LAST_EXPORT_NAME, resolve_checkpoint_path
 from ..parallel import DataParallel
 from .step import (
     OPTIMIZERS,
@@ -69,7 +70,9 @@ class FinetuneConfig:
     Weights: ``checkpoint`` (a timm checkpoint file, loaded as timm's ``pretrained_cfg_overlay=
     dict(file=...)``: a different number of classes gets a new classifier), else the tag's hub
     weights with ``pretrained``, else a random init. ``num_classes``: default, the number of
-    class folders. ``img_size``: default, the model's input size."""
+    class folders. ``img_size``: default, the model's input size. Data: ``data_dir`` with
+    ``train/`` and ``val/`` (timm's split folders, or ``train_split`` / ``val_split``) trains on
+    one and validates on the other; a folder of class folders holds out ``val_fraction``."""
 
     model: str
     data_dir: str
@@ -94,7 +97,9 @@ class FinetuneConfig:
     interpolation: str = "random"      # timm's --train-interpolation
     hflip: float = 0.5
     color_jitter: float = 0.4          # timm's --color-jitter (brightness, contrast, saturation); 0: off
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1          # held out of a single folder (a split root validates on its val/ folder)
+    train_split: Optional[str] = None  # timm's --train-split: the training folder of a split root (found: train/)
+    val_split: Optional[str] = None    # timm's --val-split: its validation folder (found: val/, validation/, ...)
     seed: int = 0
     bf16: bool = False                 # bfloat16 compute; parameters and statistics stay float32
     checkpoint_every: int = 0          # steps between checkpoints (0: at the end of each epoch only)
@@ -158,7 +163,8 @@ def _initial_variables(cfg: FinetuneConfig, model, num_classes: int, restoring: 
         return jax.eval_shape(functools.partial(init_variables, model))
     kwargs = _model_kwargs(cfg, num_classes)
     if cfg.checkpoint:
-        return create_model(cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=cfg.checkpoint), **kwargs)[1]
+        file = resolve_checkpoint_path(cfg.checkpoint)  # a run directory: its best export
+        return create_model(cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=file), **kwargs)[1]
     return create_model(cfg.model, pretrained=cfg.pretrained, rng=jax.random.PRNGKey(cfg.seed), **kwargs)[1]
 
 
@@ -231,13 +237,11 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
     from .checkpoint import TrainCheckpoints  # noqa: F401
     dp = DataParallel()
     _check_config(cfg, dp)
-    dataset = ImageFolder(cfg.data_dir)
+    dataset, train_idx, val_idx, found = training_data(cfg.data_dir, cfg.train_split, cfg.val_split,
+                                                       cfg.val_fraction, cfg.seed)
     num_classes = cfg.num_classes or len(dataset.classes)
     if num_classes < len(dataset.classes):
         raise ValueError(f"num_classes {num_classes} < the {len(dataset.classes)} class folders of {cfg.data_dir}")
-    train_idx, val_idx = split_indices(dataset.labels, cfg.val_fraction, cfg.seed)
-    if cfg.val_fraction and not len(val_idx):
-        raise ValueError(f"val_fraction {cfg.val_fraction} holds out no image of {cfg.data_dir}; raise it (or use 0)")
     if cfg.best_metric not in ("val_acc", "val_loss"):
         raise ValueError(f"Unknown best_metric {cfg.best_metric!r}: expected 'val_acc' or 'val_loss'")
     ckpt_dir = os.path.join(cfg.output_dir, CHECKPOINT_DIR)
@@ -246,6 +250,8 @@ def finetune(cfg: FinetuneConfig, log: Callable[[str], None] = lambda s: print(s
         check_output(cfg.export, force=cfg.resume)
     # the folder this run makes (None: both existed): a run that fails before its first intact checkpoint removes it
     made = next((d for d in (cfg.output_dir, ckpt_dir) if not os.path.exists(d)), None)
+    if found:
+        log(found)
     os.makedirs(cfg.output_dir, exist_ok=True)
     try:
         return _finetune(cfg, log, dp, dataset, num_classes, train_idx, val_idx, ckpt_dir)
@@ -359,6 +365,7 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
             with _above(bar):
                 log(_epoch_line(record))
         ckpts.wait()
+        best_step = ckpts.best_step() if len(val_idx) else None
     finally:
         ckpts.close()
         if hasattr(data, "close"):
@@ -366,11 +373,31 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
     if bar is not None:
         bar.close()
     result = _result(model, dp.gather(state), dataset, history, cfg.epochs * steps_per_epoch, ckpt_dir)
-    if cfg.export and jax.process_index() == 0:
-        path = export_timm_checkpoint(model, result.variables, cfg.export, force=cfg.resume)
-        log(f"exported to {path}: timm.create_model('{model.variant.partition('.')[0]}', "
-            f"num_classes={num_classes}, checkpoint_path='{path}')")
+    if jax.process_index() == 0:
+        _write_exports(cfg, model, result, best_step, {**data_cfg, "input_size": (chans, *size)}, log)
     return result
+
+
+def _write_exports(cfg: FinetuneConfig, model, result: FinetuneResult, best_step: Optional[int], data_cfg: dict,
+                   log) -> None:
+    """The run's timm exports, with their class names and eval data config: ``last`` (the final
+    weights) and ``model_best`` (the kept best step's) in the output directory, as timm's
+    train.py names them, and ``cfg.export``."""
+    names = result.classes + [str(i) for i in range(len(result.classes), model.num_classes)]  # a wider head
+    export = functools.partial(export_timm_checkpoint, model, label_names=names, data_config=data_cfg, force=True)
+    last = export(result.variables, os.path.join(cfg.output_dir, LAST_EXPORT_NAME))
+    best = os.path.join(cfg.output_dir, BEST_EXPORT_NAME)
+    if best_step is not None and best_step != result.step:
+        from .checkpoint import read_train_checkpoint
+        state = read_train_checkpoint(os.path.join(cfg.output_dir, CHECKPOINT_DIR), step=best_step)["state"]
+        export({"params": state["params"], **({"batch_stats": state["batch_stats"]} if state["batch_stats"] else {})},
+               best)
+    elif best_step is not None:  # the final step is the best: the same file
+        write_atomic(best, lambda tmp: shutil.copyfile(last, tmp), force=True)
+    if cfg.export:
+        path = export(result.variables, cfg.export, force=cfg.resume)
+        log(f"exported to {path}: timm.create_model('{model.variant.partition('.')[0]}', "
+            f"num_classes={model.num_classes}, checkpoint_path='{path}')")
 
 
 def _check_output_dir(cfg: FinetuneConfig, ckpt_dir: str) -> None:
