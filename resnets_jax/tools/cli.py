@@ -112,7 +112,7 @@ def _cmd_predict(args):
     from .images import expand_image_args
     from .predict import predict_files
     from .weights import load_model
-    if args.top_k < 1:  # before anything is loaded: the upper bound needs the model
+    if args.top_k is not None and args.top_k < 1:  # before anything is loaded: the upper bound needs the model
         raise ValueError(f"--top-k {args.top_k}: expected a number of classes >= 1")
     paths = expand_image_args(args.images)
     loaded = load_model(args.name, args.weights, num_classes=args.num_classes, use_ema=args.use_ema,
@@ -302,8 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_weights(s)
     s.add_argument("--batch-size", type=int, default=32, help="images per step (default: %(default)s)")
     s.add_argument("--workers", type=int, help="decoding threads (default: the CPU count)")
-    s.add_argument("--top-k", type=int, default=5, metavar="K",
-                   help="classes per image, 1 to the model's number of classes (default: %(default)s)")
+    s.add_argument("--top-k", type=int, metavar="K",
+                   help="classes per image, 1 to the model's number of classes (default: 5, or the number of "
+                        "classes if fewer)")
     s.add_argument("--json", action="store_true", help="print JSON instead of text")
     s.add_argument("--exif-transpose", action="store_true",
                    help="rotate photos as their EXIF orientation says (timm does not, nor do we by default)")

@@ -45,6 +45,16 @@ def class_names(model) -> Optional[List[str]]:
         return None
 
 
+DEFAULT_TOP_K = 5  # as timm's inference.py; fewer when the model has fewer classes
+
+
+def resolve_top_k(k: Optional[int], num_classes: int) -> int:
+    """``k``, checked (``check_top_k``); None: ``DEFAULT_TOP_K``, or ``num_classes`` if fewer."""
+    k = min(DEFAULT_TOP_K, num_classes) if k is None and num_classes else k
+    check_top_k(k, num_classes)
+    return k
+
+
 def check_top_k(k: int, num_classes: int) -> None:
     """``ValueError`` unless ``1 <= k <= num_classes`` (a model without a classifier has none)."""
     if not num_classes:
@@ -74,13 +84,14 @@ def top_k(logits: np.ndarray, k: int = 5, names: Optional[Sequence[str]] = None)
     return out
 
 
-def predict(model, variables, paths: Sequence[str], k: int = 5, exif_transpose: bool = False,
+def predict(model, variables, paths: Sequence[str], k: Optional[int] = None, exif_transpose: bool = False,
             use_test_size: bool = True) -> List[List[dict]]:
     """Top-``k`` classes of each image (see ``top_k``). ``use_test_size``: the tag's
     ``test_input_size`` / ``test_crop_pct`` where it has them, as timm's ``inference.py`` and
     ``validate.py`` by default (their ``--use-train-size`` is ``use_test_size=False``).
-    ``ValueError`` unless ``1 <= k <= model.num_classes``, checked before any image is read."""
-    check_top_k(k, model.num_classes)
+    ``k``: None gives ``DEFAULT_TOP_K`` (fewer for fewer classes); ``ValueError`` unless
+    ``1 <= k <= model.num_classes``, checked before any image is read."""
+    k = resolve_top_k(k, model.num_classes)
     x = load_images(model, paths, use_test_size=use_test_size, exif_transpose=exif_transpose)
     logits = jit(model.apply)(variables, x)
     return top_k(np.asarray(logits), k, names=class_names(model))
@@ -92,7 +103,7 @@ class Predictions:
     failed: List[Tuple[str, str]]          # (path, why) of each file that could not be read
 
 
-def predict_files(model, variables, paths: Sequence[str], k: int = 5, batch_size: int = 32,
+def predict_files(model, variables, paths: Sequence[str], k: Optional[int] = None, batch_size: int = 32,
                   data_config: Optional[dict] = None, label_names: Optional[Sequence[str]] = None,
                   use_test_size: bool = True, exif_transpose: bool = False, workers: Optional[int] = None,
                   dp=None, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Predictions:
@@ -106,7 +117,7 @@ def predict_files(model, variables, paths: Sequence[str], k: int = 5, batch_size
     from ..parallel import DataParallel
     if batch_size < 1:
         raise ValueError(f"batch size {batch_size}: expected a positive number of images")
-    check_top_k(k, model.num_classes)
+    k = resolve_top_k(k, model.num_classes)
     cfg = data_config or resolve_data_config(model, use_test_size=use_test_size)
     transform = create_transform(**cfg, exif_transpose=exif_transpose)
     names = list(label_names) if label_names else class_names(model)
@@ -117,7 +128,7 @@ def predict_files(model, variables, paths: Sequence[str], k: int = 5, batch_size
     for indices, images in decoded_batches(paths, batches, transform, workers, log):
         x, ok = stack_readable(images, len(indices), cfg["input_size"])
         logits = dp.predict(model, variables, x, pad_to=min(batch_size, len(paths))) if len(x) else np.zeros((0, 1))
-        rows = top_k(logits, min(k, model.num_classes), names)
+        rows = top_k(logits, k, names)
         readable = iter(rows)
         for i, image, good in zip(indices, images, ok):
             if good:
