@@ -8,6 +8,8 @@
     resnets-jax demo [NAME]
     resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
                       [--use-train-size]
+    resnets-jax export NAME --output FILE [--format stablehlo|onnx] [--batch N|dynamic] [--train] [--weights PATH]
+                       [--img-size N] [--platforms cpu,cuda] [--force] [--verify]
     resnets-jax finetune NAME DATA_DIR --output DIR [--checkpoint F | --pretrained] [--epochs N] ... [--export F]
 
 Compiled programs are kept in JAX's persistent compilation cache (``$RESNETS_JAX_CACHE_DIR/xla``,
@@ -28,6 +30,7 @@ import sys
 
 from .._optional import MissingExtraError
 from ..registry import list_models, list_pretrained
+from .export_cli import add_export_parser
 
 NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
@@ -236,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_test_size(s)
     s.set_defaults(fn=_cmd_embed)
     _add_finetune_parser(sub)
+    add_export_parser(sub, _add_use_ema)
     return p
 
 
