@@ -12,9 +12,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from safetensors.numpy import load_file
 
 from .. import __version__
-from .._optional import available, optional_import, require
+from .._optional import available, require
 from ..data import resolve_data_config
 from ..export.onnx import ONNX_NEEDS, ONNX_RUN_NEEDS, export_onnx, run_onnx, timm_module
 from ..export.stablehlo import (
@@ -26,6 +27,7 @@ from ..export.stablehlo import (
 )
 from ..factory import create_model
 from ..io.files import atomic_output, check_output
+from ..io.safetensors import write_safetensors
 from ..xla import jit
 from .predict import class_names
 from .verify import VERIFY_TOL
@@ -146,7 +148,7 @@ def export_model(name: str, output: str, *, format: str = "stablehlo", batch=Non
                                               platforms=platforms)
             with open(tmps[0], "wb") as f:
                 f.write(exported.serialize())
-            optional_import("safetensors.numpy", "StableHLO weights").save_file(flat, tmps[2])
+            write_safetensors(tmps[2], flat)
             del flat
         else:
             export_onnx(model, variables, tmps[0], input_size=input_size, batch=batch, train=train)
@@ -178,7 +180,7 @@ def _verify(model, variables, format, tmps, config, batch, train, input_size):
             from ..export.stablehlo import run_stablehlo
             with open(tmps[0], "rb") as f:
                 serialized = f.read()
-            w = optional_import("safetensors.numpy", "StableHLO weights").load_file(tmps[2])
+            w = load_file(tmps[2])
             options = config["compiler_options"].get(jax.default_backend())
             y = run_stablehlo(serialized, w, x, options, *((key_data,) if train else ()))
             y = y[0] if train else y

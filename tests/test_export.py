@@ -1,0 +1,95 @@
+"""``resnets-jax export``: every family as a ``jax.export`` artifact with a symbolic batch, run in
+a fresh interpreter that imports neither flax nor resnets_jax, held against timm; ONNX through
+timm's exporter, run by onnxruntime; a failed export writes nothing (docs/export.md)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from resnets_jax.io.safetensors import write_safetensors
+from resnets_jax.tools import cli
+from resnets_jax.tools.export import export_model
+
+torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make test installs it)
+timm = pytest.importorskip("timm")
+from timm_ref import PARITY_TOL, perturb_, rel_err, timm_state_dict  # noqa: E402
+
+# The smallest registered model of each family line, at 64 px (every stride still runs)
+FAMILIES = {"resnest": "resnest14d", "res2net": "res2net50_26w_4s", "resnetv2": "resnetv2_18",
+            "bit": "resnetv2_50x1_bit", "resnet-basic": "resnet10t", "resnet-bottleneck": "resnet14t",
+            "sk": "skresnet18"}
+SIZE = 64
+BATCHES = (1, 3)  # 1: the size a tracer would specialise; 3: any other
+TRAIN_MODEL, TRAIN_BATCHES = "resnest14d", (2, 3)  # torch's BatchNorm refuses batch 1 in ResNeSt's attention
+
+# What a server runs: JAX, numpy and safetensors only (docs/export.md, "Loading a StableHLO artifact")
+LOADER = r"""
+import json, sys
+import jax, numpy as np
+from safetensors.numpy import load_file
+
+def load(path):
+    cfg = json.load(open(path + ".json"))
+    exported = jax.export.deserialize(bytearray(open(path, "rb").read()))
+    weights = load_file(path + ".weights.safetensors")
+    options = cfg["compiler_options"].get(jax.default_backend())
+    return jax.jit(exported.call, compiler_options=options), weights
+
+inputs = np.load(sys.argv[2])
+out = {}
+for path in json.loads(sys.argv[1]):
+    forward, weights = load(path)
+    for key in [k for k in inputs.files if k.startswith(path + "|")]:
+        y = forward(weights, inputs[key], *([np.zeros(2, np.uint32)] if path.endswith(".train.stablehlo") else []))
+        out[key] = np.asarray(y[0] if isinstance(y, tuple) else y)
+assert "flax" not in sys.modules and "resnets_jax" not in sys.modules, "the artifact needs neither"
+np.savez(sys.argv[3], **out)
+"""
+
+
+def _perturbed(name, path, seed=0):
+    """timm's ``name``, every tensor perturbed, saved as a timm checkpoint at ``path``."""
+    tmodel = perturb_(timm.create_model(name), seed=seed).eval()
+    write_safetensors(str(path), timm_state_dict(tmodel))
+    return tmodel
+
+
+def _timm(tmodel, x, train=False):
+    with torch.no_grad():
+        return tmodel.train(train)(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).double().numpy()
+
+
+def test_stablehlo_every_family_runs_without_our_package(tmp_path):
+    """Symbolic batch, eval mode for every family (ResNeSt train mode too, which once asked
+    'b - 1 < 1' while tracing): the artifacts run where neither flax nor resnets_jax is imported
+    and match timm at batch 1 and 3 within the parity suite's bound (fp32 logits)."""
+    rng = np.random.default_rng(0)
+    paths, inputs, refs = [], {}, {}
+    for name in FAMILIES.values():
+        tmodel = _perturbed(name, tmp_path / f"{name}.safetensors")
+        for train in ((False, True) if name == TRAIN_MODEL else (False,)):
+            out = str(tmp_path / f"{name}{'.train' if train else ''}.stablehlo")
+            res = export_model(name, out, weights=str(tmp_path / f"{name}.safetensors"), img_size=SIZE, train=train)
+            assert res.files == [out, out + ".json", out + ".weights.safetensors"] and res.batch is None
+            paths.append(out)
+            for b in (TRAIN_BATCHES if train else BATCHES):
+                x = rng.standard_normal((b, SIZE, SIZE, 3), np.float32)
+                inputs[f"{out}|{b}"], refs[f"{out}|{b}"] = x, _timm(tmodel, x, train)
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # resnets_jax not importable either
+    proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(paths), str(tmp_path / "inputs.npz"),
+                           str(tmp_path / "outputs.npz")], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    outputs = np.load(tmp_path / "outputs.npz")
+    assert sorted(outputs.files) == sorted(refs)
+    errors = {k: rel_err(outputs[k], refs[k]) for k in refs}
+    assert max(errors.values()) < PARITY_TOL, errors
+    cfg = json.load(open(paths[0] + ".json"))
+    assert cfg["input"]["shape"] == ["batch", SIZE, SIZE, 3] and cfg["input"]["layout"] == "NHWC"
+    assert cfg["data_config"]["input_size"] == [3, SIZE, SIZE] and len(cfg["class_names"]) == 1000
+    assert cfg["data_config"]["mean"] == list(timm.data.resolve_data_config({}, model=timm.create_model(
+        FAMILIES["resnest"]))["mean"])
