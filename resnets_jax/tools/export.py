@@ -126,11 +126,11 @@ def export_model(name: str, output: str, *, format: str = "stablehlo", batch=Non
             raise ValueError(f"--verify runs the artifact here ({jax.default_backend()}), "
                              f"which is not among its platforms {platforms}")
     else:
-        require(*ONNX_NEEDS)
         if platforms:
             raise ValueError("platforms apply to StableHLO; an ONNX file's runtime picks its own")
-        if verify:
+        if verify:  # the runtime first: a missing one is named as what --verify needs
             require(*ONNX_RUN_NEEDS)
+        require(*ONNX_NEEDS)
     files = [check_output(f, force) for f in sidecar_paths(output, format)]  # fail fast, before any work
     if weights:
         model, variables = create_model(name, checkpoint_path=weights, use_ema=use_ema, cache_dir=cache_dir)
