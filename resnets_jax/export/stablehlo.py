@@ -71,8 +71,9 @@ def export_stablehlo(model, variables, *, input_size: Sequence[int], batch: Opti
             rng = jax.random.wrap_key_data(key_data, impl="threefry2x32")
             logits, updates = model.apply(unflatten(w), x, train=True, mutable=["batch_stats"],
                                           rngs={"dropout": rng})
-            return logits, {k: v for k, v in traverse_util.flatten_dict(
-                {"batch_stats": updates["batch_stats"]}, sep=WEIGHT_SEP).items()}
+            # {} for a model without BatchNorm (BiT's GroupNorm, EvoNorm, FRN)
+            return logits, traverse_util.flatten_dict({"batch_stats": updates.get("batch_stats", {})},
+                                                      sep=WEIGHT_SEP)
         specs = (x_spec, jax.ShapeDtypeStruct(DROPOUT_KEY_SHAPE, jnp.uint32))
     else:
         def forward(w, x):
