@@ -169,3 +169,17 @@ def test_lowering_platforms_bake_in_no_cpu_split():
     for platforms in (("cpu", "cuda"), ("cuda",), ("tpu", "cpu")):
         with xla.lowering_platforms(platforms):
             assert not xla.split_grouped_conv(big, 2, 3), platforms
+
+
+def test_train_export_of_a_model_without_batchnorm():
+    """Train mode returns the new running statistics; a model with none (BiT's GroupNorm) exports
+    too, with an empty dict, rather than failing on a missing collection."""
+    import resnets_jax as rj
+    from resnets_jax.export import export_stablehlo
+    model = rj.build_model(FAMILIES["bit"])  # abstract weights: the program needs only their shapes
+    variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32))
+    exported, weights = export_stablehlo(model, variables, input_size=(32, 32), train=True)
+    logits, stats = jax.tree_util.tree_unflatten(exported.out_tree, exported.out_avals)
+    assert stats == {} and logits.shape[1] == model.num_classes and str(logits.shape[0]) == "batch"
+    paths = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
+    assert set(weights) == {"params/" + "/".join(k.key for k in path) for path, _ in paths}  # no batch_stats

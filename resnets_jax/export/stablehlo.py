@@ -27,9 +27,10 @@ DROPOUT_KEY_SHAPE = (2,)
 
 def flat_weights(variables) -> Dict[str, np.ndarray]:
     """``variables`` as ``{'params/conv1/kernel': array, 'batch_stats/bn1/mean': array, ...}``
-    (numpy, the layout the program takes)."""
-    flat = traverse_util.flatten_dict(jax.device_get(dict(variables)), sep=WEIGHT_SEP)
-    return {k: np.asarray(v) for k, v in flat.items()}
+    (numpy, the layout the program takes); ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape``
+    of ``model.init``: a program without weights) are kept as they are."""
+    flat = traverse_util.flatten_dict(dict(variables), sep=WEIGHT_SEP)
+    return {k: v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(jax.device_get(v)) for k, v in flat.items()}
 
 
 def resolve_platforms(platforms: Optional[Sequence[str]]) -> Tuple[str, ...]:
