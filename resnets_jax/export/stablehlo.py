@@ -93,9 +93,10 @@ def call_compiler_options(platforms: Sequence[str]) -> Dict[str, Dict[str, str]]
 
 
 def run_stablehlo(exported: Union["jax.export.Exported", bytes], weights: Dict[str, np.ndarray], x: np.ndarray,
-                  compiler_options: Optional[dict] = None, *extra) -> np.ndarray:
+                  compiler_options: Optional[dict] = None, extra: Sequence = ()):
     """Run an artifact (``Exported`` or its serialized bytes) as a server would: deserialized,
-    compiled with ``compiler_options`` (``call_compiler_options()[platform]``), on ``x``."""
+    compiled with ``compiler_options`` (``call_compiler_options()[platform]``), on ``x`` (and
+    ``extra`` inputs: train mode's ``key_data``). Returns its outputs as numpy."""
     if isinstance(exported, (bytes, bytearray)):
         exported = jax.export.deserialize(bytearray(exported))
     out = jax.jit(exported.call, compiler_options=compiler_options or None)(weights, x, *extra)

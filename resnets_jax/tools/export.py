@@ -24,6 +24,7 @@ from ..export.stablehlo import (
     call_compiler_options,
     export_stablehlo,
     resolve_platforms,
+    run_stablehlo,
 )
 from ..factory import create_model
 from ..io.files import atomic_output, check_output
@@ -174,15 +175,14 @@ def _verify(model, variables, format, tmps, config, batch, train, input_size):
     key_data = np.zeros(DROPOUT_KEY_SHAPE, np.uint32)
     tmodel = timm_module(model, variables).train(train) if reference == "timm" else None
     parity = {}
+    if format == "stablehlo":  # as a server loads it: the written files only
+        with open(tmps[0], "rb") as f:
+            exported = jax.export.deserialize(bytearray(f.read()))
+        w, options = load_file(tmps[2]), config["compiler_options"].get(jax.default_backend())
     for b in ((batch,) if batch else VERIFY_TRAIN_BATCHES if train else VERIFY_BATCHES):
         x = rng.standard_normal((b, *input_size, model.in_chans), np.float32)
         if format == "stablehlo":
-            from ..export.stablehlo import run_stablehlo
-            with open(tmps[0], "rb") as f:
-                serialized = f.read()
-            w = load_file(tmps[2])
-            options = config["compiler_options"].get(jax.default_backend())
-            y = run_stablehlo(serialized, w, x, options, *((key_data,) if train else ()))
+            y = run_stablehlo(exported, w, x, options, extra=(key_data,) if train else ())
             y = y[0] if train else y
         else:
             y = run_onnx(tmps[0], x.transpose(0, 3, 1, 2))
