@@ -10,6 +10,9 @@ EXTRAS = {
     "timm": ("timm", "torch"),
     "grain": ("grain", "train"),
     "orbax": ("orbax-checkpoint", "train"),
+    "flatbuffers": ("flatbuffers", "export"),  # jax.export's serialize
+    "onnx": ("onnx", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"),
 }
 
 

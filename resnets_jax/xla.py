@@ -8,6 +8,8 @@ persistent compilation cache. ``layers/`` holds numerics only and asks here.
     forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same
     rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
 """
+import contextlib
+import contextvars
 import functools
 import json
 import os
@@ -15,7 +17,7 @@ import re
 import subprocess
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,17 +51,37 @@ SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
 SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU splits
 
 
+# jax.export's platform names -> the backends whose speed choices apply ('cuda'/'rocm' are 'gpu')
+_PLATFORM_BACKENDS = {"cuda": "gpu", "rocm": "gpu"}
+_LOWERING_PLATFORMS: contextvars.ContextVar = contextvars.ContextVar("lowering_platforms", default=None)
+
+
+@contextlib.contextmanager
+def lowering_platforms(platforms: Sequence[str]) -> Iterator[None]:
+    """Trace for ``platforms`` (jax.export's names: 'cpu', 'cuda', 'rocm', 'tpu') rather than for
+    ``jax.default_backend()``: the speed choices made while tracing (``split_grouped_conv``) are
+    the ones right for every platform named, so ``('cpu', 'cuda')`` bakes in no CPU-only
+    lowering. Trace a new function inside it (``jax.jit`` reuses a trace it already holds)."""
+    token = _LOWERING_PLATFORMS.set(tuple(platforms))
+    try:
+        yield
+    finally:
+        _LOWERING_PLATFORMS.reset(token)
+
+
 def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
                        backend: Optional[str] = None) -> bool:
     """Whether ``Conv2d(split_groups=None)`` runs a grouped conv as one conv per group
     (concatenated; the same sums) rather than one ``feature_group_count`` conv.
 
-    ``x_shape``: the conv input, NHWC; ``backend``: default ``jax.default_backend()``. Called
-    while jit traces, so the choice is baked into the program whichever jit is used."""
+    ``x_shape``: the conv input, NHWC; ``backend``: default the platforms of an enclosing
+    :func:`lowering_platforms` (split only when every one of them prefers it), else
+    ``jax.default_backend()``. Called while jit traces, so the choice is baked into the program
+    whichever jit is used."""
     if groups <= 1:
         return False
-    backend = backend or jax.default_backend()
-    if backend not in SPLIT_GROUPED_CONV_BACKENDS:
+    platforms = (backend,) if backend else (_LOWERING_PLATFORMS.get() or (jax.default_backend(),))
+    if any(_PLATFORM_BACKENDS.get(p, p) not in SPLIT_GROUPED_CONV_BACKENDS for p in platforms):
         return False
     n, h, w = x_shape[0], x_shape[1], x_shape[2]
     if not isinstance(n, int):  # a symbolic batch (jax.export): decide from the static sizes, as for

@@ -67,6 +67,18 @@ def test_before_after(tmp_path):
     assert len(firsts) == 2 and not any("nan" in line for line in firsts), out
 
 
+def test_export_latency(tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "e"
+    run(script("export_latency.py") + ["--models", "resnet10t", "--batch", "1", "--repeats", "1", "--size", "32",
+                                       "--output", str(out)])
+    with open(f"{out}.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert all(float(row[f"{r}_ms"]) > 0 for r in ("rj.jit", "stablehlo", "stablehlo-portable", "onnx"))
+    assert float(row["max_rel_diff"]) < 1e-4  # every runtime computes the same logits
+    assert "| resnet10t | 32 | 1 |" in (tmp_path / "e.md").read_text()
+
+
 def test_conversion(tmp_path):
     pytest.importorskip("timm")
     pytest.importorskip("safetensors")

@@ -149,3 +149,16 @@ def test_dependency_ranges_admit_current_jax_and_the_tested_versions():
     for name, version in pins:
         if name in reqs:
             assert reqs[name].specifier.contains(version), (name, version, str(reqs[name]))
+
+
+def test_export_extras(files, tmp_path):
+    """``export`` checks its extras before any work: StableHLO's serializer (flatbuffers, the
+    ``export`` extra), onnxruntime for an ONNX ``--verify`` (the ``onnx`` extra); nothing written."""
+    w = str(files / "weights.safetensors")
+    before = _snapshot(tmp_path)
+    (stablehlo, onnx_verify), _ = _run_blocked(["flatbuffers", "onnxruntime"], [
+        ["export", "resnetv2_18", "-o", str(tmp_path / "m.stablehlo"), "--weights", w],
+        ["export", "resnetv2_18", "-o", str(tmp_path / "m.onnx"), "--format", "onnx", "--weights", w, "--verify"]])
+    assert stablehlo == [2, "", _line("export", "flatbuffers", "serializing a jax.export artifact")]
+    assert onnx_verify == [2, "", _line("onnx", "onnxruntime", "running an ONNX file (onnxruntime)")]
+    assert _snapshot(tmp_path) == before

@@ -62,10 +62,12 @@ class BatchNormAct2d(nn.Module):
             mean = _corrected_mean(xf, (0, 1, 2))
             var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
             if not self.is_initializing():
-                n = xf.size // c
+                # n / (n - 1) as array arithmetic, never a Python comparison: under jax.export the
+                # batch, hence n, is symbolic (max(n - 1, 1) asks 'b - 1 < 1' at trace time)
+                n = jnp.asarray(xf.size // c, jnp.float32)
                 m = self.momentum
                 ra_mean.value = (1 - m) * ra_mean.value + m * mean
-                ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+                ra_var.value = (1 - m) * ra_var.value + m * var * (n / jnp.maximum(n - 1, 1))
                 count.value = count.value + 1
         else:
             mean, var = ra_mean.value, ra_var.value

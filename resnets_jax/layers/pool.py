@@ -21,7 +21,10 @@ def _pad_hw(x: jax.Array, pads, value) -> jax.Array:
     """Pad H and W by (low, high) with ``value``; a negative high side crops (floor mode
     drops trailing pixels that no window reaches)."""
     x = jnp.pad(x, ((0, 0), *((lo, max(hi, 0)) for lo, hi in pads), (0, 0)), constant_values=value)
-    return x[:, :x.shape[1] + min(pads[0][1], 0), :x.shape[2] + min(pads[1][1], 0)]
+    # the crop as slices on H and W, never x[:, :h, :w]: under a symbolic batch (jax.export) that
+    # indexing becomes a gather, which LiteRT cannot convert
+    x = lax.slice_in_dim(x, 0, x.shape[1] + min(pads[0][1], 0), axis=1)
+    return lax.slice_in_dim(x, 0, x.shape[2] + min(pads[1][1], 0), axis=2)
 
 
 def _window_pads(x: jax.Array, k: int, s: int, pad: int, ceil_mode: bool):

@@ -18,7 +18,7 @@ from flax import linen as nn
 
 from .conv import Conv2d
 from .conv_norm_act import ConvNormAct
-from .helpers import make_divisible
+from .helpers import make_divisible, per_branch_weights
 from .norm import BatchNormAct2d, stats_dtype
 
 Dtype = Any
@@ -123,7 +123,7 @@ class SelectiveKernel(nn.Module):
             for i, ((k, d), xi) in enumerate(zip(plan, inputs))]
         attn_chs = self.rd_channels or sk_attn_channels(out_chs, self.rd_ratio, self.rd_divisor)
         attn = SelectiveKernelAttn(attn_chs, conv_layer=conv, norm_layer=norm, name="attn")(paths, train)
-        return reduce(operator.add, [p * attn[:, None, None, i] for i, p in enumerate(paths)])
+        return reduce(operator.add, [p * w for p, w in zip(paths, per_branch_weights(attn))])
 
     def _bind(self, layer, default):
         if layer is default:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .conv import Conv2d
-from .helpers import make_divisible
+from .helpers import make_divisible, per_branch_weights
 from .norm import BatchNormAct2d, stats_dtype
 
 Dtype = Any
@@ -97,7 +97,7 @@ class SplitAttn(nn.Module):
         # (B, radix, C) weights; the softmax/sigmoid at least in float32 whatever the compute dtype
         attn = radix_softmax(x_attn.reshape(b, x_attn.shape[-1]).astype(stats_dtype(x_attn.dtype)), radix, card)
         attn = attn.astype(x.dtype)  # sizes, never -1 in the reshape: the batch may be empty
-        return reduce(operator.add, [xr * attn[:, None, None, r] for r, xr in enumerate(splits)])
+        return reduce(operator.add, [xr * w for xr, w in zip(splits, per_branch_weights(attn))])
 
     def _norm_act(self, x, name, train, drop=None):
         if self.norm_layer is not None:

@@ -10,6 +10,8 @@
     resnets-jax demo [NAME]
     resnets-jax embed FOLDER --model NAME --output FILE.npz [--weights PATH] [--batch-size N] [--top-k K] [--force]
                       [--use-train-size]
+    resnets-jax export NAME --output FILE [--format stablehlo|onnx] [--batch N|dynamic] [--train] [--weights PATH]
+                       [--img-size N] [--platforms cpu,cuda] [--force] [--verify]
     resnets-jax finetune NAME DATA_DIR --output DIR [--checkpoint F | --pretrained] [--epochs N] ... [--export F]
                          [--train-split NAME] [--val-split NAME]
 
@@ -41,6 +43,7 @@ from .. import __version__
 from .._optional import MissingExtraError
 from ..io.errors import WeightsUnavailableError
 from ..registry import list_models, list_pretrained
+from .export_cli import add_export_parser
 
 NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
@@ -333,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_embed)
     _add_validate_parser(sub)
     _add_finetune_parser(sub)
+    add_export_parser(sub, _add_weights, _add_use_ema)
     for s in subcommands(p).values():  # also after the command: `resnets-jax finetune ... --verbose`
         _add_verbose(s, argparse.SUPPRESS)
     return p

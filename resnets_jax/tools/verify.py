@@ -5,7 +5,7 @@ import numpy as np
 
 from .._optional import available, optional_import
 from ..data import create_transform, resolve_data_config, sample_image_path
-from ..registry import get_pretrained_cfg
+from ..export.onnx import timm_module
 from ..xla import jit
 
 VERIFY_TOL = 1e-4  # max |Δlogit| / max |logit| against timm, fp32: the parity suite's bound
@@ -31,10 +31,7 @@ def timm_logits(model, checkpoint_path: str, x: np.ndarray, *, use_ema: bool = T
     (``MissingExtraError`` naming the extra)."""
     torch = optional_import("torch", "timm's reference logits")
     timm = optional_import("timm", "timm's reference logits")
-    cfg = get_pretrained_cfg(model.variant)
-    args = {k: v for k, v in cfg.get("model_args", {}).items() if k not in ("num_classes", "in_chans")}
-    tmodel = timm.create_model(cfg["architecture"], pretrained=False, num_classes=model.num_classes,
-                               in_chans=model.in_chans, **args)
+    tmodel = timm_module(model)
     timm.models.load_checkpoint(tmodel, checkpoint_path, use_ema=use_ema, strict=True)
     with torch.no_grad():
         return tmodel.eval()(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).double().numpy()
