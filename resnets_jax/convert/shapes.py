@@ -75,10 +75,3 @@ def _code_fingerprint() -> str:
                 with open(os.path.join(folder, name), "rb") as f:
                     digest.update(f.read())
     return digest.hexdigest()
-
-def init_variables(model, rng=None, example_input=None) -> dict:
-    """A random init of the model's variables (a forward pass at a small size fixes shapes)."""
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    spec = example_spec(model) if example_input is None else example_input
-    x = jnp.zeros(spec.shape, spec.dtype)
-    return jax.jit(model.init)({"params": rng, "dropout": rng}, x)

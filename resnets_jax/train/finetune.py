@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from ..convert import export_timm_checkpoint, init_variables
+from ..convert import expected_variables, export_timm_checkpoint
+from ..convert.keys import unflatten_variables
 from ..data import create_transform, resolve_data_config
 from ..data.image_folder import (
     ImageFolder,
@@ -157,7 +158,7 @@ def _model_kwargs(cfg: FinetuneConfig, num_classes: int) -> dict:
 def _initial_variables(cfg: FinetuneConfig, model, num_classes: int, restoring: bool):
     """The starting variables (only their shapes when a checkpoint will replace them)."""
     if restoring:
-        return jax.eval_shape(functools.partial(init_variables, model))
+        return unflatten_variables(expected_variables(model))
     kwargs = _model_kwargs(cfg, num_classes)
     if cfg.checkpoint:
         return create_model(cfg.model, pretrained=True, pretrained_cfg_overlay=dict(file=cfg.checkpoint), **kwargs)[1]
