@@ -28,8 +28,8 @@ import sys
 
 from .._optional import MissingExtraError
 from ..registry import list_models, list_pretrained
+from ..xla import NO_COMPILE_CACHE_ENV
 
-NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 
@@ -242,9 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if not (args.no_compile_cache or os.environ.get(NO_COMPILE_CACHE_ENV, "") not in ("", "0")):
-            from ..xla import enable_compilation_cache
-            enable_compilation_cache()
+        if args.no_compile_cache:  # `import resnets_jax` turned it on (xla.default_compilation_cache)
+            from ..xla import disable_default_compilation_cache
+            disable_default_compilation_cache()
         code = args.fn(args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
         return code
