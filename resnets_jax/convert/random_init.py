@@ -4,8 +4,9 @@
 pass that fixes the shapes): 20-100 s on a 2-core CPU for these networks, most of it spent
 compiling one random-number kernel per parameter. Here ``model.init`` is only traced
 (``jax.eval_shape``), while each ``self.param(name, init_fn, *args)`` and
-``self.variable(col, name, init_fn, *args)`` call is recorded (``declared_variables``); then each
-variable is drawn from the initializer its module declared:
+``self.variable(col, name, init_fn, *args)`` call is recorded (``trace.trace_model``, the trace the
+converter's expected shapes come from too); then each variable is drawn from the initializer its
+module declared:
 
 - constants (``jax.nn.initializers.zeros``/``ones``, ``jnp.zeros``/``ones``) with numpy;
 - initializers that say what they draw (``draw_numpy``, ``layers.initializers``: timm's kaiming
@@ -20,22 +21,16 @@ variable is drawn from the initializer its module declared:
 The result has ``model.init``'s tree, shapes and dtypes and each variable its declared
 distribution (tests/test_random_init.py); the values differ from ``model.init``'s (other streams).
 """
-import contextlib
-import dataclasses
 import functools
 import hashlib
-import threading
-from typing import Any, Callable, Collection, Dict, Optional, Tuple
+from typing import Collection, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 
 from .keys import flat_variables, unflatten_variables
-from .shapes import example_spec
-
-FlaxKey = Tuple[str, Tuple[str, ...]]  # (collection, module path + name)
+from .trace import Declared, FlaxKey, example_spec, trace_model
 
 # Initializers whose value is a constant, by identity: called with a key (Flax's ``self.param``)
 # or without (``self.variable``, e.g. BatchNorm's running statistics).
@@ -43,87 +38,12 @@ KEYED_CONSTANTS = {jax.nn.initializers.zeros: 0, jax.nn.initializers.ones: 1}
 KEYLESS_CONSTANTS = {jnp.zeros: 0, jnp.ones: 1}
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Declared:
-    """One variable as its module declared it: ``init_fn(key, *args, **kwargs)`` for a parameter
-    (``takes_key``), ``init_fn(*args, **kwargs)`` for another collection's variable; ``value``:
-    the traced result's shape and dtype (``jax.ShapeDtypeStruct``, or a tree of them)."""
-    key: FlaxKey
-    init_fn: Callable
-    args: tuple
-    kwargs: tuple  # sorted (name, value) pairs
-    takes_key: bool
-    value: Any
-
-    @property
-    def replayable(self) -> bool:
-        """Whether calling ``init_fn`` again with the recorded arguments is possible (no array among them)."""
-        return not any(isinstance(a, (jax.Array, np.ndarray)) for a in jax.tree_util.tree_leaves((self.args, self.kwargs)))
-
-
-_recording_lock = threading.Lock()
-_active = threading.local()  # the list being recorded into, in the recording thread only
-
-
-def _recorded(col: str, path: tuple, init_fn: Callable, takes_key: bool) -> Callable:
-    def init(*args, **kwargs):
-        value = init_fn(*args, **kwargs)
-        _active.records.append(Declared((col, path), init_fn, args[1:] if takes_key else args,
-                                        tuple(sorted(kwargs.items())), takes_key,
-                                        jax.tree_util.tree_map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), value)))
-        return value
-    return init
-
-
-@contextlib.contextmanager
-def _recording(records: list):
-    """Flax's ``Module.param``/``Module.variable`` record their init calls into ``records`` (in
-    this thread; other threads pass straight through) while the context is open."""
-    with _recording_lock:
-        param, variable = nn.Module.param, nn.Module.variable
-
-        def recording_param(self, name, init_fn, *init_args, **kwargs):
-            if getattr(_active, "records", None) is not None:
-                init_fn = _recorded("params", self.path + (name,), init_fn, True)
-            return param(self, name, init_fn, *init_args, **kwargs)
-
-        def recording_variable(self, col, name, init_fn=None, *init_args, **kwargs):
-            if init_fn is not None and getattr(_active, "records", None) is not None:
-                init_fn = _recorded(col, self.path + (name,), init_fn, False)
-            return variable(self, col, name, init_fn, *init_args, **kwargs)
-
-        nn.Module.param, nn.Module.variable = recording_param, recording_variable
-        _active.records = records
-        try:
-            yield
-        finally:
-            _active.records = None
-            nn.Module.param, nn.Module.variable = param, variable
-
-
 def declared_variables(model, example_input=None) -> Tuple[Declared, ...]:
-    """Every variable ``model.init`` creates, as its module declared it (``Declared``), in
-    creation order: ``model.init`` traced abstractly (nothing compiled), remembered per process
-    for hashable modules. ``example_input``: an array or ``jax.ShapeDtypeStruct`` (default
-    ``convert.shapes.example_spec``: (1, 64, 64, in_chans) float32)."""
-    x = example_spec(model) if example_input is None else example_input
-    try:
-        return _remembered_declarations(model, tuple(x.shape), np.dtype(x.dtype))
-    except TypeError:  # an unhashable module: trace every time
-        return _trace_declarations(model, tuple(x.shape), np.dtype(x.dtype))
-
-
-def _trace_declarations(model, shape, dtype) -> Tuple[Declared, ...]:
-    records: list = []
-    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
-    with _recording(records):
-        traced = flat_variables(jax.eval_shape(model.init, rngs, jax.ShapeDtypeStruct(shape, dtype)))
-    if {d.key for d in records} != set(traced) or len(records) != len(traced):
-        return ()  # a variable created otherwise (put_variable, a lifted scope): not replayable
-    return tuple(records)
-
-
-_remembered_declarations = functools.lru_cache(maxsize=64)(_trace_declarations)
+    """Every variable ``model.init`` creates, as its module declared it (``trace.Declared``), in
+    creation order; empty when some variable is created otherwise (``put_variable``, a lifted
+    scope). ``example_input``: an array or ``jax.ShapeDtypeStruct`` (default
+    ``trace.example_spec``: (1, 64, 64, in_chans) float32)."""
+    return trace_model(model, example_input)[1]
 
 
 def _key_words(rng) -> Tuple[int, ...]:
