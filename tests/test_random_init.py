@@ -86,6 +86,8 @@ def test_tree_shapes_dtypes_and_determinism():
     head = {k for k in flat_variables(a) if k[1][0] == "head"}
     alone = fresh_variables(model, jax.random.PRNGKey(3), only=head)
     assert set(alone) == head and all(np.array_equal(alone[k], flat_variables(a)[k]) for k in head)
+    with pytest.raises(TypeError, match="expected a PRNG key"):
+        init_variables(model, 3)
 
 
 def test_module_that_cannot_be_replayed_falls_back_to_model_init():

@@ -46,9 +46,13 @@ def declared_variables(model, example_input=None) -> Tuple[Declared, ...]:
     return trace_model(model, example_input)[1]
 
 
-def _key_words(rng) -> Tuple[int, ...]:
-    data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-    return tuple(int(w) for w in np.asarray(data, np.uint32).ravel())
+def _key_data(rng) -> Tuple[np.ndarray, bool]:
+    """``(the key's uint32 words, whether it is a typed key)``; ``TypeError`` for anything else."""
+    dtype = getattr(rng, "dtype", None)
+    typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+    if not typed and dtype != np.uint32:
+        raise TypeError(f"rng: expected a PRNG key (jax.random.PRNGKey(n) or jax.random.key(n)), got {rng!r}")
+    return np.asarray(jax.random.key_data(rng) if typed else rng, np.uint32), typed
 
 
 def _generator(seed: Tuple[int, ...], key: FlaxKey) -> np.random.Generator:
@@ -86,9 +90,9 @@ def _draw_jax(group, seed, rng) -> list:
     if not d.takes_key:
         value = jax.jit(call)()
         return [value] * len(group)
-    data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-    words = np.stack([_generator(seed, g.key).integers(0, 2 ** 32, np.shape(data), np.uint32) for g in group])
-    keys = jax.random.wrap_key_data(words, impl=jax.random.key_impl(rng)) if data is not rng else jnp.asarray(words)
+    data, typed = _key_data(rng)
+    words = np.stack([_generator(seed, g.key).integers(0, 2 ** 32, data.shape, np.uint32) for g in group])
+    keys = jax.random.wrap_key_data(words, impl=jax.random.key_impl(rng)) if typed else jnp.asarray(words)
     n = len(group)
     stacked = jax.jit(lambda ks: [jax.tree_util.tree_map(lambda a: a[i], jax.vmap(call)(ks)) for i in range(n)])
     return stacked(keys)
@@ -107,14 +111,16 @@ def fresh_variables(model, rng: Optional[jax.Array] = None, example_input=None,
                     only: Optional[Collection[FlaxKey]] = None) -> Dict[FlaxKey, jax.Array]:
     """A random init of ``model``'s variables as a flat ``{(collection, path): array}``, each
     drawn from the initializer its module declares (module docstring); ``only``: just these keys.
-    ``rng``: a PRNG key (default ``jax.random.PRNGKey(0)``); the same key gives the same values."""
+    ``rng``: a PRNG key (default ``jax.random.PRNGKey(0)``); the same key gives the same values.
+    ``TypeError`` for an ``rng`` that is not a PRNG key."""
     rng = jax.random.PRNGKey(0) if rng is None else rng
+    _key_data(rng)
     declared = declared_variables(model, example_input)
     if not declared or not all(d.replayable for d in declared):  # as before: compile the whole init
         spec = example_spec(model) if example_input is None else example_input
         full = flat_variables(jax.jit(model.init)({"params": rng, "dropout": rng}, jnp.zeros(spec.shape, spec.dtype)))
         return {k: v for k, v in full.items() if only is None or k in only}
-    seed = _key_words(rng)
+    seed = tuple(_key_data(rng)[0].ravel().tolist())
     arrays, groups = {}, {}
     for d in declared:
         if only is not None and d.key not in only:
