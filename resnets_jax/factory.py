@@ -4,7 +4,7 @@ module -> its variables (timm's ``_factory.create_model`` and ``_builder.build_m
     name ──resolve_pretrained_cfg──> cfg ──build_model──> module
         ├─ checkpoint_path: io.load_state_dict -> convert.load_variables (strict)
         ├─ pretrained:      pretrained.load_pretrained (hub or cfg['file'], new head, in_chans)
-        └─ else:            convert.init_variables (random init)
+        └─ else:            convert.init_variables (random init, nothing compiled)
 """
 import sys
 from typing import Any, Optional, Tuple
@@ -96,7 +96,10 @@ def create_model(
     (``io.run_dir``). ``use_ema``, True as
     in timm's ``load_checkpoint``, takes a training checkpoint's ``state_dict_ema`` (else
     ``model_ema``) when it has one, else its ``state_dict``; which one is said on stderr), else from the hub when ``pretrained`` (``cache_dir`` as huggingface_hub's), else
-    from a random init with ``rng``. ``pretrained_cfg_overlay`` updates the tag's pretrained config
+    from a random init with ``rng`` (each variable drawn from the initializer its module
+    declares, without compiling the network: ``convert.init_variables``, a second or two; a
+    new classifier, from a different ``num_classes``, is drawn from ``rng`` too, and only it).
+    ``pretrained_cfg_overlay`` updates the tag's pretrained config
     as timm's: ``dict(file=path)`` loads a local timm checkpoint as the pretrained weights, so that
     a different ``num_classes`` gets a new classifier (``checkpoint_path`` loads a file strictly).
     Other keyword arguments go to ``build_model`` (timm's meaning: ``num_classes``, ``in_chans``,
@@ -117,11 +120,11 @@ def create_model(
         _check_head_width(checkpoint_path, state_dict, model, cfg)
         if getattr(state_dict, "kind", "") == "bit_npz":  # timm: model.load_pretrained(path)
             view, skip = fit_bit_npz(model, state_dict)
-            return model, load_variables(model, view, skip_missing=skip)
+            return model, load_variables(model, view, skip_missing=skip, rng=rng)
         return model, load_variables(model, view_state_dict(state_dict, drop=pruned_prefixes(model)))
     model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
     if pretrained:
-        return model, load_pretrained(model, cfg, cache_dir=cache_dir)
+        return model, load_pretrained(model, cfg, cache_dir=cache_dir, rng=rng)
     return model, init_variables(model, rng)
 
 

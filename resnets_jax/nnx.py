@@ -27,7 +27,9 @@ from flax import nnx
 from flax.nnx.bridge import variables as bridge_variables
 
 from .convert import export_timm_state_dict as _export_linen
+from .convert.keys import flat_variables
 from .factory import create_model as _create_linen
+from .pretrained import reset_classifier as _reset_linen
 from .train.freeze import frozen_mask, frozen_norms, trunk
 
 __all__ = ["ResNetNNX", "create_model", "freeze", "from_linen", "to_linen", "export_timm_state_dict"]
@@ -76,6 +78,26 @@ class ResNetNNX(nnx.bridge.ToNNX):
             if value is not None:
                 self.to_nnx__train = not value
 
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        """timm's ``model.reset_classifier(num_classes, global_pool=None)``, in place: the linen
+        module becomes ``module.clone(num_classes=..., global_pool=...)`` and the classifier's
+        parameters are drawn afresh from the model's ``rngs`` (``params`` stream); every other
+        variable is kept, the same objects (``resnets_jax.reset_classifier`` says the rest:
+        ``num_classes=0`` gives pooled features; ``ValueError`` for a ``features_only`` model).
+        An ``nnx.Optimizer`` made before holds the old head: make it after, as with timm."""
+        module, variables = to_linen(self)
+        new_module, new_variables = _reset_linen(module, variables, num_classes, global_pool,
+                                                 rng=self.to_nnx__rngs.params())
+        old, new = _top_level(variables), _top_level(new_variables)
+        changed = {name for name in old.keys() | new.keys() if old.get(name) != new.get(name)}
+        attrs = bridge_variables.linen_vars_to_nnx_attrs(new_variables)
+        for name in changed:
+            if hasattr(self, name):
+                delattr(self, name)
+            if name in attrs:
+                setattr(self, name, nnx.data(attrs[name]))
+        self.to_nnx__module = new_module
+
     def __call__(self, *args, method=None, **kwargs):
         train = self.to_nnx__train
         has_stats = any(isinstance(v, nnx.BatchStat) for _, v in nnx.iter_graph(self))
@@ -84,6 +106,14 @@ class ResNetNNX(nnx.bridge.ToNNX):
         with frozen_norms(self.to_nnx__frozen):
             return super().__call__(*args, method=method, rngs=rngs, train=train,
                                     mutable=["batch_stats"] if train and has_stats else False, **kwargs)
+
+
+def _top_level(variables) -> Dict[str, Dict[Any, int]]:
+    """{top-level submodule name: {variable key: id of its array}}: which submodules changed."""
+    out: Dict[str, Dict[Any, int]] = {}
+    for (col, path), value in flat_variables(variables).items():
+        out.setdefault(path[0], {})[(col, path)] = id(value)
+    return out
 
 
 def freeze(model: ResNetNNX, submodules: Optional[Sequence[str]] = None):

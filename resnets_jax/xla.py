@@ -2,8 +2,8 @@
 while jit traces, so plain ``jax.jit`` gets it too), XLA compiler options per backend, and JAX's
 persistent compilation cache. ``layers/`` holds numerics only and asks here.
 
-    import resnets_jax as rj
-    rj.enable_compilation_cache()                  # $RESNETS_JAX_CACHE_DIR/xla (~/.cache/resnets_jax/xla)
+    import resnets_jax as rj                       # turns the compilation cache on (default_compilation_cache)
+    rj.enable_compilation_cache(path)              # or in a folder of your choosing
     forward = rj.jit(model.apply)                  # jax.jit with rj.compiler_options()
     forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same
     rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
@@ -220,3 +220,37 @@ def enable_compilation_cache(path: Optional[str] = None,
         min_compile_time_secs = float(os.environ.get(MIN_COMPILE_TIME_ENV, MIN_CACHED_COMPILE_SECS))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time_secs)
     return path
+
+
+NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"  # 1: leave JAX's compilation cache alone
+_default_cache = {}  # what default_compilation_cache changed: {config name: value before}
+
+
+def default_compilation_cache() -> Optional[str]:
+    """What ``import resnets_jax`` does: :func:`enable_compilation_cache` in its default folder
+    (``$RESNETS_JAX_CACHE_DIR/xla``, else ``~/.cache/resnets_jax/xla``), so that a fresh process
+    loads the programs an earlier one compiled, as the ``resnets-jax`` command does. Left off
+    when ``RESNETS_JAX_CACHE_DIR=''`` (every cache off) or ``RESNETS_JAX_NO_COMPILE_CACHE=1``;
+    left alone when JAX already has a cache folder (``JAX_COMPILATION_CACHE_DIR``, or
+    ``jax.config.update('jax_compilation_cache_dir', ...)`` before the import), and when the
+    folder cannot be made (a read-only home). Returns the folder turned on, else None;
+    :func:`disable_default_compilation_cache` undoes it."""
+    if os.environ.get(NO_COMPILE_CACHE_ENV, "") not in ("", "0") or jax.config.jax_compilation_cache_dir:
+        return None
+    before = {name: getattr(jax.config, name) for name in
+              ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")}
+    try:
+        path = enable_compilation_cache()
+    except OSError:
+        return None
+    if path:
+        _default_cache.update(before)
+    return path
+
+
+def disable_default_compilation_cache() -> None:
+    """Undo :func:`default_compilation_cache` (JAX's settings as they were before it); nothing
+    when it did not turn the cache on. Call it before the first compilation."""
+    for name, value in _default_cache.items():
+        jax.config.update(name, value)
+    _default_cache.clear()

@@ -11,8 +11,8 @@ import pytest
 
 # The suite keeps its caches (traced shapes) to itself, not in the user's ~/.cache.
 os.environ.setdefault("RESNETS_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="resnets_jax_test_cache_"))
-# The CLI turns JAX's persistent compilation cache on; tests that call it in-process must not
-# fill the user's ~/.cache (tests/test_cli.py checks the cache in subprocesses of its own).
+# `import resnets_jax` (and so the CLI) turns JAX's persistent compilation cache on; the suite
+# must not fill the user's ~/.cache (tests/test_cli.py checks the cache in subprocesses of its own).
 os.environ.setdefault("RESNETS_JAX_NO_COMPILE_CACHE", "1")
 
 jax.config.update("jax_default_matmul_precision", "highest")

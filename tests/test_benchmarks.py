@@ -91,6 +91,16 @@ def test_conversion(tmp_path):
     assert "conversion time / read time" in res.stdout and "conversion peak memory" in res.stdout
 
 
+def test_init_speed(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "i"
+    run(script("init_speed.py") + ["--models", "resnet18", "--repeats", "1", "--no-head", "--output", str(out)])
+    with open(f"{out}.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["model"] == "resnet18" and float(row["ours_s"]) > 0 and float(row["timm_s"]) > 0
+    assert "| resnet18 |" in (tmp_path / "i.md").read_text()
+
+
 def test_grouped_conv():
     out = run(script("grouped_conv.py") + ["--batch", "1", "--repeats", "1", "--shapes", "res2next50 layer1",
                                            "--model", TINY, "--size", "32"])

@@ -3,11 +3,14 @@ import json
 import os
 import pickle
 
+import jax
 import numpy as np
 import pytest
 
 import resnets_jax as rj
 from resnets_jax import CheckpointError
+from resnets_jax.convert import fresh_variables
+from resnets_jax.convert.keys import flat_variables
 from hub_cache import hub_cache
 from timm_ref import perturb_, rel_err, timm_forward, timm_state_dict
 
@@ -179,8 +182,13 @@ def test_pretrained_with_new_num_classes_keeps_backbone(tmp_path, monkeypatch, t
     _save_safetensors(timm_state_dict(timm_model), src)
     cache = hub_cache(tmp_path / "hub", f"timm/{NAME}.ra4_e3600_r224_in1k", {"model.safetensors": src})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model, variables = rj.create_model(NAME, pretrained=True, cache_dir=str(cache), num_classes=7)
+    model, variables = rj.create_model(NAME, pretrained=True, cache_dir=str(cache), num_classes=7,
+                                       rng=jax.random.PRNGKey(4))
     assert variables["params"]["head"]["fc"]["kernel"].shape == (1, 1, 512, 7)
+    # only the head is initialised, from rng: the values a whole random init gives those keys
+    head = {k for k in flat_variables(variables) if k[1][0] == "head"}
+    fresh = fresh_variables(model, jax.random.PRNGKey(4), only=head)
+    assert all(np.array_equal(flat_variables(variables)[k], fresh[k]) for k in head)
     feats = model.apply(variables, x, method="forward_features")
     ref = timm_forward(timm_model, x, method="forward_features")
     assert rel_err(np.asarray(feats), ref) < 1e-4

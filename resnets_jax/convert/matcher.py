@@ -9,7 +9,7 @@ unexpected keys and shape mismatches are all reported at once, in the file's own
 import dataclasses
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,8 @@ from .keys import (
     timm_to_flax_key,
     unflatten_variables,
 )
-from .shapes import expected_variables, init_variables
+from .random_init import fresh_variables
+from .shapes import expected_variables
 
 FlaxKey = Tuple[str, Tuple[str, ...]]  # (collection, module path + leaf)
 
@@ -110,14 +111,15 @@ def _model_architecture(model) -> str:
 
 
 def load_variables(model, state_dict: Mapping[str, np.ndarray], *, skip_missing: Tuple[str, ...] = (),
-                   example_input=None) -> dict:
+                   example_input=None, rng: Optional[jax.Array] = None) -> dict:
     """The variables ``{'params', 'batch_stats'}`` of ``model`` from a checkpoint mapping (numpy
     arrays, or a lazy file from ``load_state_dict``) in either layout: timm's keys (NCHW) or
     ours (``params/...``, whose recorded architecture must be the model's).
 
     Raises ``CheckpointError`` naming every missing key, unexpected key and shape mismatch.
     ``skip_missing``: key prefixes (e.g. timm's ``'fc.'``) allowed to be absent; they keep a
-    fresh initialisation. ``example_input`` (an array or ``jax.ShapeDtypeStruct``) lets any
+    fresh initialisation (``convert.fresh_variables`` of those keys alone, from ``rng``).
+    ``example_input`` (an array or ``jax.ShapeDtypeStruct``) lets any
     Flax module named after its timm counterpart be converted, not only registered models.
 
     Memory: each tensor is read (from a lazy file mapping, see ``SafetensorsFile``), put in
@@ -152,9 +154,8 @@ def load_variables(model, state_dict: Mapping[str, np.ndarray], *, skip_missing:
                               f"same names and shapes but the architectures differ. Load it as {written_for}: "
                               f"create_model('{written_for}', checkpoint_path=...) in Python, the model name "
                               f"{written_for} on the command line.")
-    if len(out) < len(expected):  # skipped keys: fill from a fresh init
-        fresh = flat_variables(init_variables(model, example_input=example_input))
-        out.update({k: v for k, v in fresh.items() if k not in out})
+    if len(out) < len(expected):  # skipped keys (a new head): only they are initialised
+        out.update(fresh_variables(model, rng, example_input, only={k for k in expected if k not in out}))
     return unflatten_variables(out)
 
 

@@ -1,5 +1,6 @@
 """What a model's variables look like (shapes and dtypes), without computing anything: the
-target every conversion is checked against, remembered per process and on disk."""
+target every conversion is checked against (from ``trace.trace_model``, the trace random init
+shares), remembered per process and on disk."""
 import functools
 import hashlib
 import json
@@ -7,18 +8,11 @@ import os
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ..cache import cache_dir
 from ..io.files import write_text_atomic
-from .keys import flat_variables
-
-EXAMPLE_SIZE = 64  # px: the smallest input every architecture (stride 32, 7x7 stems) traces at
-
-
-def example_spec(model, input_size: int = EXAMPLE_SIZE):
-    return jax.ShapeDtypeStruct((1, input_size, input_size, model.in_chans), jnp.float32)
+from .trace import EXAMPLE_SIZE, example_spec, trace_model  # noqa: F401  (example_spec: re-exported)
 
 def expected_variables(model, example_input=None):
     """Shapes and dtypes of the model's variables, without computing anything.
@@ -34,8 +28,7 @@ def expected_variables(model, example_input=None):
         return _trace_variables(model, tuple(x.shape), np.dtype(x.dtype))
 
 def _trace_variables(model, shape, dtype):
-    rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
-    return flat_variables(jax.eval_shape(model.init, rngs, jax.ShapeDtypeStruct(shape, dtype)))
+    return dict(trace_model(model, jax.ShapeDtypeStruct(shape, dtype))[0])  # the trace random init shares
 
 @functools.lru_cache(maxsize=64)
 def _remembered_variables(model, shape, dtype):
@@ -75,10 +68,3 @@ def _code_fingerprint() -> str:
                 with open(os.path.join(folder, name), "rb") as f:
                     digest.update(f.read())
     return digest.hexdigest()
-
-def init_variables(model, rng=None, example_input=None) -> dict:
-    """A random init of the model's variables (a forward pass at a small size fixes shapes)."""
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    spec = example_spec(model) if example_input is None else example_input
-    x = jnp.zeros(spec.shape, spec.dtype)
-    return jax.jit(model.init)({"params": rng, "dropout": rng}, x)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from .conv import Conv2d
+from .initializers import Normal
 from .pool import select_global_pool
 
 Dtype = Any
@@ -33,7 +34,7 @@ class ClassifierHead(nn.Module):
         x = nn.Dropout(self.drop_rate, deterministic=not train)(x)
         flatten = self.use_conv and self.pool_type
         if not pre_logits and self.num_classes > 0:
-            init = nn.initializers.normal(HEAD_INIT_STD)
+            init = Normal(HEAD_INIT_STD)
             if self.use_conv:
                 fc = Conv2d(self.num_classes, 1, use_bias=True, kernel_init=init,
                             dtype=self.dtype, param_dtype=self.param_dtype, name="fc")

@@ -12,12 +12,10 @@ from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
 from .. import xla
+from .initializers import kaiming_normal_fan_out  # timm's ResNet init of every conv
 from .norm import stats_dtype
 
 Dtype = Any
-
-# timm's ResNet init: kaiming_normal_(mode='fan_out', nonlinearity='relu').
-kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:

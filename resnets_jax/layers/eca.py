@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from .initializers import Uniform
+
 Dtype = Any
 
 ECA_GAMMA, ECA_BETA = 2, 1  # the paper's kernel-size mapping k = |log2(C) + beta| / gamma, made odd
@@ -25,10 +27,9 @@ def eca_kernel_size(channels: int, gamma: float = ECA_GAMMA, beta: float = ECA_B
     return max(t if t % 2 else t + 1, 3)
 
 
-def _conv1d_init(key, shape, dtype=jnp.float32):
-    """``nn.Conv1d``'s default init (timm's ResNet init leaves 1-d convs alone): uniform in +-1/sqrt(fan_in)."""
-    bound = 1.0 / math.sqrt(shape[0] * shape[1])  # fan_in = k * in_channels
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+# ``nn.Conv1d``'s default init (timm's ResNet init leaves 1-d convs alone): uniform in
+# +-1/sqrt(fan_in), fan_in = k * in_channels of the (k, in, out) kernel
+_conv1d_init = Uniform(1.0, "fan_in")
 
 
 class Conv1d(nn.Module):

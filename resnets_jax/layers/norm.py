@@ -54,9 +54,9 @@ class BatchNormAct2d(nn.Module):
         c = x.shape[-1]
         scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-        count = self.variable("batch_stats", "num_batches_tracked", lambda: jnp.zeros((), jnp.int32))
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
+        count = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
         xf = x.astype(stats_dtype(x.dtype))
         if train:
             mean = _corrected_mean(xf, (0, 1, 2))

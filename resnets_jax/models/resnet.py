@@ -26,6 +26,7 @@ from ..layers import (
     BatchNormAct2d,
     Conv2d,
     GroupNormAct,
+    Uniform,
     anti_alias,
     avg_down_pool,
     avg_pool2d,
@@ -86,8 +87,7 @@ class ResNetBlock(nn.Module):
 def _torch_linear_init(fan_in: int):
     """``nn.Linear``'s default init (timm leaves the ResNet ``fc`` at it): weight and bias
     uniform in +-1/sqrt(fan_in)."""
-    bound = 1.0 / math.sqrt(fan_in)
-    uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
+    uniform = Uniform(1.0 / math.sqrt(fan_in))
     return uniform, uniform
 
 

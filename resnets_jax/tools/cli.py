@@ -44,8 +44,8 @@ from .._optional import MissingExtraError
 from ..io.errors import WeightsUnavailableError
 from ..registry import list_models, list_pretrained
 from .export_cli import add_export_parser
+from ..xla import NO_COMPILE_CACHE_ENV
 
-NO_COMPILE_CACHE_ENV = "RESNETS_JAX_NO_COMPILE_CACHE"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as a shell reports a command whose reader went away
 QUIET_LOGGERS = ("absl", "orbax", "grain", "jax._src.xla_bridge")  # libraries whose info/warnings --verbose shows
@@ -398,9 +398,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         if not args.verbose:
             _quiet_libraries()
-        if not (args.no_compile_cache or os.environ.get(NO_COMPILE_CACHE_ENV, "") not in ("", "0")):
-            from ..xla import enable_compilation_cache
-            enable_compilation_cache()
+        if args.no_compile_cache:  # `import resnets_jax` turned it on (xla.default_compilation_cache)
+            from ..xla import disable_default_compilation_cache
+            disable_default_compilation_cache()
         code = args.fn(args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
         return code

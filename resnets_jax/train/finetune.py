@@ -36,7 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from ..convert import export_timm_checkpoint, init_variables
+from ..convert import expected_variables, export_timm_checkpoint
+from ..convert.keys import unflatten_variables
 from ..data import create_transform, resolve_data_config
 from ..data.image_folder import ImageFolder, eval_batches, training_data
 from ..factory import build_model, create_model
@@ -160,7 +161,7 @@ def _model_kwargs(cfg: FinetuneConfig, num_classes: int) -> dict:
 def _initial_variables(cfg: FinetuneConfig, model, num_classes: int, restoring: bool):
     """The starting variables (only their shapes when a checkpoint will replace them)."""
     if restoring:
-        return jax.eval_shape(functools.partial(init_variables, model))
+        return unflatten_variables(expected_variables(model))
     kwargs = _model_kwargs(cfg, num_classes)
     if cfg.checkpoint:
         file = resolve_checkpoint_path(cfg.checkpoint)  # a run directory: its best export
