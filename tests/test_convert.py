@@ -171,7 +171,7 @@ def _truncated(ckpt, name):
     ("text", r"not a checkpoint file \(found 43 bytes starting with b.Hello, this .\); expected safetensors"),
     ("truncated-safetensors", "truncated"),
     ("truncated-bin", "cut short or corrupt"),
-    ("directory", "a directory, expected a checkpoint file"),
+    ("directory", "a directory without weights to load; looked for model_best.safetensors"),  # not a run directory
     ("missing", "no such file"),
     ("json", r"not a checkpoint file \(found 31 bytes starting with b.{\"architectu.\); expected safetensors"),
 ])
@@ -236,7 +236,7 @@ def test_from_hub_offline_without_cache(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "out.safetensors"
     code, _, err = _convert(capsys, TAG, "--from-hub", "--cache-dir", tmp_path / "empty", "-o", out)
-    _assert_refused(code, err, out, r"HF_HUB_OFFLINE is set.*checkpoint_path=")
+    _assert_refused(code, err, out, r"HF_HUB_OFFLINE is set.*--checkpoint model\.safetensors")  # the command's flag
 
 
 # ----------------------------------------------------------------------------- convert_many

@@ -161,3 +161,33 @@ def _alive_in_group(pgid: int):
         if int(fields[2]) == pgid and fields[0] != "Z":
             alive.append(int(entry))
     return alive
+
+
+def test_an_interrupt_dropped_by_a_gc_callback_is_delivered_again(capsys):
+    """Python drops an exception raised in a garbage-collector callback (JAX runs one at every
+    collection), and with it a Ctrl-C that lands there; the command line raises it again until
+    it is taken, without printing the dropped one."""
+    import gc
+
+    from resnets_jax.tools.interrupts import RETRY_S, delivered_interrupts
+    landed = []
+
+    def callback(phase, info):
+        if phase == "start" and not landed:
+            landed.append(phase)
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the handler runs here, inside the callback, and Python drops its exception
+
+    gc.callbacks.append(callback)
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt), delivered_interrupts():
+            gc.collect()
+            assert landed  # the first interrupt was dropped: still running
+            while time.monotonic() - start < 10 * RETRY_S:
+                time.sleep(0.01)
+    finally:
+        gc.callbacks.remove(callback)
+    assert time.monotonic() - start < 10 * RETRY_S  # raised again, not waited out
+    assert "KeyboardInterrupt" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -26,7 +26,7 @@ def timm_module(model, variables=None):
     torch = optional_import("torch", "timm's module")
     timm = optional_import("timm", "timm's module")
     cfg = get_pretrained_cfg(model.variant)
-    args = {k: v for k, v in cfg.get("model_args", {}).items() if k not in ("num_classes", "in_chans")}
+    args = {k: v for k, v in cfg.get("model_args", {}).items() if k not in ("num_classes", "in_chans", "global_pool")}
     tmodel = timm.create_model(cfg["architecture"], pretrained=False, num_classes=model.num_classes,
                                in_chans=model.in_chans, global_pool=model.global_pool, **args)
     if variables is not None:

@@ -44,6 +44,7 @@ from .._optional import MissingExtraError
 from ..io.errors import WeightsUnavailableError
 from ..registry import list_models, list_pretrained
 from .export_cli import add_export_parser
+from .interrupts import delivered_interrupts
 from ..xla import NO_COMPILE_CACHE_ENV
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C ended
@@ -401,7 +402,8 @@ def main(argv=None) -> int:
         if args.no_compile_cache:  # `import resnets_jax` turned it on (xla.default_compilation_cache)
             from ..xla import disable_default_compilation_cache
             disable_default_compilation_cache()
-        code = args.fn(args) or 0
+        with delivered_interrupts():
+            code = args.fn(args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
         return code
     except KeyboardInterrupt:  # Ctrl-C: what was being written is removed on the way out
