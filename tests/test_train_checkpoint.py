@@ -27,7 +27,7 @@ from resnets_jax.train.finetune import (CHECKPOINT_DIR, LEGACY_CHECKPOINT_FORMAT
 from resnets_jax.data.grain_pipeline import ImageFolderSource, iterator_state, to_iter_dataset, train_dataset
 from resnets_jax.data.image_folder import Batches, ImageFolder, split_indices, train_transform
 from resnets_jax.train import TrainState
-from resnets_jax.train.checkpoint import TrainCheckpoints, read_train_checkpoint, resumable_step
+from resnets_jax.train.checkpoint import TrainCheckpoints, read_train_checkpoint, resumable_step, step_problem
 from test_finetune import MEAN, MODEL, STD, make_folder
 
 SIZE = 24
@@ -306,3 +306,17 @@ def test_no_intact_step_is_refused_changing_nothing(tmp_path):
     with pytest.raises(ValueError, match="no intact checkpoint in"):
         read_train_checkpoint(str(tmp_path))
     assert _snapshot(tmp_path) == before and (tmp_path / "2").is_dir()
+
+
+def test_relative_paths_read_as_absolute_ones(tmp_path, monkeypatch):
+    """``-o run`` as every example writes it: each reader takes the run's relative path as its
+    absolute one (Orbax's metadata reader returns None for a relative path, which made intact steps
+    look damaged: a resume refused, a Ctrl-C's clean-up removing the run)."""
+    ckpts = TrainCheckpoints(str(tmp_path / "run"), keep=2, best_metric=None)
+    ckpts.save(1, _state(1), meta={"epoch": 1})
+    ckpts.wait()
+    ckpts.close()
+    monkeypatch.chdir(tmp_path)
+    assert step_problem("run/1", read_arrays=True) is None
+    assert resumable_step("run", print) == 1
+    assert read_train_checkpoint("run")["step"] == 1

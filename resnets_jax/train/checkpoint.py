@@ -150,10 +150,16 @@ def _check_shapes(directory: str, step: int, saved: Any, abstract: Any) -> None:
                          + "; ".join(sorted(bad)[:5]))
 
 
+def _state_item(step_dir: str) -> str:
+    """A step's ``state`` item, as an absolute path: Orbax's metadata reader returns None for a
+    relative one (orbax-checkpoint 0.12.8), which would make every step of ``-o run`` look damaged."""
+    return os.path.join(os.path.abspath(step_dir), "state")
+
+
 def _saved_state(step_dir: str):
     """The metadata tree (shapes, dtypes) of a step's ``state`` item."""
     with ocp.PyTreeCheckpointer() as ckptr:
-        metadata = ckptr.metadata(os.path.join(step_dir, "state"))
+        metadata = ckptr.metadata(_state_item(step_dir))
     if getattr(metadata, "item_metadata", None) is None:  # Orbax returns None for what it cannot read
         raise ValueError("no readable array metadata (files missing or cut short)")
     return metadata.item_metadata.tree
@@ -163,7 +169,7 @@ def _read_state(step_dir: str):
     """A step's ``state`` item as nested dicts of numpy arrays (reads every array)."""
     restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _saved_state(step_dir))
     with ocp.PyTreeCheckpointer() as ckptr:
-        return ckptr.restore(os.path.join(step_dir, "state"), args=ocp.args.PyTreeRestore(restore_args=restore_args))
+        return ckptr.restore(_state_item(step_dir), args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
 
 def _read_json(path: str):
