@@ -210,11 +210,16 @@ def test_pickle_that_is_not_plain_weights(tmp_path, capsys):
     assert "this pickle runs code" not in stdout
 
 
-def test_output_directory_does_not_exist(tmp_path, capsys, ckpt):
-    out = tmp_path / "no" / "such" / "dir" / "out.safetensors"
+@pytest.mark.parametrize("out, match", [
+    ("no/such/dir/out.safetensors", r"the output directory .*/no/such/dir does not exist"),
+    ("no/", r"no/ names a directory \(it ends in a separator\); expected a file name"),  # a folder meant
+    (None, r"is a directory, expected a file name"),  # an existing folder
+])
+def test_output_that_is_not_a_file_name(tmp_path, capsys, ckpt, out, match):
+    out = str(tmp_path) if out is None else f"{tmp_path}/{out}"
     code, _, err = _convert(capsys, NAME, "--checkpoint", ckpt / "model.safetensors", "-o", out)
-    assert code == 2 and re.search(r"error: .*the output directory .*/no/such/dir does not exist", err)
-    assert not (tmp_path / "no").exists()
+    assert code == 2 and re.search("error: .*" + match, err), err
+    assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_existing_output_without_force(tmp_path, capsys, ckpt):

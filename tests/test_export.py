@@ -152,10 +152,19 @@ def test_failed_export_writes_nothing(tmp_path, capsys):
     assert "m.stablehlo.json exists; pass --force" in capsys.readouterr().err
     assert cli.main(["export", name, "-o", str(tmp_path / "m.stablehlo"), "--batch", "0"]) == 2
     assert "batch must be a positive integer or 'dynamic', got '0'" in capsys.readouterr().err
+    assert cli.main(["export", name, "-o", str(tmp_path / "m.onnx"), "--format", "stablehlo"]) == 2
+    assert "m.onnx: a stablehlo artifact named .onnx" in capsys.readouterr().err  # onnxruntime would get it
     with pytest.raises(ValueError, match="Verification failed .* above 0e[+]00; nothing written"):
         export_model(name, str(tmp_path / "m.stablehlo"), weights=str(tmp_path / "w.safetensors"), img_size=SIZE,
                      batch=2, force=True, verify=True, verify_tol=0.0)
     assert sorted(os.listdir(tmp_path)) == before and (tmp_path / "m.stablehlo.json").read_text() == "mine"
+
+
+def test_format_follows_the_name():
+    from resnets_jax.tools.export import format_of
+    assert [format_of(n) for n in ("m.onnx", "M.ONNX", "m.stablehlo", "m")] == ["onnx", "onnx", "stablehlo", "stablehlo"]
+    with pytest.raises(ValueError, match="m.stablehlo: an ONNX file is named .onnx"):
+        format_of("m.stablehlo", "onnx")
 
 
 def test_lowering_platforms_bake_in_no_cpu_split():

@@ -21,8 +21,12 @@ def check_output(output: str, force: bool = False) -> str:
     """The absolute output path, after the checks a write must pass: its name does not promise a
     PyTorch pickle (``PICKLE_SUFFIXES``: every file the package writes is safetensors, msgpack,
     npz or JSON, never a pickle), its directory exists, it is not a directory, and it does not
-    exist unless ``force``. Raises ``ValueError`` naming the path and the reason."""
-    output = os.path.abspath(os.fspath(output))
+    exist unless ``force``, nor does its name end in a separator (a folder meant, e.g. ``-o new/``).
+    Raises ``ValueError`` naming the path and the reason."""
+    given = os.fspath(output)
+    if given.endswith((os.sep, "/")) or (os.altsep and given.endswith(os.altsep)):
+        raise ValueError(f"{given} names a directory (it ends in a separator); expected a file name")
+    output = os.path.abspath(given)
     suffix = next((s for s in PICKLE_SUFFIXES if output.lower().endswith(s)), None)
     if suffix:
         raise ValueError(f"{output}: a {suffix} name says PyTorch pickle, but resnets_jax writes safetensors "

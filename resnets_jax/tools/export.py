@@ -60,6 +60,22 @@ def sidecar_paths(output: str, format: str) -> Tuple[str, ...]:
     return (output, output + CONFIG_SUFFIX) + ((output + WEIGHTS_SUFFIX,) if format == "stablehlo" else ())
 
 
+def format_of(output: str, format: Optional[str] = None) -> str:
+    """The format to write ``output`` in: ``format``, or None for the name's (``.onnx``: onnx,
+    anything else: stablehlo). ``ValueError`` for an unknown format or one the name contradicts
+    (a StableHLO file named ``.onnx`` would be handed to onnxruntime)."""
+    named = "onnx" if output.lower().endswith(".onnx") else None
+    format = format or named or "stablehlo"
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    if named and format != "onnx":
+        raise ValueError(f"{output}: a {format} artifact named .onnx (onnxruntime would be handed it); "
+                         "name it otherwise, e.g. .stablehlo")
+    if format == "onnx" and not named:
+        raise ValueError(f"{output}: an ONNX file is named .onnx")
+    return format
+
+
 def parse_batch(batch) -> Optional[int]:
     """``'dynamic'``/None -> None (any batch); a positive int (or its string) -> that int."""
     if batch is None or batch == "dynamic":
@@ -102,7 +118,7 @@ def artifact_config(name: str, model, format: str, batch: Optional[int], train: 
     return cfg
 
 
-def export_model(name: str, output: str, *, format: str = "stablehlo", batch=None, train: bool = False,
+def export_model(name: str, output: str, *, format: Optional[str] = None, batch=None, train: bool = False,
                  weights: Optional[str] = None, num_classes: Optional[int] = None, img_size: Optional[int] = None,
                  platforms: Optional[Sequence[str]] = None, force: bool = False, verify: bool = False,
                  use_ema: bool = True, verify_tol: float = VERIFY_TOL,
@@ -120,8 +136,7 @@ def export_model(name: str, output: str, *, format: str = "stablehlo", batch=Non
     Raises ``ValueError`` for bad arguments, an existing output without ``force``, or a failed
     verification; ``MissingExtraError`` (before any work) for a missing optional package."""
     start = time.perf_counter()
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    format = format_of(output, format)
     batch = parse_batch(batch)
     if format == "stablehlo":
         require(*SERIALIZE_NEEDS)

@@ -25,9 +25,9 @@ def add_export_parser(sub, add_weights, add_use_ema) -> None:
     s.add_argument("--output", "-o", required=True, metavar="FILE",
                    help="the artifact (e.g. m.stablehlo, m.onnx); FILE.json (data config, class names) "
                         "and for StableHLO FILE.weights.safetensors go beside it")
-    s.add_argument("--format", choices=("stablehlo", "onnx"), default="stablehlo",
+    s.add_argument("--format", choices=("stablehlo", "onnx"),
                    help="stablehlo: jax.export, NHWC, weights as inputs; onnx: timm's exporter (needs the onnx "
-                        "extra), NCHW. Default: stablehlo")
+                        "extra), NCHW. Default: onnx for a .onnx FILE, else stablehlo")
     s.add_argument("--batch", default="dynamic", metavar="N|dynamic", help="a fixed batch size, or 'dynamic' "
                                                                            "(default): any")
     s.add_argument("--train", action="store_true", help="training mode: batch statistics (StableHLO also "
