@@ -294,6 +294,20 @@ def test_bad_settings_get_one_clear_error(folder, tmp_path, capsys):
         finetune(FinetuneConfig(MODEL, str(folder), str(tmp_path / "o2"), opt="lamb"))
 
 
+@pytest.mark.parametrize("flag, value, message", [
+    ("--img-size", 0, "img_size 0: expected a value >= 1 (--img-size"),  # trained at 224 px before
+    ("--epochs", 0, "epochs 0: expected a value >= 1"),
+    ("--lr", -0.1, "lr -0.1: expected a value >= 0"),
+    ("--val-fraction", 1.0, "val_fraction 1.0: expected a value >= 0 and < 1"),
+    ("--hflip", 1.5, "hflip 1.5: expected a value >= 0 and <= 1"),
+    ("--workers", 0, "workers 0: expected a value >= 1"),
+])
+def test_settings_out_of_range_are_refused_before_any_work(folder, tmp_path, capsys, flag, value, message):
+    out = tmp_path / "out"
+    assert message in _error(capsys, [MODEL, folder, "--output", out, flag, value])
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- failed runs
 
 class _Interrupt:

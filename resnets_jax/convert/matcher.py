@@ -105,6 +105,15 @@ def _mismatch_error(model, missing, unexpected, mismatched, note: str = "") -> C
     return CheckpointError("\n".join(lines))
 
 
+def _registered_architecture(name: str) -> str:
+    """The architecture of a name a file records (``arch`` or ``arch.tag``), or '' for one not
+    registered here (nothing to hold the model against)."""
+    try:
+        return get_pretrained_cfg(name)["architecture"]
+    except ValueError:
+        return ""
+
+
 def _model_architecture(model) -> str:
     variant = getattr(model, "variant", "")
     return get_pretrained_cfg(variant)["architecture"] if variant else ""
@@ -143,17 +152,15 @@ def load_variables(model, state_dict: Mapping[str, np.ndarray], *, skip_missing:
         if k not in out and k[1][-1] == "num_batches_tracked":  # optional, as torch's BatchNorm loads it
             out[k] = jnp.zeros(expected[k].shape, expected[k].dtype)
     missing = [n for n, k in names.items() if k not in out and not n.startswith(tuple(skip_missing))]
-    meta = getattr(state_dict, "metadata", None) or {}
-    written_for = meta.get("architecture", "") if layout is FLAX else ""
+    written_for = (getattr(state_dict, "metadata", None) or {}).get("architecture", "")
+    arch = _model_architecture(model)
+    if written_for and arch and _registered_architecture(written_for) not in ("", arch):  # before any key list
+        raise CheckpointError(f"Checkpoint was written for {written_for}, not {arch}. Load it as {written_for}: "
+                              f"create_model('{written_for}', checkpoint_path=...) in Python, the model name "
+                              f"{written_for} on the command line.")
     if missing or unexpected or mismatched:
         note = f" (the checkpoint was written for {written_for})" if written_for else ""
         raise _mismatch_error(model, missing, unexpected, mismatched, note)
-    arch = _model_architecture(model)
-    if written_for and arch and written_for.partition(".")[0] != arch:
-        raise CheckpointError(f"Checkpoint was written for {written_for}, not {arch}: the variables have the "
-                              f"same names and shapes but the architectures differ. Load it as {written_for}: "
-                              f"create_model('{written_for}', checkpoint_path=...) in Python, the model name "
-                              f"{written_for} on the command line.")
     if len(out) < len(expected):  # skipped keys (a new head): only they are initialised
         out.update(fresh_variables(model, rng, example_input, only={k for k in expected if k not in out}))
     return unflatten_variables(out)

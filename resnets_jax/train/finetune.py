@@ -140,11 +140,28 @@ def _schedule_steps(cfg: FinetuneConfig, steps_per_epoch: int):
     return updates, min(int(round(cfg.warmup_epochs * steps_per_epoch / cfg.accum_steps)), updates - 1)
 
 
+# Each numeric setting's range, (low, high, high included): a value outside is one error naming
+# the setting, rather than a run that trains at another size or diverges (None: the default).
+_RANGES = {
+    "epochs": (1, None, True), "batch_size": (1, None, True), "accum_steps": (1, None, True),
+    "img_size": (1, None, True), "num_classes": (1, None, True), "keep_checkpoints": (1, None, True),
+    "workers": (1, None, True), "worker_processes": (0, None, True), "checkpoint_every": (0, None, True),
+    "lr": (0, None, True), "min_lr": (0, None, True), "warmup_lr": (0, None, True),
+    "warmup_epochs": (0, None, True), "weight_decay": (0, None, True), "color_jitter": (0, None, True),
+    "momentum": (0, 1, False), "smoothing": (0, 1, False), "drop_rate": (0, 1, False),
+    "drop_path_rate": (0, 1, False), "val_fraction": (0, 1, False), "hflip": (0, 1, True),
+}
+
+
 def _check_config(cfg: FinetuneConfig, dp: DataParallel) -> None:
     if cfg.opt not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {cfg.opt!r}: expected one of {', '.join(OPTIMIZERS)}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be positive, got {cfg.epochs} and {cfg.batch_size}")
+    for name, (low, high, closed) in _RANGES.items():
+        value = getattr(cfg, name)
+        if value is not None and not (low <= value and (high is None or value < high or closed and value == high)):
+            top = "" if high is None else f" and {'<=' if closed else '<'} {high}"
+            raise ValueError(f"{name} {value}: expected a value >= {low}{top} "
+                             f"(--{name.replace('_', '-')} on the command line)")
     per_process = cfg.batch_size // jax.process_count()
     if cfg.batch_size % jax.process_count() or per_process % dp.local_devices:
         raise ValueError(f"batch size {cfg.batch_size} does not split evenly over {dp.num_devices} devices "
