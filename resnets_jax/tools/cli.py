@@ -170,12 +170,16 @@ def _cmd_demo(args):
 def _cmd_finetune(args):
     import dataclasses
 
+    from ..io.run_dir import BEST_EXPORT_NAME, LAST_EXPORT_NAME
     from ..train.finetune import FinetuneConfig, finetune
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     result = finetune(FinetuneConfig(**{k: v for k, v in vars(args).items() if k in fields}))
     last = result.history[-1] if result.history else {}
+    exports = [os.path.join(args.output_dir, LAST_EXPORT_NAME), os.path.join(args.output_dir, BEST_EXPORT_NAME),
+               args.export]  # the timm files written: the final weights, the best step's, --export
     print(json.dumps({"checkpoint": result.checkpoint, "step": result.step, "classes": result.classes,
-                      "export": args.export, **{k: v for k, v in last.items() if k != "seconds"}}))
+                      "exports": [os.path.abspath(p) for p in exports if p and os.path.exists(p)],
+                      **{k: v for k, v in last.items() if k != "seconds"}}))
 
 
 # finetune's flags that take a FinetuneConfig field: (field, type, help; '(default: ...)' added unless given)

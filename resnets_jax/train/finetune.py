@@ -337,7 +337,7 @@ def _finetune(cfg: FinetuneConfig, log, dp: DataParallel, dataset: ImageFolder, 
 
     log(f"fine-tuning {cfg.model} on {len(train_idx)} images ({len(dataset.classes)} classes: "
         f"{', '.join(dataset.classes[:8])}{', ...' if len(dataset.classes) > 8 else ''}), validating on "
-        f"{len(val_idx)}; {cfg.epochs} epochs of {steps_per_epoch} steps, batch {cfg.batch_size} over "
+        f"{len(val_idx)}; {cfg.epochs} epoch{'s' * (cfg.epochs != 1)} of {steps_per_epoch} steps, batch {cfg.batch_size} over "
         f"{dp.num_devices} device(s), {size[0]}x{size[1]} px")
     state = dp.replicate(state)
     step_fn = dp.jit_step(make_train_step(model, tx, cfg.smoothing))
