@@ -81,6 +81,8 @@ def test_finetune_trains_on_train_validates_on_val_and_exports_its_meaning(run):
     assert (meta.num_classes, meta.in_chans, meta.label_names) == (2, 3, sorted(COLORS))
     assert meta.data_config["input_size"] == (3, INPUT_SIZE, INPUT_SIZE)
     assert (out / "last.safetensors").is_file()
+    assert read_model_metadata(out) == meta  # the run directory stands for its best export, in Python too
+    assert result["exports"] == [str(out / "last.safetensors"), str(out / "model_best.safetensors")]
 
 
 def test_validate_equals_timms_validate_logic(run, timm_model, tmp_path):

@@ -1,5 +1,6 @@
 """The one entry point that reads any checkpoint, ``load_state_dict``, its kind decided once by
 ``kinds.open_checkpoint`` (by structure, never by name), and the questions asked of a kind."""
+import os
 from typing import Mapping
 
 import numpy as np
@@ -10,6 +11,7 @@ from . import kinds
 from .flax_checkpoint import is_flax_layout, read_flax_msgpack
 from .kinds import open_checkpoint
 from .model_metadata import ModelMetadata, decode_model_metadata
+from .run_dir import resolve_checkpoint_path
 from .safetensors import read_safetensors
 from .torch_zip import (
     _CLEAN_PREFIXES,
@@ -81,7 +83,10 @@ def load_state_dict(path: str, use_ema: bool = True) -> Mapping[str, np.ndarray]
 def read_model_metadata(path) -> ModelMetadata:
     """The ``ModelMetadata`` of a checkpoint file (a path or ``kinds.CheckpointFile``): a
     safetensors header's (the header only is read), a msgpack Flax checkpoint's; other kinds
-    (torch files, BiT ``.npz``) record none. ``CheckpointError`` for a file of no known kind."""
+    (torch files, BiT ``.npz``) record none; a fine-tuning run directory stands for its best
+    export (``run_dir.resolve_checkpoint_path``). ``CheckpointError`` for a file of no known kind."""
+    if isinstance(path, (str, os.PathLike)):
+        path = resolve_checkpoint_path(os.fspath(path), log=lambda message: None)
     file = open_checkpoint(path)
     if file.kind == kinds.SAFETENSORS:
         meta = file.safetensors.metadata
