@@ -77,7 +77,8 @@ def split_model_name(name: str) -> Tuple[str, str]:
 
 def _unknown(what: str, name: str, choices: List[str]) -> ValueError:
     close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else " See resnets_jax.list_models() (resnets-jax list on the command line)."
+    hint = (f" Did you mean: {', '.join(close)}?" if close
+            else " See resnets_jax.list_models() (resnets-jax list on the command line).")
     return ValueError(f"Unknown {what} {name!r}.{hint}")
 
 
