@@ -85,7 +85,7 @@ def read_model_metadata(path) -> ModelMetadata:
     safetensors header's (the header only is read), a msgpack Flax checkpoint's; other kinds
     (torch files, BiT ``.npz``) record none; a fine-tuning run directory stands for its best
     export (``run_dir.resolve_checkpoint_path``). ``CheckpointError`` for a file of no known kind."""
-    if isinstance(path, (str, os.PathLike)):
+    if not isinstance(path, kinds.CheckpointFile):  # a handle is a file already
         path = resolve_checkpoint_path(os.fspath(path), log=lambda message: None)
     file = open_checkpoint(path)
     if file.kind == kinds.SAFETENSORS:
