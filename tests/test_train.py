@@ -360,6 +360,12 @@ STEP_CLASSES, STEP_SMOOTHING, STEP_LR = 10, 0.1, 0.1
 # 7.4e-3 on issue 15's AVX2 machine; ours 5.5e-6 / 7.1e-3). Permuting timm's batch did not
 # change its figure (6.6e-3 over 8 orders): a ReLU input's rounding comes mostly from its conv.
 AS_TIMM_FACTOR = 2.0
+# Whether a step carries the flip depends on the CPU, for timm as for us: on a 2-core AMD EPYC
+# (AVX-512) timm's fp32 step landed 5.1e-6 from float64 (no flip) and ours (XLA's defaults)
+# 5.8e-3 (one flip). So ours is held to the larger of twice timm's distance and one flip's worth:
+# 6.6e-3-7.4e-3 measured (timm and ours, three CPUs), 2x that. A wrong gradient moves a step by
+# O(1) of the update; the well-conditioned step below is held 100x tighter.
+ONE_FLIP = 1.5e-2
 # The same step made well-conditioned, held tight: every ReLU replaced by multiplication with
 # the 0/1 decisions of one fp32 forward, the same in the fp32 and the float64 step. The step is
 # then smooth in its inputs (fp32-sized noise on every conv output moves it by ~1e-6 of the
@@ -426,14 +432,14 @@ def ill_conditioned_step():
 def test_train_step_as_exact_as_timm(option_set, ill_conditioned_step):
     """``DataParallel.jit_step`` in fp32 on an ill-conditioned step (see above): our step's
     distance from timm's float64 step, as a fraction of the update, at most AS_TIMM_FACTOR
-    times timm's own fp32 step's."""
+    times timm's own fp32 step's, or one flipped ReLU decision's worth (ONE_FLIP)."""
     c = ill_conditioned_step
     state = _our_step(c["model"], c["variables"], c["batch"], compiler_options_for(option_set))
     ours = rj.export_timm_state_dict(c["model"], {"params": state.params})
     err = np.linalg.norm(np.concatenate([np.ravel(ours[k]).astype(np.float64) for k in c["keys"]]) - c["ref"]) / c["update"]
     print(f"\nresnetv2_18d fp32 step vs float64 ({option_set}): ours {err:.1e}, timm's {c['timm_err']:.1e} "
           "of the update")
-    assert err <= AS_TIMM_FACTOR * c["timm_err"], (err, c["timm_err"])
+    assert err <= max(AS_TIMM_FACTOR * c["timm_err"], ONE_FLIP), (err, c["timm_err"])
 
 
 @pytest.fixture(scope="module")
