@@ -169,6 +169,29 @@ def test_conv_asks_the_rule_at_trace_time(monkeypatch):
         assert jaxpr.count("conv_general_dilated") == convs
 
 
+@pytest.mark.parametrize("name", ["resnetv2_18d", "resnet26d"])
+def test_no_convolution_rides_in_a_reduce_fusion(name):
+    """Under rj.compiler_options() XLA:CPU runs convolutions itself; jaxlib 0.10 hands a large
+    reduce or reduce-window to YNNPACK and grows that fusion through the convolutions around it,
+    which YNNPACK runs slower. The pre-activation norms' select_relu (the head's pool) and the
+    slice-sum avg-pool shortcut ('d' variants, pre- and post-activation) keep every convolution
+    out: with max-ReLUs and reduce-window pools resnetv2_18d's fusions held 7 and 9."""
+    import re
+    import jax
+    import jax.numpy as jnp
+    import resnets_jax as rj
+    if jax.default_backend() != "cpu":
+        pytest.skip(f"XLA:CPU's fusions; the backend here is {jax.default_backend()}")
+    model = rj.build_model(name)
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    hlo = jax.jit(model.apply, compiler_options=rj.compiler_options()).lower(variables, x).compile().as_text()
+    bodies = dict(re.findall(r"(?ms)^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo))
+    assert hlo.count(" convolution(") > 0 and bodies
+    called = re.findall(r"%?ynn[\w.\-]* = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)
+    assert all(bodies[c].count(" convolution(") == 0 for c in called), [bodies[c].count(" convolution(") for c in called]
+
+
 def test_use_compiler_options_everywhere_reaches_plain_jit():
     import jax
     if jax.default_backend() != "cpu":

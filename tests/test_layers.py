@@ -27,10 +27,11 @@ POOL_CASES = [  # kernel, stride, padding, ceil_mode, count_include_pad
     (3, 2, 1, True, True),
     (3, 2, 1, True, False),
     (3, 2, 0, False, True),   # floor mode dropping trailing pixels
+    (3, 3, 0, False, True),   # windows that tile the input (a sum of slices) when 3 divides H and W
 ]
 
 
-@pytest.mark.parametrize("hw", [(7, 9), (8, 8), (13, 10), (5, 6), (3, 4), (2, 3)])
+@pytest.mark.parametrize("hw", [(7, 9), (8, 8), (13, 10), (5, 6), (3, 4), (2, 3), (6, 12)])
 @pytest.mark.parametrize("k, s, p, ceil_mode, count_pad", POOL_CASES)
 def test_avg_and_max_pool_match_torch(hw, k, s, p, ceil_mode, count_pad):
     hw = tuple(max(n, k - 2 * p) for n in hw)  # the smallest inputs torch accepts for this window

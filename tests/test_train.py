@@ -210,6 +210,7 @@ def test_fp32_gradients_as_exact_as_timm(name, option_set):
     model = rj.build_model(name, num_classes=NUM_CLASSES, **CASES[name])
     grads, _, _, relus = _our_grads(model, rj.convert_timm_state_dict(model, ref["sd32"]), ref["batch"],
                                     [x > 0 for x in ref["relus"]], compiler_options_for(option_set))
+    assert len(relus) == len(timm_relus)  # every ReLU held on both sides
     ours, theirs = norm_err(grads, ref["grads"]), norm_err(timm_grads, ref["timm_grads"])
     ours_worst, theirs_worst = (max(_grad_errors(g, r).values()) for g, r in
                                 ((grads, ref["grads"]), (timm_grads, ref["timm_grads"])))

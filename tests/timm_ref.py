@@ -145,12 +145,15 @@ def _open(jaxpr):
     return (jaxpr.jaxpr, jaxpr.consts) if hasattr(jaxpr, "consts") else (jaxpr, ())
 
 
+RELU_NAMES = ("relu", "select_relu")  # jax.nn.relu; resnets_jax.layers.select_relu (its values, as a select)
+
+
 def _is_relu(eqn) -> bool:
-    """``jax.nn.relu``: a custom_jvp call around a jit named "relu"."""
+    """``jax.nn.relu`` or our ``select_relu``: a custom_jvp call around a jit of that name."""
     if eqn.primitive.name != "custom_jvp_call" or "call_jaxpr" not in eqn.params:
         return False
     inner = _open(eqn.params["call_jaxpr"])[0].eqns
-    return len(inner) == 1 and inner[0].params.get("name") == "relu"
+    return len(inner) == 1 and inner[0].params.get("name") in RELU_NAMES
 
 
 def _bind(eqn, ins):

@@ -21,19 +21,28 @@ def per_branch_weights(attn):
 
 
 @jax.custom_jvp
-def residual_relu(x: jax.Array) -> jax.Array:
-    """The ReLU that ends a residual block, ``relu(branch + shortcut)``: ``nn.relu``'s values
-    (NaN kept) and gradient (0 at 0), written as a select so that XLA computes each block's
-    residual sum once.
+@jax.jit  # as jax.nn.relu: one named call in a jaxpr (tests/timm_ref.py holds every ReLU by it)
+def select_relu(x: jax.Array) -> jax.Array:
+    """``nn.relu``'s values (NaN kept) and gradient (0 at 0), written as a select: a ReLU at which
+    XLA:CPU's fusion passes stop. Used where a chain of fusible ops would otherwise grow back
+    through whole stages:
 
-    ``max(x, 0)`` counts as a unary op in XLA's fusion pass (its other operand is a broadcast
-    constant), so XLA fuses it, and the add feeding it, into every consumer: the next block's
-    residual add then recomputes this block's sum from its inputs, and so on back to the stage's
-    first block (res2net101_26w_4s: one loop fusion reading 21 conv outputs; such fusions took a
-    fifth of the forward pass on CPU). A select has a predicate operand, so XLA duplicates it only
-    where it can fuse it on every path, and the chain stops at the next block's conv.
+    - the ReLU that ends a residual block, ``relu(branch + shortcut)``. ``max(x, 0)`` counts as a
+      unary op in XLA's fusion pass (its other operand is a broadcast constant), so XLA fuses it,
+      and the add feeding it, into every consumer: the next block's residual add then recomputes
+      this block's sum from its inputs, and so on back to the stage's first block
+      (res2net101_26w_4s: one loop fusion reading 21 conv outputs; such fusions took a fifth of
+      the forward pass on CPU). A select has a predicate operand, so XLA duplicates it only where
+      it can fuse it on every path, and the chain stops at the next block's conv.
+    - the pre-activation norms of ResNetV2. jaxlib 0.10 hands a large reduce or reduce-window to
+      YNNPACK (LIBRARY_FUSION_TYPE_REDUCE, in XLA's defaults and in ``rj.compiler_options()``)
+      and grows its fusion back through every producer YNNPACK takes (convolutions, adds,
+      multiplies, max), but not through a select: with ``max(x, 0)`` the head's global pool took
+      the whole last stage of resnetv2_50 (8 convolutions, which YNNPACK ran about 2x slower than
+      XLA's own), and each avg-pool shortcut of resnetv2_50d the convolutions before it.
+
     benchmarks/README.md has the figures."""
     return jnp.where(x < 0, jnp.zeros_like(x), x)
 
 
-residual_relu.defjvps(lambda g, ans, x: jnp.where(x > 0, g, jnp.zeros_like(g)))  # jax.nn.relu's rule
+select_relu.defjvps(lambda g, ans, x: jnp.where(x > 0, g, jnp.zeros_like(g)))  # jax.nn.relu's rule

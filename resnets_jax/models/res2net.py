@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ..layers import DropPath, avg_pool2d, residual_relu
+from ..layers import DropPath, avg_pool2d, select_relu
 from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
 from .resnet import ResNet, ResNetBlock
 
@@ -63,7 +63,7 @@ class Bottle2neck(ResNetBlock):
         out = DropPath(self.drop_path_rate, name="drop_path")(out, train)
         if self.downsample is not None:
             shortcut = self.downsample(x, train)
-        return residual_relu(out + shortcut)
+        return select_relu(out + shortcut)
 
 
 def _cfg(**kwargs):

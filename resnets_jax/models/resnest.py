@@ -11,7 +11,7 @@ from typing import ClassVar
 import jax
 from flax import linen as nn
 
-from ..layers import DropPath, SplitAttn, avg_pool2d, residual_relu
+from ..layers import DropPath, SplitAttn, avg_pool2d, select_relu
 from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
 from .resnet import ResNet, ResNetBlock
 
@@ -66,7 +66,7 @@ class ResNestBottleneck(ResNetBlock):
             # Kept for parity with timm training; the residual branch itself is never dropped.
             x = DropPath(self.drop_path_rate, name="drop_path")(x, train)
             shortcut = self.downsample(x, train)
-        return residual_relu(out + shortcut)
+        return select_relu(out + shortcut)
 
 
 def _cfg(**kwargs):

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Optional, Tuple
 import jax
 from flax import linen as nn
 
-from ..layers import DropPath, anti_alias, get_attn, normalize_aa_layer, residual_relu
+from ..layers import DropPath, anti_alias, get_attn, normalize_aa_layer, select_relu
 from .resnet import ResNetBlock
 
 
@@ -67,7 +67,7 @@ class _ResidualBlock(ResNetBlock):
                 f"shortcut {shortcut.shape[1:3]}. With aa_layer='avg' timm's floor-mode pool and the ceil-mode "
                 "avg-down shortcut disagree on odd maps (timm fails the same way): use an input size whose maps "
                 "stay even through the stages, e.g. 224, 65 or 97.")
-        return residual_relu(out + shortcut)
+        return select_relu(out + shortcut)
 
 
 class BasicBlock(_ResidualBlock):

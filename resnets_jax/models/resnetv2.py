@@ -17,7 +17,7 @@ from flax import linen as nn
 
 from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2dS0,
                       FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_down_pool, drop_path_rates,
-                      make_divisible, max_pool2d)
+                      make_divisible, max_pool2d, select_relu)
 from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
 from ._common import Trunk, check_input, stride_plan
 
@@ -175,9 +175,11 @@ def stem_pool(x: jax.Array, stem_type: str) -> jax.Array:
 
 
 CONV_TYPES = {"std": StdConv2d, "plain": Conv2d}
+# The ReLU after each pre-activation norm is select_relu: XLA:CPU's reduce fusions (the head's pool,
+# the avg-pool shortcuts) stop there rather than taking in whole stages (layers/helpers.py).
 NORM_LAYERS = {
-    "batchnorm": BatchNormAct2d,
-    "groupnorm": partial(GroupNormAct, num_groups=32),
+    "batchnorm": partial(BatchNormAct2d, act=select_relu),
+    "groupnorm": partial(GroupNormAct, num_groups=32, act=select_relu),
     "evonorm": EvoNorm2dS0,
     "frn": FilterResponseNormTlu2d,
 }
