@@ -30,15 +30,15 @@ from .cache import cache_dir
 # 2-core AVX-512 Xeon; 2.4x on ResNeSt's grouped 3x3), so only dots and reductions stay on
 # YNNPACK. Reductions stay for speed: GroupNorm and weight standardization run faster there
 # (resnetv2_50x1_bit @224 fp32 batch 1 / 8: 96 / 380 ms, against 112 / 486 ms with XLA's own;
-# Intel Xeon AVX-512, 2 cores), and at least as exact (resnetv2_101x1_bit @256, perturbed weights:
-# logits against float64 6.2e-6 with YNNPACK's, 7.3e-6 with XLA's own, timm's fp32 6.5e-6;
-# an earlier jaxlib measured 6.7e-5 against 1.1e-4). A
-# YNNPACK reduce fusion grows through the convolutions around it unless a select stops it: the
-# models keep them apart (layers.select_relu, layers.avg_pool2d). Training steps use the same
-# options (DataParallel.jit_step): an fp32 step is only as exact as its ReLU decisions, whichever
-# the options, a near-zero input going either way with the order of the sums (docs/exactness.md).
-# The option is experimental in jaxlib: one a jaxlib does not know (or a value
-# it does not take) is left out with a warning (known_compiler_options), never an error.
+# Intel Xeon AVX-512, 2 cores), and at least as exact (resnetv2_101x1_bit @256, perturbed
+# weights: logits against float64 6.2e-6 with YNNPACK's, 7.3e-6 with XLA's own, timm's fp32
+# 6.5e-6; an earlier jaxlib measured 6.7e-5 against 1.1e-4). A YNNPACK reduce fusion grows
+# through the convolutions around it unless a select stops it: the models keep them apart
+# (layers.select_relu, layers.avg_pool2d). Training steps use the same options
+# (DataParallel.jit_step): an fp32 step is only as exact as its ReLU decisions, whichever the
+# options, a near-zero input going either way with the order of the sums (docs/exactness.md).
+# The option is experimental in jaxlib: one a jaxlib does not know (or a value it does not take)
+# is left out with a warning (known_compiler_options), never an error.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}

@@ -36,10 +36,10 @@ def select_relu(x: jax.Array) -> jax.Array:
       it can fuse it on every path, and the chain stops at the next block's conv.
     - the pre-activation norms of ResNetV2. jaxlib 0.10 hands a large reduce or reduce-window to
       YNNPACK (LIBRARY_FUSION_TYPE_REDUCE, in XLA's defaults and in ``rj.compiler_options()``)
-      and grows its fusion back through every producer YNNPACK takes (convolutions, adds,
+      and grows its fusion through the ops around it that YNNPACK takes (convolutions, adds,
       multiplies, max), but not through a select: with ``max(x, 0)`` the head's global pool took
       the whole last stage of resnetv2_50 (8 convolutions, which YNNPACK ran about 2x slower than
-      XLA's own), and each avg-pool shortcut of resnetv2_50d the convolutions before it.
+      XLA's own).
 
     benchmarks/README.md has the figures."""
     return jnp.where(x < 0, jnp.zeros_like(x), x)

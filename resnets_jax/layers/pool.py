@@ -55,10 +55,11 @@ def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
         # block's downsample conv and main branch, slower on YNNPACK than on XLA's own
         # (resnet50d batch 1 54.9 -> 48.9 ms under rj.jit; benchmarks/README.md).
         k = kernel_size
+        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # bf16: summed in fp32, rounded once
         # slices, never x[:, i::k]: under a symbolic batch (jax.export) that indexing is a gather
-        total = functools.reduce(operator.add, (lax.slice_in_dim(lax.slice_in_dim(x, i, h, k, axis=1), j, w, k, axis=2)
+        total = functools.reduce(operator.add, (lax.slice_in_dim(lax.slice_in_dim(xf, i, h, k, axis=1), j, w, k, axis=2)
                                                 for i in range(k) for j in range(k)))
-        return total / (k * k)
+        return (total / (k * k)).astype(x.dtype)
     pads = _window_pads(x, kernel_size, stride, padding, ceil_mode)
     window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
     total = lax.reduce_window(_pad_hw(x, pads, 0), 0.0, lax.add, window, strides, "VALID")
