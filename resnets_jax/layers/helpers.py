@@ -23,9 +23,9 @@ def per_branch_weights(attn):
 @jax.custom_jvp
 @jax.jit  # as jax.nn.relu: one named call in a jaxpr (tests/timm_ref.py holds every ReLU by it)
 def select_relu(x: jax.Array) -> jax.Array:
-    """``nn.relu``'s values (NaN kept) and gradient (0 at 0), written as a select: a ReLU at which
-    XLA:CPU's fusion passes stop. Used where a chain of fusible ops would otherwise grow back
-    through whole stages:
+    """``nn.relu``'s values (NaN kept; -0.0 stays -0.0, as in torch) and gradient (0 at 0),
+    written as a select: a ReLU at which XLA:CPU's fusion passes stop. Used where a chain of
+    fusible ops would otherwise grow through whole stages:
 
     - the ReLU that ends a residual block, ``relu(branch + shortcut)``. ``max(x, 0)`` counts as a
       unary op in XLA's fusion pass (its other operand is a broadcast constant), so XLA fuses it,
