@@ -43,33 +43,35 @@ def max_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
     return lax.reduce_window(x, -np.inf, lax.max, (1, kernel_size, kernel_size, 1), (1, stride, stride, 1), "VALID")
 
 
+def _window_sum(x: jax.Array, k: int, s: int) -> jax.Array:
+    """The sum over each k x k window at stride s of NHWC ``x`` (VALID): k*k strided slices
+    added, not a reduce-window, which XLA:CPU (jaxlib 0.10) hands to YNNPACK fused with the
+    convolutions around it (a 'd' variant's avg-pool shortcut took in its block's downsample conv
+    and main branch, slower on YNNPACK than on XLA's own: resnet50d batch 1 54.9 -> 48.9 ms
+    under rj.jit) and runs slower than the slices on its own (resnest101e batch 1 167 -> 149 ms;
+    benchmarks/README.md). Slices, never x[:, i::s]: under a symbolic batch (jax.export) that
+    indexing is a gather."""
+    oh, ow = (x.shape[1] - k) // s + 1, (x.shape[2] - k) // s + 1
+    return functools.reduce(operator.add, (
+        lax.slice_in_dim(lax.slice_in_dim(x, i, i + (oh - 1) * s + 1, s, axis=1), j, j + (ow - 1) * s + 1, s, axis=2)
+        for i in range(k) for j in range(k)))
+
+
 def avg_pool2d(x: jax.Array, kernel_size: int, stride: int, padding: int = 0,
                ceil_mode: bool = False, count_include_pad: bool = True) -> jax.Array:
     """``F.avg_pool2d``. The divisor counts the explicit padding when ``count_include_pad``,
-    and never the ceil-mode overhang, exactly as torch does."""
-    n, h, w, c = x.shape
-    if kernel_size == stride and padding == 0 and h % stride == 0 and w % stride == 0:
-        # Windows that tile the input: a sum of k*k strided slices (the same sum), not a
-        # reduce-window nor a reduce, which XLA:CPU (jaxlib 0.10) hands to YNNPACK
-        # fused with the convolutions around it: a 'd' variant's avg-pool shortcut took in its
-        # block's downsample conv and main branch, slower on YNNPACK than on XLA's own
-        # (resnet50d batch 1 54.9 -> 48.9 ms under rj.jit; benchmarks/README.md).
-        k = kernel_size
-        xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # bf16: summed in fp32, rounded once
-        # slices, never x[:, i::k]: under a symbolic batch (jax.export) that indexing is a gather
-        total = functools.reduce(operator.add, (lax.slice_in_dim(lax.slice_in_dim(xf, i, h, k, axis=1), j, w, k, axis=2)
-                                                for i in range(k) for j in range(k)))
-        return (total / (k * k)).astype(x.dtype)
+    and never the ceil-mode overhang, exactly as torch does. bf16 and fp16 inputs are summed in
+    fp32 and rounded once."""
     pads = _window_pads(x, kernel_size, stride, padding, ceil_mode)
-    window, strides = (1, kernel_size, kernel_size, 1), (1, stride, stride, 1)
-    total = lax.reduce_window(_pad_hw(x, pads, 0), 0.0, lax.add, window, strides, "VALID")
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    total = _window_sum(_pad_hw(xf, pads, 0), kernel_size, stride)
     # The divisor: a window's count of input pixels (and of explicit padding, if counted).
-    ones = jnp.ones((1, *x.shape[1:3], 1), x.dtype)
+    ones = jnp.ones((1, *x.shape[1:3], 1), total.dtype)
     if count_include_pad:
         ones = _pad_hw(ones, [(padding, padding)] * 2, 1)
         pads = [(0, hi - padding) for _, hi in pads]
-    count = lax.reduce_window(_pad_hw(ones, pads, 0), 0.0, lax.add, window, strides, "VALID")
-    return total / count
+    count = _window_sum(_pad_hw(ones, pads, 0), kernel_size, stride)
+    return (total / count).astype(x.dtype)
 
 
 def pad_same(x: jax.Array, kernel_size: int, stride: int, dilation: int = 1, value: float = 0.) -> jax.Array:
