@@ -34,9 +34,10 @@ from .cache import cache_dir
 # weights: logits against float64 6.2e-6 with YNNPACK's, 7.3e-6 with XLA's own, timm's fp32
 # 6.5e-6; an earlier jaxlib measured 6.7e-5 against 1.1e-4). A YNNPACK reduce fusion grows
 # through the convolutions around it unless a select stops it: the models keep them apart where
-# they can (layers.select_relu, layers.avg_pool2d; benchmarks/README.md says where they cannot). Training steps use the same options
-# (DataParallel.jit_step): an fp32 step is only as exact as its ReLU decisions, whichever the
-# options, a near-zero input going either way with the order of the sums (docs/exactness.md).
+# they can (layers.select_relu, layers.avg_pool2d; benchmarks/README.md says where they cannot).
+# Training steps use the same options (DataParallel.jit_step): an fp32 step is only as exact as
+# its ReLU decisions, whichever the options, a near-zero input going either way with the order
+# of the sums (docs/exactness.md).
 # The option is experimental in jaxlib: one a jaxlib does not know (or a value it does not take)
 # is left out with a warning (known_compiler_options), never an error.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":

@@ -27,7 +27,7 @@ POOL_CASES = [  # kernel, stride, padding, ceil_mode, count_include_pad
     (3, 2, 1, True, True),
     (3, 2, 1, True, False),
     (3, 2, 0, False, True),   # floor mode dropping trailing pixels
-    (3, 3, 0, False, True),   # windows that tile the input (a sum of slices) when 3 divides H and W
+    (3, 3, 0, False, True),   # stride = kernel: windows side by side, exactly tiling when 3 divides H and W
 ]
 
 
