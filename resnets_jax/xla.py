@@ -55,6 +55,21 @@ BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
 SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU splits
 
+# Plain jax.jit on XLA:CPU compiles under XLA's defaults, which (jaxlib 0.10) run every fp32
+# convolution on YNNPACK, and a traced program cannot choose its compiler options. XLA hands
+# YNNPACK only the convolutions it supports (xla/backends/cpu/ynn_support.cc), and two forms of the
+# same sums fall outside: a dot (a 1x1 conv as dot_general runs as YNNPACK's dot, as fast here as
+# XLA's own), and a conv whose output is wider than its input (a stride-1 conv padded one more
+# column on the right, that output column sliced off: 1/W more work). So where the program will
+# compile with convolutions on YNNPACK, Conv2d traces those forms (layers/conv.py); under
+# rj.jit / compiler_options() it keeps plain convolutions. Measured on an AMD EPYC (avx512f),
+# 2 cores, plain jax.jit, ms, plain convs -> these forms (rj.jit beside them):
+#   resnetv2_50 b1 39.3 -> 28.7 (27.9), b8 366 -> 283 (251); res2net101_26w_4s b1 82.3 -> 59.9
+#   (59.8), b8 674 -> 464 (444); resnest101e @256 b1 189 -> 88.2 (89.0), b8 1017 -> 771 (740).
+# Strided kxk convs (stems, a few downsampling 3x3s) have no such form and stay on YNNPACK.
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+_COMPILE_OPTIONS: contextvars.ContextVar = contextvars.ContextVar("compile_options", default=None)
+
 
 # jax.export's platform names -> the backends whose speed choices apply ('cuda'/'rocm' are 'gpu')
 _PLATFORM_BACKENDS = {"cuda": "gpu", "rocm": "gpu"}
@@ -92,6 +107,47 @@ def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
     if not isinstance(n, int):  # a symbolic batch (jax.export): decide from the static sizes, as for
         n = 1                   # batch 1 (both forms give the same sums; only the speed differs)
     return n * h * w >= SPLIT_MIN_PIXELS
+
+
+@contextlib.contextmanager
+def compiling_with(options: Optional[dict]) -> Iterator[None]:
+    """Trace for a program that will compile with XLA ``options`` (None: XLA's defaults), so that
+    the forms chosen while tracing (:func:`convs_on_ynnpack`) suit them. :func:`jit` and
+    ``DataParallel.jit_step`` trace inside it; trace a new function inside it (``jax.jit`` reuses
+    a trace it already holds)."""
+    token = _COMPILE_OPTIONS.set(dict(options) if options is not None else None)
+    try:
+        yield
+    finally:
+        _COMPILE_OPTIONS.reset(token)
+
+
+def traced_compiling_with(options: Optional[dict], fun):
+    """``fun``, traced inside :func:`compiling_with` (``options``): what ``jax.jit`` is given."""
+    @functools.wraps(fun)
+    def traced(*args, **kwargs):
+        with compiling_with(options):
+            return fun(*args, **kwargs)
+    return traced
+
+
+def _xla_flag(name: str) -> Optional[str]:
+    """The value ``XLA_FLAGS`` gives ``--name`` (the last one wins, as in XLA), else None."""
+    found = re.findall(rf"--{re.escape(name)}=(\S*)", os.environ.get("XLA_FLAGS", ""))
+    return found[-1] if found else None
+
+
+def convs_on_ynnpack() -> bool:
+    """Whether the program being traced will run fp32 convolutions on YNNPACK: every platform it
+    is traced for (:func:`lowering_platforms`, else the default backend) is the CPU, and the
+    YNNPACK fusion types it compiles with (:func:`compiling_with`'s options, else ``XLA_FLAGS``,
+    else XLA's defaults, which hold convolutions in jaxlib 0.10) name convolutions. Called while
+    jit traces; layers/conv.py then traces the forms XLA keeps off YNNPACK (``YNN_FUSION_OPTION``)."""
+    platforms = _LOWERING_PLATFORMS.get() or (jax.default_backend(),)
+    if any(p != "cpu" for p in platforms):
+        return False
+    types = (_COMPILE_OPTIONS.get() or {}).get(YNN_FUSION_OPTION) or _xla_flag(YNN_FUSION_OPTION)
+    return types is None or "CONVOLUTION" in types
 
 
 # Our forward passes compile in seconds (resnest101e: ~10 s on 2 cores); programs that compile
@@ -152,9 +208,9 @@ def compiler_options() -> dict:
 
 def jit(fun, **kwargs):
     """``jax.jit`` with :func:`compiler_options` for the default backend (``compiler_options=``
-    given here are added on top)."""
+    given here are added on top), ``fun`` traced for them (:func:`compiling_with`)."""
     options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
-    return jax.jit(fun, compiler_options=options, **kwargs)
+    return jax.jit(traced_compiling_with(options, fun), compiler_options=options, **kwargs)
 
 
 def use_compiler_options_everywhere() -> str:

@@ -169,29 +169,88 @@ def test_conv_asks_the_rule_at_trace_time(monkeypatch):
         assert jaxpr.count("conv_general_dilated") == convs
 
 
-@pytest.mark.parametrize("name", ["resnetv2_18d", "resnet26d"])
-def test_no_convolution_rides_in_a_reduce_fusion(name):
-    """Under rj.compiler_options() XLA:CPU runs convolutions itself; jaxlib 0.10 hands a large
-    reduce or reduce-window to YNNPACK and grows that fusion through the convolutions around it,
-    which YNNPACK runs slower. The pre-activation norms' select_relu (the head's pool) and the
-    slice-sum avg-pool shortcut ('d' variants, pre- and post-activation) keep every convolution
-    out: with max-ReLUs and reduce-window pools resnetv2_18d's fusions held 7 and 9."""
+def _ynnpack_convolutions(name, jit):
+    """(every convolution, those inside YNNPACK fusions) of ``name`` at 224, batch 1, compiled by
+    ``jit`` on XLA:CPU, as HLO lines."""
     import re
     import jax
     import jax.numpy as jnp
     import resnets_jax as rj
-    if jax.default_backend() != "cpu":
-        pytest.skip(f"reads the fusions XLA:CPU compiles; JAX's default backend here is {jax.default_backend()}, "
-                    "whose compiler hands nothing to YNNPACK")
     model = rj.build_model(name)
     x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
-    hlo = jax.jit(model.apply, compiler_options=rj.compiler_options()).lower(variables, x).compile().as_text()
+    hlo = jit(model.apply).lower(variables, x).compile().as_text()
     bodies = dict(re.findall(r"(?ms)^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo))
-    assert hlo.count(" convolution(") > 0 and bodies
+    convs = lambda text: re.findall(r"[^\n]* convolution\([^\n]*", text)  # noqa: E731
     called = re.findall(r"%?ynn[\w.\-]* = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)
-    assert called, "no YNNPACK fusion found: has XLA:CPU renamed them, or stopped handing reductions over?"
-    assert all(bodies[c].count(" convolution(") == 0 for c in called), [bodies[c].count(" convolution(") for c in called]
+    assert convs(hlo) and bodies
+    assert called, "no YNNPACK fusion found: has XLA:CPU renamed them, or stopped handing work over?"
+    return convs(hlo), [c for name in called for c in convs(bodies[name])]
+
+
+def _needs_xla_cpu():
+    import jax
+    if jax.default_backend() != "cpu":
+        pytest.skip(f"reads the fusions XLA:CPU compiles; JAX's default backend here is {jax.default_backend()}, "
+                    "whose compiler hands nothing to YNNPACK")
+
+
+@pytest.mark.parametrize("name", ["resnetv2_18d", "resnet26d"])
+def test_no_convolution_rides_in_a_reduce_fusion(name):
+    """Under rj.jit XLA:CPU runs convolutions itself; jaxlib 0.10 hands a large reduce or
+    reduce-window to YNNPACK and grows that fusion through the convolutions around it, which
+    YNNPACK runs slower. The pre-activation norms' select_relu (the head's pool) and the
+    slice-sum avg-pool shortcut ('d' variants, pre- and post-activation) keep every convolution
+    out: with max-ReLUs and reduce-window pools resnetv2_18d's fusions held 7 and 9."""
+    import resnets_jax as rj
+    _needs_xla_cpu()
+    _, in_ynnpack = _ynnpack_convolutions(name, rj.jit)
+    assert not in_ynnpack, in_ynnpack
+
+
+@pytest.mark.parametrize("name", ["resnetv2_18d", "resnet26d"])
+def test_plain_jit_runs_only_strided_convolutions_on_ynnpack(name):
+    """Plain jax.jit compiles under XLA's defaults, which run convolutions on YNNPACK (slower
+    here); Conv2d traces 1x1 convs as dots and stride-1 convs one column wider, which XLA keeps
+    (xla.convs_on_ynnpack). Only strided kxk convs (stem, downsampling 3x3s) are left there:
+    before, all 31 convolutions of resnet26d ran there (now 4 of 11: 1x1s are dots)."""
+    import jax
+    _needs_xla_cpu()
+    every, in_ynnpack = _ynnpack_convolutions(name, jax.jit)
+    assert all("stride=" in c for c in in_ynnpack), [c for c in in_ynnpack if "stride=" not in c]
+    assert len(in_ynnpack) <= len([c for c in every if "stride=" in c]) < len(every) / 2
+
+
+def test_conv_forms_follow_the_compiler_options(monkeypatch):
+    """xla.convs_on_ynnpack, asked while jit traces: on XLA:CPU under XLA's defaults (plain
+    jax.jit, an XLA_FLAGS value naming convolutions) yes; under rj.jit, jit_step, options or
+    XLA_FLAGS keeping convolutions off YNNPACK, or when traced for another platform too, no."""
+    import jax
+    import jax.numpy as jnp
+    import resnets_jax as rj
+    from resnets_jax import xla
+    seen = []
+
+    def traced(jit):
+        def probe(x):  # a new function each time: jax.jit reuses a trace it holds
+            seen.append(xla.convs_on_ynnpack())
+            return x + 1
+        seen.clear()
+        jit(probe).lower(jnp.ones(3))
+        return seen[-1]
+
+    on_cpu = jax.default_backend() == "cpu"
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert traced(jax.jit) is on_cpu
+    assert traced(rj.jit) is (on_cpu and xla.YNN_FUSION_OPTION not in rj.compiler_options())
+    assert traced(lambda f: jax.jit(xla.traced_compiling_with({}, f))) is on_cpu
+    with xla.lowering_platforms(("cpu", "cuda")):
+        assert traced(jax.jit) is False
+    ours = xla.CPU_COMPILER_OPTIONS[xla.YNN_FUSION_OPTION]
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_cpu_use_thunk_runtime=true --{xla.YNN_FUSION_OPTION}={ours}")
+    assert traced(jax.jit) is False
+    monkeypatch.setenv("XLA_FLAGS", f"--{xla.YNN_FUSION_OPTION}={ours},LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+    assert traced(jax.jit) is on_cpu
 
 
 def test_use_compiler_options_everywhere_reaches_plain_jit():

@@ -44,17 +44,47 @@ def test_avg_and_max_pool_match_torch(hw, k, s, p, ceil_mode, count_pad):
     np.testing.assert_array_equal(np.asarray(layers.max_pool2d(jnp.asarray(x), k, s, p, ceil_mode)), ref)
 
 
-@pytest.mark.parametrize("k, s, d", [(3, 2, 1), (7, 2, 1), (1, 2, 1), (3, 1, 2), (3, 2, 2)])
-def test_conv_padding_matches_torch(k, s, d):
+CONV_CASES = [  # kernel, stride, dilation, groups: strided, dilated, grouped, and the 1x1 and
+    (3, 2, 1, 2), (7, 2, 1, 2), (1, 2, 1, 2), (3, 1, 2, 2), (3, 2, 2, 2),  # stride-1 kxk convs that
+    (1, 1, 1, 1), (1, 2, 1, 1), (3, 1, 1, 1), (7, 1, 1, 1), (3, 1, 1, 4)]   # take other forms off YNNPACK
+
+
+@pytest.mark.parametrize("off_ynnpack", [False, True], ids=["convs", "off-ynnpack-forms"])
+@pytest.mark.parametrize("k, s, d, groups", CONV_CASES)
+def test_conv_padding_matches_torch(k, s, d, groups, off_ynnpack, monkeypatch):
+    """Both forms Conv2d traces (xla.convs_on_ynnpack: plain convolutions, or a 1x1 conv as a dot
+    and a stride-1 conv one column wider, sliced) against torch, at an odd size; fp32 sums of at
+    most 7*7*4 terms of order one: 1e-5."""
     import jax
+    from resnets_jax import xla
+    monkeypatch.setattr(xla, "convs_on_ynnpack", lambda: off_ynnpack)
     x = np.random.default_rng(0).standard_normal((2, 11, 10, 4)).astype(np.float32)
-    conv = layers.Conv2d(6, k, stride=s, dilation=d, groups=2, use_bias=True)
+    conv = layers.Conv2d(6 if groups == 2 else 8, k, stride=s, dilation=d, groups=groups, use_bias=True)
     v = conv.init(jax.random.PRNGKey(0), x)
-    tconv = torch.nn.Conv2d(4, 6, k, s, padding=layers.get_padding(k, s, d), dilation=d, groups=2)
+    jaxpr = str(jax.make_jaxpr(conv.apply)(v, x))
+    assert ("dot_general" in jaxpr) == (off_ynnpack and k == 1 and groups == 1)
+    tconv = torch.nn.Conv2d(4, conv.features, k, s, padding=layers.get_padding(k, s, d), dilation=d, groups=groups)
     with torch.no_grad():
         tconv.weight.copy_(torch.from_numpy(np.array(v["params"]["kernel"]).transpose(3, 2, 0, 1)))
         tconv.bias.copy_(torch.from_numpy(np.array(v["params"]["bias"])))
     np.testing.assert_allclose(np.asarray(conv.apply(v, x)), _nhwc(tconv(_nchw(x))), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k, s, d, groups", CONV_CASES)
+def test_conv_forms_have_the_same_gradients(k, s, d, groups):
+    """Plain jax.jit trains through the forms off YNNPACK: their gradients (input, kernel) are
+    the plain convolution's, to fp32 sums of order one (1e-5, as above)."""
+    import jax
+    from resnets_jax.layers.conv import _conv
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 11, 10, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((k, k, 4 // groups, 8)), jnp.float32)
+    pad = layers.get_padding(k, s, d)
+    grads = [jax.grad(lambda x, w: jnp.sum(jnp.sin(_conv(x, w, stride=s, pad=pad, dilation=d, groups=groups,
+                                                         off_ynnpack=off))), argnums=(0, 1))(x, w)
+             for off in (False, True)]
+    for plain, off in zip(*grads):
+        np.testing.assert_allclose(np.asarray(off), np.asarray(plain), rtol=1e-5, atol=1e-5)
 
 
 def _timm_norm_cases():

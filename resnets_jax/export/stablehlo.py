@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ..xla import BACKEND_COMPILER_OPTIONS, lowering_platforms
+from ..xla import BACKEND_COMPILER_OPTIONS, compiling_with, lowering_platforms
 
 WEIGHT_SEP = "/"  # a weight's name in the safetensors file: its Flax path, 'params/conv1/kernel'
 BATCH_SYMBOL = "batch"  # the name of the symbolic batch dimension in the program
@@ -81,7 +81,9 @@ def export_stablehlo(model, variables, *, input_size: Sequence[int], batch: Opti
             return model.apply(unflatten(w), x)
         specs = (x_spec,)
     w_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
-    with lowering_platforms(platforms):  # a fresh jit of a fresh function: traced for these platforms
+    # a fresh jit of a fresh function, traced for these platforms and for the options the artifact
+    # is run with (call_compiler_options)
+    with lowering_platforms(platforms), compiling_with(call_compiler_options(platforms).get("cpu", {})):
         exported = jax.export.export(jax.jit(forward), platforms=platforms)(w_specs, *specs)
     return exported, weights
 

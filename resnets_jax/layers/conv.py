@@ -23,6 +23,24 @@ def get_padding(kernel_size: int, stride: int = 1, dilation: int = 1) -> int:
     return ((stride - 1) + dilation * (kernel_size - 1)) // 2
 
 
+def _conv(x: jax.Array, kernel: jax.Array, *, stride: int, pad: int, dilation: int, groups: int = 1,
+          off_ynnpack: bool = False) -> jax.Array:
+    """x (N, H, W, C) * kernel (kh, kw, C // groups, O) -> (N, H', W', O), zero padding ``pad`` on
+    every side. ``off_ynnpack``: the same sums in the forms XLA:CPU's defaults keep off YNNPACK
+    (``xla.convs_on_ynnpack``): a 1x1 conv as a dot over channels, a stride-1 conv one output
+    column wider (padded one more column on the right), that column sliced off."""
+    k = kernel.shape[0]
+    if off_ynnpack and k == 1 and groups == 1 and pad == 0:
+        if stride > 1:  # a strided slice, not a gather (jax.export takes it with a symbolic batch)
+            x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, stride, stride, 1))
+        return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+    widen = int(off_ynnpack and k > 1 and stride == 1)
+    y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad + widen)),
+                                     rhs_dilation=(dilation, dilation), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=groups)
+    return y[:, :, :-1] if widen else y
+
+
 class Conv2d(nn.Module):
     """``torch.nn.Conv2d`` in NHWC with an HWIO ``kernel``; grouped convs use
     ``feature_group_count`` (torch's channel blocks are the same, so OIHW->HWIO is enough)."""
@@ -57,13 +75,8 @@ class Conv2d(nn.Module):
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         pad = get_padding(k, self.stride, self.dilation) if self.padding is None else self.padding
-        conv = partial(
-            jax.lax.conv_general_dilated,
-            window_strides=(self.stride, self.stride),
-            padding=((pad, pad), (pad, pad)),
-            rhs_dilation=(self.dilation, self.dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        conv = partial(_conv, stride=self.stride, pad=pad, dilation=self.dilation,
+                       off_ynnpack=x.dtype == jnp.float32 and xla.convs_on_ynnpack())
         split = self.split_groups
         if split is None:
             split = xla.split_grouped_conv(x.shape, self.groups, k)
@@ -72,7 +85,7 @@ class Conv2d(nn.Module):
             y = jnp.concatenate([conv(xg, kg) for xg, kg in zip(
                 jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))], axis=-1)
         else:
-            y = conv(x, kernel, feature_group_count=self.groups)
+            y = conv(x, kernel, groups=self.groups)
         if bias is not None:
             y = y + bias
         return y
