@@ -40,8 +40,8 @@ from .cache import cache_dir
 # of the sums (docs/exactness.md).
 # The option is experimental in jaxlib: one a jaxlib does not know (or a value it does not take)
 # is left out with a warning (known_compiler_options), never an error.
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+CPU_COMPILER_OPTIONS = {YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 
 # Grouped convolutions on XLA:CPU: one conv per group, concatenated, against one
@@ -49,8 +49,8 @@ BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 # 2-core AMD EPYC AVX-512). Under rj.jit (XLA's own convs) splitting wins on large inputs and
 # loses on small ones: resnest101e batch 1 259 ms with this threshold, 278 ms never splitting,
 # 464 ms always; batch 8 the threshold keeps layer4 (8x8) grouped, as its conv alone prefers
-# (6.8 ms against 9.7 ms). Under plain jax.jit (YNNPACK convs) splitting wins at every size
-# (batch 1: 417 ms always against 561 ms with the threshold); rj.jit is the path we recommend.
+# (6.8 ms against 9.7 ms). Plain jax.jit runs these stride-1 convs on XLA's own kernels too (the
+# forms below); while it ran them on YNNPACK, splitting won there at every size.
 # Accelerators keep the single grouped op.
 SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
 SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU splits
@@ -67,7 +67,6 @@ SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU sp
 #   resnetv2_50 b1 39.3 -> 28.7 (27.9), b8 366 -> 283 (251); res2net101_26w_4s b1 82.3 -> 59.9
 #   (59.8), b8 674 -> 464 (444); resnest101e @256 b1 189 -> 88.2 (89.0), b8 1017 -> 771 (740).
 # Strided kxk convs (stems, a few downsampling 3x3s) have no such form and stay on YNNPACK.
-YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 _COMPILE_OPTIONS: contextvars.ContextVar = contextvars.ContextVar("compile_options", default=None)
 
 
@@ -142,7 +141,8 @@ def convs_on_ynnpack() -> bool:
     is traced for (:func:`lowering_platforms`, else the default backend) is the CPU, and the
     YNNPACK fusion types it compiles with (:func:`compiling_with`'s options, else ``XLA_FLAGS``,
     else XLA's defaults, which hold convolutions in jaxlib 0.10) name convolutions. Called while
-    jit traces; layers/conv.py then traces the forms XLA keeps off YNNPACK (``YNN_FUSION_OPTION``)."""
+    jit traces; layers/conv.py then traces the forms XLA keeps off YNNPACK (the note above
+    ``_COMPILE_OPTIONS``)."""
     platforms = _LOWERING_PLATFORMS.get() or (jax.default_backend(),)
     if any(p != "cpu" for p in platforms):
         return False

@@ -134,7 +134,7 @@ def test_norm_layers_round_as_little_as_timm(case, option_set):
     """Training mode, fp32 against float64 on each side: rms |y32 - y64| on max |y64|, ours at
     most NORM_ROUNDING_FACTOR x timm's."""
     from resnets_jax import convert_timm_state_dict
-    from timm_ref import compiler_options_for, perturb_
+    from timm_ref import compiler_options_for, jit_with, perturb_
     ours, make_theirs = _timm_norm_cases()[case]
     theirs = perturb_(make_theirs(), seed=case).train()
     rng = np.random.default_rng(case)
@@ -142,7 +142,7 @@ def test_norm_layers_round_as_little_as_timm(case, option_set):
     sd = {k: v.numpy() for k, v in theirs.state_dict().items()}
     v = convert_timm_state_dict(ours, sd, example_input=x)
     apply = lambda m, v, x: m.apply(v, x, train=True, mutable=["batch_stats"])[0]  # noqa: E731
-    y32 = np.asarray(jax.jit(functools.partial(apply, ours), compiler_options=compiler_options_for(option_set))(v, x))
+    y32 = np.asarray(jit_with(compiler_options_for(option_set), functools.partial(apply, ours))(v, x))
     with jax.enable_x64(True):
         v64 = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64) if a.dtype == np.float32 else a, v)
         y64 = np.asarray(jax.jit(functools.partial(apply, ours.clone(dtype=jnp.float64, param_dtype=jnp.float64)))(

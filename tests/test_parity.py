@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from timm_ref import OPTION_SETS, PARITY_TOL, compiler_options_for, perturb_, rel_err, timm_forward, timm_state_dict
+from timm_ref import (OPTION_SETS, PARITY_TOL, compiler_options_for, jit_with, perturb_, rel_err, timm_forward,
+                      timm_state_dict)
 
 # Sizes: the tag's input size (capped at 256 for CPU time: BiT's 448/480 and ResNeSt-200e/269e's
 # 320/416 run at 256), and an odd size, not a multiple of 32, that exercises padding, ceil-mode
@@ -101,7 +102,7 @@ def test_logits_match_timm(name, option_set, layers, torch_device):
         np.testing.assert_array_equal(back[k], sd[k], err_msg=k)
 
     assert option_set in OPTION_SETS
-    apply = jax.jit(model.apply, compiler_options=compiler_options_for(option_set))
+    apply = jit_with(compiler_options_for(option_set), model.apply)
     rng = np.random.default_rng(0)
     standard = min(rj.get_pretrained_cfg(name)["input_size"][-1], MAX_STANDARD_SIZE)
     for size in REDUCED_SIZES.get(name, (standard, ODD_SIZE)):

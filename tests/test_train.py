@@ -16,8 +16,8 @@ import resnets_jax as rj
 from resnets_jax.layers import DropPath
 from resnets_jax.train import make_loss_fn, weight_decay_mask
 from resnets_jax.convert import flax_to_timm_key
-from timm_ref import (OPTION_SETS, PARITY_TOL, TorchReluHeld, compiler_options_for, holding_relus, norm_err, perturb_,
-                      rel_err, relu_inputs, timm_state_dict, timm_train_step, with_decisions)
+from timm_ref import (OPTION_SETS, PARITY_TOL, TorchReluHeld, compiler_options_for, holding_relus, jit_with,
+                      norm_err, perturb_, rel_err, relu_inputs, timm_state_dict, timm_train_step, with_decisions)
 
 
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
@@ -118,7 +118,7 @@ def _our_grads(model, variables, batch, masks=None, options=None):
     def loss(params, batch_stats, batch, rng):
         (value, aux), relus = held(params, batch_stats, batch, rng)
         return value, (aux, relus)
-    grads, ((logits, after), relus) = jax.jit(jax.grad(loss, has_aux=True), compiler_options=options or {})(
+    grads, ((logits, after), relus) = jit_with(options or {}, jax.grad(loss, has_aux=True))(
         variables["params"], variables.get("batch_stats", {}), batch, jax.random.PRNGKey(0))
     grads = {k: np.asarray(g, np.float64) for k, g in rj.export_timm_state_dict(model, {"params": grads}).items()}
     return grads, logits, after, [np.asarray(r, np.float64) for r in relus]
