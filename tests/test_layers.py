@@ -72,18 +72,23 @@ def test_conv_padding_matches_torch(k, s, d, groups, off_ynnpack, monkeypatch):
 
 @pytest.mark.parametrize("k, s, d, groups", CONV_CASES)
 def test_conv_forms_have_the_same_gradients(k, s, d, groups):
-    """Plain jax.jit trains through the forms off YNNPACK: their gradients (input, kernel) are
-    the plain convolution's, to fp32 sums of order one (1e-5, as above)."""
+    """Plain jax.jit trains through the forms off YNNPACK: their gradients (input and kernel,
+    together and each alone) and forward-mode derivatives are the plain convolution's, to fp32
+    sums of order one (1e-5, as above)."""
     import jax
     from resnets_jax.layers.conv import _conv
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((2, 11, 10, 4)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, k, 4 // groups, 8)), jnp.float32)
     pad = layers.get_padding(k, s, d)
-    grads = [jax.grad(lambda x, w: jnp.sum(jnp.sin(_conv(x, w, stride=s, pad=pad, dilation=d, groups=groups,
-                                                         off_ynnpack=off))), argnums=(0, 1))(x, w)
-             for off in (False, True)]
-    for plain, off in zip(*grads):
+    dx, dw = (jnp.asarray(rng.standard_normal(a.shape), jnp.float32) for a in (x, w))
+
+    def derivatives(off):
+        f = lambda x, w: jnp.sum(jnp.sin(_conv(x, w, stride=s, pad=pad, dilation=d, groups=groups,  # noqa: E731
+                                               off_ynnpack=off)))
+        return (*jax.grad(f, argnums=(0, 1))(x, w), jax.grad(f)(x, w), jax.grad(f, 1)(x, w),  # each alone too
+                jax.jvp(f, (x, w), (dx, dw))[1], jax.jvp(lambda w: f(x, w), (w,), (dw,))[1])  # forward mode
+    for plain, off in zip(derivatives(False), derivatives(True)):
         np.testing.assert_allclose(np.asarray(off), np.asarray(plain), rtol=1e-5, atol=1e-5)
 
 
