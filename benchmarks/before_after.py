@@ -4,8 +4,10 @@
 
 1. Per model (native input size, fp32, random weights shared with timm): timm eager, ours under
    plain ``jax.jit`` (XLA's defaults: before) and under ``rj.jit`` (``rj.compiler_options()``:
-   after), timed interleaved in one process; prints each ratio to timm and the max
-   |logit difference| / max |logit| of both against timm.
+   after), and plain ``jax.jit`` with plain convolutions ("plain convs": ``Conv2d``'s forms off
+   YNNPACK turned off, ``xla.convs_on_ynnpack``; the code before issue 23), timed interleaved in
+   one process; prints each ratio to timm and the max |logit difference| / max |logit| of each
+   against timm.
 2. The first call (compile + run) of ``--cache-model`` in a fresh process with an empty
    persistent compilation cache, then in a second fresh process with the cache it left.
 """
@@ -13,6 +15,7 @@ import argparse
 import os
 import sys
 import tempfile
+from unittest import mock
 
 import numpy as np
 
@@ -34,8 +37,10 @@ def compare_options(name, batch, repeats, threads, size=None):
     call = _timm_call(torch, tmodel, "fp32")
     ref = call(x)
     fns, diffs = {"timm": lambda: call(x)}, {}
-    for label, jit in (("jax.jit", jax.jit), ("rj.jit", rj.jit)):
-        compiled = jit(model.apply).lower(variables, xj).compile()
+    for label, jit, forms in (("jax.jit", jax.jit, True), ("rj.jit", rj.jit, True),
+                              ("jax.jit, plain convs", jax.jit, False)):
+        with mock.patch.object(rj.xla, "convs_on_ynnpack", rj.xla.convs_on_ynnpack if forms else lambda: False):
+            compiled = jit(model.apply).lower(variables, xj).compile()
         diffs[label] = float(np.abs(np.asarray(compiled(variables, xj)) - ref).max() / np.abs(ref).max())
         fns[label] = lambda c=compiled: c(variables, xj).block_until_ready()
     t = _interleaved(fns, repeats)

@@ -140,14 +140,16 @@ def convs_on_ynnpack() -> bool:
     """Whether the program being traced will run fp32 convolutions on YNNPACK: every platform it
     is traced for (:func:`lowering_platforms`, else the default backend) is the CPU, and the
     YNNPACK fusion types it compiles with (:func:`compiling_with`'s options, else ``XLA_FLAGS``,
-    else XLA's defaults, which hold convolutions in jaxlib 0.10) name convolutions. Called while
-    jit traces; layers/conv.py then traces the forms XLA keeps off YNNPACK (the note above
-    ``_COMPILE_OPTIONS``)."""
+    else XLA's defaults, which hold convolutions in jaxlib 0.10, when this jaxlib has YNNPACK
+    fusions at all) name convolutions. Called while jit traces; layers/conv.py then traces the
+    forms XLA keeps off YNNPACK (the note above ``_COMPILE_OPTIONS``)."""
     platforms = _LOWERING_PLATFORMS.get() or (jax.default_backend(),)
     if any(p != "cpu" for p in platforms):
         return False
     types = (_COMPILE_OPTIONS.get() or {}).get(YNN_FUSION_OPTION) or _xla_flag(YNN_FUSION_OPTION)
-    return types is None or "CONVOLUTION" in types
+    if types is None:  # XLA's defaults: a jaxlib that does not know the option has no YNNPACK fusions
+        return YNN_FUSION_OPTION in compiler_options()
+    return "CONVOLUTION" in types
 
 
 # Our forward passes compile in seconds (resnest101e: ~10 s on 2 cores); programs that compile

@@ -62,7 +62,7 @@ def test_before_after(tmp_path):
     pytest.importorskip("timm")
     out = run(script("before_after.py") + ["--models", TINY, "--batch", "1", "--repeats", "1", "--size", "32",
                                            "--cache-model", TINY])
-    assert "rj.jit / jax.jit speed" in out
+    assert "rj.jit / jax.jit speed" in out and "jax.jit, plain convs" in out
     firsts = [line for line in out.splitlines() if "first call" in line]
     assert len(firsts) == 2 and not any("nan" in line for line in firsts), out
 
@@ -224,7 +224,8 @@ def test_plain_jit_runs_only_strided_convolutions_on_ynnpack(name):
 def test_conv_forms_follow_the_compiler_options(monkeypatch):
     """xla.convs_on_ynnpack, asked while jit traces: on XLA:CPU under XLA's defaults (plain
     jax.jit, an XLA_FLAGS value naming convolutions) yes; under rj.jit, jit_step, options or
-    XLA_FLAGS keeping convolutions off YNNPACK, or when traced for another platform too, no."""
+    XLA_FLAGS keeping convolutions off YNNPACK, a jaxlib without YNNPACK fusions, or when traced
+    for another platform too, no."""
     import jax
     import jax.numpy as jnp
     import resnets_jax as rj
@@ -239,10 +240,11 @@ def test_conv_forms_follow_the_compiler_options(monkeypatch):
         jit(probe).lower(jnp.ones(3))
         return seen[-1]
 
-    on_cpu = jax.default_backend() == "cpu"
+    # XLA:CPU, and a jaxlib with YNNPACK fusions (one without them would have left the option out)
+    on_cpu = jax.default_backend() == "cpu" and xla.YNN_FUSION_OPTION in rj.compiler_options()
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert traced(jax.jit) is on_cpu
-    assert traced(rj.jit) is (on_cpu and xla.YNN_FUSION_OPTION not in rj.compiler_options())
+    assert traced(rj.jit) is False
     assert traced(lambda f: jax.jit(xla.traced_compiling_with({}, f))) is on_cpu
     with xla.lowering_platforms(("cpu", "cuda")):
         assert traced(jax.jit) is False
@@ -250,7 +252,10 @@ def test_conv_forms_follow_the_compiler_options(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", f"--xla_cpu_use_thunk_runtime=true --{xla.YNN_FUSION_OPTION}={ours}")
     assert traced(jax.jit) is False
     monkeypatch.setenv("XLA_FLAGS", f"--{xla.YNN_FUSION_OPTION}={ours},LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
-    assert traced(jax.jit) is on_cpu
+    assert traced(jax.jit) is (jax.default_backend() == "cpu")
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr(xla, "compiler_options", lambda: {})  # a jaxlib that left the option out
+    assert traced(jax.jit) is False
 
 
 def test_use_compiler_options_everywhere_reaches_plain_jit():
