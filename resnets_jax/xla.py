@@ -1,11 +1,12 @@
-"""Backend-specific speed choices, in one place: how grouped convolutions are lowered (decided
-while jit traces, so plain ``jax.jit`` gets it too), XLA compiler options per backend, and JAX's
+"""Backend-specific speed choices, in one place: how grouped convolutions are lowered and in
+which forms convolutions are traced for the options a program compiles with (decided while jit
+traces, so plain ``jax.jit`` gets them too), XLA compiler options per backend, and JAX's
 persistent compilation cache. ``layers/`` holds numerics only and asks here.
 
     import resnets_jax as rj                       # turns the compilation cache on (default_compilation_cache)
     rj.enable_compilation_cache(path)              # or in a folder of your choosing
-    forward = rj.jit(model.apply)                  # jax.jit with rj.compiler_options()
-    forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same
+    forward = rj.jit(model.apply)                  # jax.jit with rj.compiler_options(), traced for them
+    forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same options
     rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
 """
 import contextlib
@@ -62,11 +63,10 @@ SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU sp
 # XLA's own), and a conv whose output is wider than its input (a stride-1 conv padded one more
 # column on the right, that output column sliced off: 1/W more work). So where the program will
 # compile with convolutions on YNNPACK, Conv2d traces those forms (layers/conv.py); under
-# rj.jit / compiler_options() it keeps plain convolutions. Measured on an AMD EPYC (avx512f),
-# 2 cores, plain jax.jit, ms, plain convs -> these forms (rj.jit beside them):
-#   resnetv2_50 b1 39.3 -> 28.7 (27.9), b8 366 -> 283 (251); res2net101_26w_4s b1 82.3 -> 59.9
-#   (59.8), b8 674 -> 464 (444); resnest101e @256 b1 189 -> 88.2 (89.0), b8 1017 -> 771 (740).
-# Strided kxk convs (stems, a few downsampling 3x3s) have no such form and stay on YNNPACK.
+# rj.jit / jit_step (compiling_with our options) it keeps plain convolutions. Plain jax.jit was
+# 1.2-2.1x slower than rj.jit on six models at batch 1 and 8, and is now 0-13% slower (AMD EPYC,
+# avx512f, 2 cores; benchmarks/README.md, issue 23). Strided kxk convs (stems, a few downsampling
+# 3x3s) have no such form and stay on YNNPACK.
 _COMPILE_OPTIONS: contextvars.ContextVar = contextvars.ContextVar("compile_options", default=None)
 
 
