@@ -6,7 +6,7 @@ persistent compilation cache. ``layers/`` holds numerics only and asks here.
     import resnets_jax as rj                       # turns the compilation cache on (default_compilation_cache)
     rj.enable_compilation_cache(path)              # or in a folder of your choosing
     forward = rj.jit(model.apply)                  # jax.jit with rj.compiler_options(), traced for them
-    forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same options
+    forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same options, traced as plain jax.jit is
     rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
 """
 import contextlib
@@ -67,12 +67,52 @@ SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU sp
 # 1.2-2.1x slower than rj.jit on six models at batch 1 and 8, and is now 0-13% slower (AMD EPYC,
 # avx512f, 2 cores; benchmarks/README.md, issue 23). Strided kxk convs (stems, a few downsampling
 # 3x3s) have no such form and stay on YNNPACK.
-_COMPILE_OPTIONS: contextvars.ContextVar = contextvars.ContextVar("compile_options", default=None)
+
+
+class _ContextChoice:
+    """A contextvar with the interface of JAX's config states (``.value``; ``with choice(v):``)."""
+
+    def __init__(self, name: str):
+        self._var = contextvars.ContextVar(name, default=None)
+
+    @property
+    def value(self) -> Optional[str]:
+        return self._var.get()
+
+    @contextlib.contextmanager
+    def __call__(self, value: Optional[str]) -> Iterator[None]:
+        token = self._var.set(value)
+        try:
+            yield
+        finally:
+            self._var.reset(token)
+
+
+def _trace_choice(name: str, help: str):
+    """A choice made while jit traces (a string, or None), held where ``jax.jit`` keys its traces
+    and compiled programs, so that a function traced under one choice is traced again under
+    another (a ``jax.jit(model.apply)`` called inside ``rj.jit``, then at top level). That is a
+    private JAX API (``jax._src.config``); on a JAX without it, a contextvar, and a trace made
+    under one choice is then reused under another (only speed differs: both compute the same sums)."""
+    try:
+        from jax._src import config as jax_config
+        return jax_config.optional_string_state(name, None, help, include_in_trace_context=True)
+    except Exception:  # pragma: no cover - a JAX without it, or with another signature
+        return _ContextChoice(name)
+
+
+_YNN_FUSION_TYPES = _trace_choice("resnets_jax_ynn_fusion_types",
+                                  "the YNNPACK fusion types of the program being traced (compiling_with)")
 
 
 # jax.export's platform names -> the backends whose speed choices apply ('cuda'/'rocm' are 'gpu')
 _PLATFORM_BACKENDS = {"cuda": "gpu", "rocm": "gpu"}
-_LOWERING_PLATFORMS: contextvars.ContextVar = contextvars.ContextVar("lowering_platforms", default=None)
+_LOWERING_PLATFORMS = _trace_choice("resnets_jax_lowering_platforms",
+                                    "comma-separated jax.export platforms being traced for (lowering_platforms)")
+
+
+def _traced_platforms() -> tuple:
+    return tuple(_LOWERING_PLATFORMS.value.split(",")) if _LOWERING_PLATFORMS.value else (jax.default_backend(),)
 
 
 @contextlib.contextmanager
@@ -80,12 +120,9 @@ def lowering_platforms(platforms: Sequence[str]) -> Iterator[None]:
     """Trace for ``platforms`` (jax.export's names: 'cpu', 'cuda', 'rocm', 'tpu') rather than for
     ``jax.default_backend()``: the speed choices made while tracing (``split_grouped_conv``) are
     the ones right for every platform named, so ``('cpu', 'cuda')`` bakes in no CPU-only
-    lowering. Trace a new function inside it (``jax.jit`` reuses a trace it already holds)."""
-    token = _LOWERING_PLATFORMS.set(tuple(platforms))
-    try:
+    lowering. The choice is part of ``jax.jit``'s trace key (``_trace_choice``)."""
+    with _LOWERING_PLATFORMS(",".join(platforms)):
         yield
-    finally:
-        _LOWERING_PLATFORMS.reset(token)
 
 
 def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
@@ -99,7 +136,7 @@ def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
     whichever jit is used."""
     if groups <= 1:
         return False
-    platforms = (backend,) if backend else (_LOWERING_PLATFORMS.get() or (jax.default_backend(),))
+    platforms = (backend,) if backend else _traced_platforms()
     if any(_PLATFORM_BACKENDS.get(p, p) not in SPLIT_GROUPED_CONV_BACKENDS for p in platforms):
         return False
     n, h, w = x_shape[0], x_shape[1], x_shape[2]
@@ -111,18 +148,28 @@ def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
 @contextlib.contextmanager
 def compiling_with(options: Optional[dict]) -> Iterator[None]:
     """Trace for a program that will compile with XLA ``options`` (None: XLA's defaults), so that
-    the forms chosen while tracing (:func:`convs_on_ynnpack`) suit them. :func:`jit` and
-    ``DataParallel.jit_step`` trace inside it; trace a new function inside it (``jax.jit`` reuses
-    a trace it already holds)."""
-    token = _COMPILE_OPTIONS.set(dict(options) if options is not None else None)
-    try:
+    the forms chosen while tracing (:func:`convs_on_ynnpack`) suit them; only their YNNPACK
+    fusion types matter, and they are part of ``jax.jit``'s trace key (``_trace_choice``).
+    :func:`jit` and ``DataParallel.jit_step`` trace inside it."""
+    with _YNN_FUSION_TYPES((options or {}).get(YNN_FUSION_OPTION)):
         yield
-    finally:
-        _COMPILE_OPTIONS.reset(token)
 
 
 def traced_compiling_with(options: Optional[dict], fun):
-    """``fun``, traced inside :func:`compiling_with` (``options``): what ``jax.jit`` is given."""
+    """``fun``, traced inside :func:`compiling_with` (``options``): what ``jax.jit`` is given. The
+    same ``fun`` and options give the same function back, so ``jax.jit`` finds the trace it holds
+    (``rj.jit(model.apply)`` called again does not trace again)."""
+    key = tuple(sorted((options or {}).items())) if options is not None else None
+    try:
+        return _traced(fun, key)
+    except TypeError:  # an unhashable callable: a new function each time
+        return _traced.__wrapped__(fun, key)
+
+
+@functools.lru_cache(maxsize=64)
+def _traced(fun, options_key):
+    options = dict(options_key) if options_key is not None else None
+
     @functools.wraps(fun)
     def traced(*args, **kwargs):
         with compiling_with(options):
@@ -142,11 +189,10 @@ def convs_on_ynnpack() -> bool:
     YNNPACK fusion types it compiles with (:func:`compiling_with`'s options, else ``XLA_FLAGS``,
     else XLA's defaults, which hold convolutions in jaxlib 0.10, when this jaxlib has YNNPACK
     fusions at all) name convolutions. Called while jit traces; layers/conv.py then traces the
-    forms XLA keeps off YNNPACK (the note above ``_COMPILE_OPTIONS``)."""
-    platforms = _LOWERING_PLATFORMS.get() or (jax.default_backend(),)
-    if any(p != "cpu" for p in platforms):
+    forms XLA keeps off YNNPACK (the note above ``_ContextChoice``)."""
+    if any(p != "cpu" for p in _traced_platforms()):
         return False
-    types = (_COMPILE_OPTIONS.get() or {}).get(YNN_FUSION_OPTION) or _xla_flag(YNN_FUSION_OPTION)
+    types = _YNN_FUSION_TYPES.value or _xla_flag(YNN_FUSION_OPTION)
     if types is None:  # XLA's defaults: a jaxlib that does not know the option has no YNNPACK fusions
         return YNN_FUSION_OPTION in compiler_options()
     return "CONVOLUTION" in types

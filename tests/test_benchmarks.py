@@ -258,6 +258,36 @@ def test_conv_forms_follow_the_compiler_options(monkeypatch):
     assert traced(jax.jit) is False
 
 
+def test_a_jit_nested_in_rj_jit_is_traced_for_each():
+    """JAX keys its traces by the choice (xla._trace_choice): the same ``jax.jit(conv.apply)``
+    traced inside rj.jit keeps the plain convolution and at top level takes the dot, in either
+    order (a trace reused across them ran plain jax.jit at its old speed)."""
+    import jax
+    import jax.numpy as jnp
+    import resnets_jax as rj
+    from resnets_jax import xla
+    forms = jax.default_backend() == "cpu" and xla.YNN_FUSION_OPTION in rj.compiler_options()
+    conv = rj.layers.Conv2d(32, 1)
+    x = jnp.ones((1, 8, 8, 32))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    for top_first in (False, True):
+        forward = jax.jit(conv.apply)
+        nested = lambda: rj.jit(lambda v, x: forward(v, x) + 1).lower(variables, x).as_text()  # noqa: E731
+        top = lambda: forward.lower(variables, x).as_text()  # noqa: E731
+        texts = (top(), nested()) if top_first else tuple(reversed((nested(), top())))
+        assert [("dot_general" in t, "convolution" in t) for t in texts] == [(forms, not forms), (False, True)]
+    traces = []
+    f = lambda x: traces.append(1) or x + 1  # noqa: E731
+    rj.jit(f)(1.0)
+    rj.jit(f)(1.0)
+    assert len(traces) == 1  # rj.jit of the same function again finds its trace
+    # the fallback where JAX lacks the keyed state: the same interface, a contextvar
+    choice = xla._ContextChoice("test")
+    with choice("cpu,cuda"):
+        assert choice.value == "cpu,cuda"
+    assert choice.value is None
+
+
 def test_use_compiler_options_everywhere_reaches_plain_jit():
     import jax
     if jax.default_backend() != "cpu":
