@@ -89,11 +89,12 @@ class _ContextChoice:
 
 
 def _trace_choice(name: str, help: str):
-    """A choice made while jit traces (a string, or None), held where ``jax.jit`` keys its traces
-    and compiled programs, so that a function traced under one choice is traced again under
-    another (a ``jax.jit(model.apply)`` called inside ``rj.jit``, then at top level). That is a
-    private JAX API (``jax._src.config``); on a JAX without it, a contextvar, and a trace made
-    under one choice is then reused under another (only speed differs: both compute the same sums)."""
+    """A choice made while jit traces (a string, or None), held in JAX's trace context (a config
+    state), which ``jax.jit`` keys its traces by: a function traced under one choice is traced
+    again under another (a ``jax.jit(model.apply)`` called inside ``rj.jit``, then at top level).
+    That is a private JAX API (``jax._src.config``); on a JAX without it, a contextvar, and a
+    trace made under one choice is then reused under another (only speed differs: both compute
+    the same sums)."""
     try:
         from jax._src import config as jax_config
         return jax_config.optional_string_state(name, None, help, include_in_trace_context=True)
@@ -159,7 +160,7 @@ def traced_compiling_with(options: Optional[dict], fun):
     """``fun``, traced inside :func:`compiling_with` (``options``): what ``jax.jit`` is given. The
     same ``fun`` and options give the same function back, so ``jax.jit`` finds the trace it holds
     (``rj.jit(model.apply)`` called again does not trace again)."""
-    key = tuple(sorted((options or {}).items())) if options is not None else None
+    key = tuple(sorted((options or {}).items()))
     try:
         return _traced(fun, key)
     except TypeError:  # an unhashable callable: a new function each time
@@ -167,8 +168,8 @@ def traced_compiling_with(options: Optional[dict], fun):
 
 
 @functools.lru_cache(maxsize=64)
-def _traced(fun, options_key):
-    options = dict(options_key) if options_key is not None else None
+def _traced(fun, options_key: tuple):
+    options = dict(options_key)
 
     @functools.wraps(fun)
     def traced(*args, **kwargs):
