@@ -185,7 +185,7 @@ def _ynnpack_convolutions(name, jit):
     called = re.findall(r"%?ynn[\w.\-]* = [^\n]* fusion\([^\n]*calls=%?([\w.\-]+)", hlo)
     assert convs(hlo) and bodies
     assert called, "no YNNPACK fusion found: has XLA:CPU renamed them, or stopped handing work over?"
-    return convs(hlo), [c for name in called for c in convs(bodies[name])]
+    return convs(hlo), [c for fusion in called for c in convs(bodies[fusion])]
 
 
 def _needs_xla_cpu():

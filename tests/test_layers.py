@@ -44,9 +44,10 @@ def test_avg_and_max_pool_match_torch(hw, k, s, p, ceil_mode, count_pad):
     np.testing.assert_array_equal(np.asarray(layers.max_pool2d(jnp.asarray(x), k, s, p, ceil_mode)), ref)
 
 
-CONV_CASES = [  # kernel, stride, dilation, groups: strided, dilated, grouped, and the 1x1 and
-    (3, 2, 1, 2), (7, 2, 1, 2), (1, 2, 1, 2), (3, 1, 2, 2), (3, 2, 2, 2),  # stride-1 kxk convs that
-    (1, 1, 1, 1), (1, 2, 1, 1), (3, 1, 1, 1), (7, 1, 1, 1), (3, 1, 1, 4)]   # take other forms off YNNPACK
+# kernel, stride, dilation, groups: strided, dilated and grouped convs, and the 1x1 and stride-1
+# kxk convs that take other forms off YNNPACK
+CONV_CASES = [(3, 2, 1, 2), (7, 2, 1, 2), (1, 2, 1, 2), (3, 1, 2, 2), (3, 2, 2, 2),
+              (1, 1, 1, 1), (1, 2, 1, 1), (3, 1, 1, 1), (7, 1, 1, 1), (3, 1, 1, 4)]
 
 
 @pytest.mark.parametrize("off_ynnpack", [False, True], ids=["convs", "off-ynnpack-forms"])
@@ -61,8 +62,9 @@ def test_conv_padding_matches_torch(k, s, d, groups, off_ynnpack, monkeypatch):
     x = np.random.default_rng(0).standard_normal((2, 11, 10, 4)).astype(np.float32)
     conv = layers.Conv2d(6 if groups == 2 else 8, k, stride=s, dilation=d, groups=groups, use_bias=True)
     v = conv.init(jax.random.PRNGKey(0), x)
-    jaxpr = str(jax.make_jaxpr(conv.apply)(v, x))
+    jaxpr, p = str(jax.make_jaxpr(conv.apply)(v, x)), layers.get_padding(k, s, d)
     assert ("dot_general" in jaxpr) == (off_ynnpack and k == 1 and groups == 1)
+    assert (f"padding=(({p}, {p}), ({p}, {p + 1}))" in jaxpr) == (off_ynnpack and k > 1 and s == 1)  # wide
     tconv = torch.nn.Conv2d(4, conv.features, k, s, padding=layers.get_padding(k, s, d), dilation=d, groups=groups)
     with torch.no_grad():
         tconv.weight.copy_(torch.from_numpy(np.array(v["params"]["kernel"]).transpose(3, 2, 0, 1)))
