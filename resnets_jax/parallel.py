@@ -26,7 +26,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from .xla import compiler_options as default_compiler_options, jit, traced_compiling_with
+from .xla import compiler_options as default_compiler_options, jit, jit_with
 
 DATA_AXIS = "data"
 # The launcher's settings for `initialize` (JAX itself reads only JAX_COORDINATOR_ADDRESS).
@@ -176,10 +176,9 @@ class DataParallel:
         docs/exactness.md). Under these options and under XLA's defaults a step is equally
         exact, with the same drop path decisions."""
         options = default_compiler_options() if compiler_options is None else compiler_options
-        return jax.jit(traced_compiling_with(options, step_fn),
-                       in_shardings=(self.replicated, self.batch_sharding, self.replicated),
-                       out_shardings=(self.replicated, self.replicated),
-                       donate_argnums=(0,) if donate_state else (), compiler_options=options)
+        return jit_with(options, step_fn, in_shardings=(self.replicated, self.batch_sharding, self.replicated),
+                        out_shardings=(self.replicated, self.replicated),
+                        donate_argnums=(0,) if donate_state else ())
 
     def predict_fn(self, model, method: Optional[str] = None, **kwargs) -> Callable:
         """A jitted ``f(variables, images)`` (global arrays) running ``model.apply`` in eval

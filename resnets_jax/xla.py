@@ -156,15 +156,17 @@ def compiling_with(options: Optional[dict]) -> Iterator[None]:
         yield
 
 
-def traced_compiling_with(options: Optional[dict], fun):
-    """``fun``, traced inside :func:`compiling_with` (``options``): what ``jax.jit`` is given. The
-    same ``fun`` and options give the same function back, so ``jax.jit`` finds the trace it holds
+def jit_with(options: dict, fun, **kwargs):
+    """``jax.jit(fun, compiler_options=options, **kwargs)``, ``fun`` traced for those options
+    (:func:`compiling_with`); ``{}``: XLA's defaults, as plain ``jax.jit``. The same ``fun`` and
+    options give ``jax.jit`` the same traced function, so it finds the trace it holds
     (``rj.jit(model.apply)`` called again does not trace again)."""
-    key = tuple(sorted((options or {}).items()))
+    key = tuple(sorted(options.items()))
     try:
-        return _traced(fun, key)
+        traced = _traced(fun, key)
     except TypeError:  # an unhashable callable: a new function each time
-        return _traced.__wrapped__(fun, key)
+        traced = _traced.__wrapped__(fun, key)
+    return jax.jit(traced, compiler_options=options, **kwargs)
 
 
 @functools.lru_cache(maxsize=64)
@@ -259,7 +261,7 @@ def jit(fun, **kwargs):
     """``jax.jit`` with :func:`compiler_options` for the default backend (``compiler_options=``
     given here are added on top), ``fun`` traced for them (:func:`compiling_with`)."""
     options = {**compiler_options(), **(kwargs.pop("compiler_options", None) or {})}
-    return jax.jit(traced_compiling_with(options, fun), compiler_options=options, **kwargs)
+    return jit_with(options, fun, **kwargs)
 
 
 def use_compiler_options_everywhere() -> str:

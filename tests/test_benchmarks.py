@@ -245,7 +245,7 @@ def test_conv_forms_follow_the_compiler_options(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert traced(jax.jit) is on_cpu
     assert traced(rj.jit) is False
-    assert traced(lambda f: jax.jit(xla.traced_compiling_with({}, f))) is on_cpu
+    assert traced(lambda f: xla.jit_with({}, f)) is on_cpu
     with xla.lowering_platforms(("cpu", "cuda")):
         assert traced(jax.jit) is False
     ours = xla.CPU_COMPILER_OPTIONS[xla.YNN_FUSION_OPTION]

@@ -94,6 +94,25 @@ def test_conv_forms_have_the_same_gradients(k, s, d, groups):
         np.testing.assert_allclose(np.asarray(off), np.asarray(plain), rtol=1e-5, atol=1e-5)
 
 
+def test_conv_forms_export_with_a_symbolic_batch(monkeypatch):
+    """The forms' slices and dots take a symbolic batch: jax.export of a plain jax.jit with the
+    forms on, called at two batch sizes, gives the plain convolution's outputs (1e-5, as above)."""
+    import jax
+    from resnets_jax import xla
+    x = np.random.default_rng(2).standard_normal((3, 11, 10, 4)).astype(np.float32)
+    spec = jax.ShapeDtypeStruct((jax.export.symbolic_shape("b")[0], 11, 10, 4), jnp.float32)
+    for k, s in ((1, 1), (1, 2), (3, 1)):  # dot, strided slice + dot, wide conv
+        conv = layers.Conv2d(8, k, stride=s)
+        v = conv.init(jax.random.PRNGKey(0), x)
+        monkeypatch.setattr(xla, "convs_on_ynnpack", lambda: False)
+        plain = np.asarray(jax.jit(conv.apply)(v, x))
+        monkeypatch.setattr(xla, "convs_on_ynnpack", lambda: True)
+        exported = jax.export.export(jax.jit(conv.apply))(v, spec)
+        assert "dot_general" in exported.mlir_module() or k > 1
+        for n in (1, 3):
+            np.testing.assert_allclose(np.asarray(exported.call(v, x[:n])), plain[:n], rtol=1e-5, atol=1e-5)
+
+
 def _timm_norm_cases():
     from timm.layers import BatchNormAct2d, EvoNorm2dS0, FilterResponseNormTlu2d, GroupNormAct
     return [
@@ -141,7 +160,8 @@ def test_norm_layers_round_as_little_as_timm(case, option_set):
     """Training mode, fp32 against float64 on each side: rms |y32 - y64| on max |y64|, ours at
     most NORM_ROUNDING_FACTOR x timm's."""
     from resnets_jax import convert_timm_state_dict
-    from timm_ref import compiler_options_for, jit_with, perturb_
+    from resnets_jax.xla import jit_with
+    from timm_ref import compiler_options_for, perturb_
     ours, make_theirs = _timm_norm_cases()[case]
     theirs = perturb_(make_theirs(), seed=case).train()
     rng = np.random.default_rng(case)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import resnets_jax as rj
-from timm_ref import (OPTION_SETS, PARITY_TOL, compiler_options_for, jit_with, perturb_, rel_err, timm_forward,
+from resnets_jax.xla import jit_with  # each option set jitted as users get it (traced for its options)
+from timm_ref import (OPTION_SETS, PARITY_TOL, compiler_options_for, perturb_, rel_err, timm_forward,
                       timm_state_dict)
 
 # Sizes: the tag's input size (capped at 256 for CPU time: BiT's 448/480 and ResNeSt-200e/269e's

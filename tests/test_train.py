@@ -16,7 +16,8 @@ import resnets_jax as rj
 from resnets_jax.layers import DropPath
 from resnets_jax.train import make_loss_fn, weight_decay_mask
 from resnets_jax.convert import flax_to_timm_key
-from timm_ref import (OPTION_SETS, PARITY_TOL, TorchReluHeld, compiler_options_for, holding_relus, jit_with,
+from resnets_jax.xla import jit_with  # each option set jitted as users get it (traced for its options)
+from timm_ref import (OPTION_SETS, PARITY_TOL, TorchReluHeld, compiler_options_for, holding_relus,
                       norm_err, perturb_, rel_err, relu_inputs, timm_state_dict, timm_train_step, with_decisions)
 
 

@@ -20,13 +20,6 @@ def compiler_options_for(option_set: str) -> dict:
     return {"xla-defaults": {}, "rj-options": rj.compiler_options()}[option_set]
 
 
-def jit_with(options: dict, fun):
-    """``fun`` jitted with XLA ``options`` and traced for them, as rj.jit and jit_step do (layers
-    trace forms that suit the options: xla.convs_on_ynnpack); ``{}``: plain jax.jit."""
-    from resnets_jax.xla import traced_compiling_with
-    return jax.jit(traced_compiling_with(options, fun), compiler_options=options)
-
-
 def perturb_(model, seed: int = 0):
     """Perturb every parameter and buffer in place. timm's init makes norms an identity
     (weight 1, bias 0, mean 0, var 1), which would hide a mis-mapped norm."""
