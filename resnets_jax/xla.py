@@ -7,6 +7,7 @@ persistent compilation cache. ``layers/`` holds numerics only and asks here.
     rj.enable_compilation_cache(path)              # or in a folder of your choosing
     forward = rj.jit(model.apply)                  # jax.jit with rj.compiler_options(), traced for them
     forward = jax.jit(model.apply, compiler_options=rj.compiler_options())   # the same options, traced as plain jax.jit is
+    forward = rj.xla.jit_with(options, model.apply)   # jax.jit with any options, traced for them
     rj.xla.use_compiler_options_everywhere()      # opt-in, process-wide: plain jax.jit too
 """
 import contextlib
@@ -151,7 +152,7 @@ def compiling_with(options: Optional[dict]) -> Iterator[None]:
     """Trace for a program that will compile with XLA ``options`` (None: XLA's defaults), so that
     the forms chosen while tracing (:func:`convs_on_ynnpack`) suit them; only their YNNPACK
     fusion types matter, and they are part of ``jax.jit``'s trace key (``_trace_choice``).
-    :func:`jit` and ``DataParallel.jit_step`` trace inside it."""
+    :func:`jit_with` (and so :func:`jit` and ``DataParallel.jit_step``) traces inside it."""
     with _YNN_FUSION_TYPES((options or {}).get(YNN_FUSION_OPTION)):
         yield
 
