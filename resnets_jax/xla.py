@@ -60,14 +60,18 @@ SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU sp
 # Plain jax.jit on XLA:CPU compiles under XLA's defaults, which (jaxlib 0.10) run every fp32
 # convolution on YNNPACK, and a traced program cannot choose its compiler options. XLA hands
 # YNNPACK only the convolutions it supports (xla/backends/cpu/ynn_support.cc), and two forms of the
-# same sums fall outside: a dot (a 1x1 conv as dot_general runs as YNNPACK's dot, as fast here as
-# XLA's own), and a conv whose output is wider than its input (a stride-1 conv padded one more
-# column on the right, that output column sliced off: 1/W more work). So where the program will
-# compile with convolutions on YNNPACK, Conv2d traces those forms (layers/conv.py); under
-# rj.jit / jit_step (compiling_with our options) it keeps plain convolutions. Plain jax.jit was
-# 1.2-2.1x slower than rj.jit on six models at batch 1 and 8, and is now 0-13% slower (AMD EPYC,
-# avx512f, 2 cores; benchmarks/README.md, issue 23). Strided kxk convs (stems, a few downsampling
-# 3x3s) have no such form and stay on YNNPACK.
+# same sums fall outside: a 1-d conv (YNNPACK takes only 2-d ones: a 1x1 conv over the flattened
+# map, which XLA then runs as its own dot, the sums rj.jit computes), and a conv whose output is
+# wider than its input (a stride-1 conv padded one more column on the right, that output column
+# sliced off: 1/W more work). So where the program will compile with convolutions on YNNPACK,
+# Conv2d traces those forms (layers/conv.py); under rj.jit / jit_step (compiling_with our options)
+# it keeps plain convolutions. Plain jax.jit was 1.2-2.1x slower than rj.jit on six models at
+# batch 1 and 8, and is now 0-13% slower (AMD EPYC, avx512f, 2 cores; benchmarks/README.md, issue
+# 23). Strided kxk convs (stems, a few downsampling 3x3s) have no such form and stay on YNNPACK.
+# 1x1 convs were first dots, which YNNPACK runs: plain jax.jit up to 7% slower than with 1-d convs
+# (res2net101_26w_4s batch 8 511 against 476 ms, resnest101e batch 8 898 against 875; batch 1
+# within 2% either way), its training step 15% slower (resnet50 batch 8: 2088 against 1812 ms;
+# Intel Xeon, avx512f, 2 cores, fp32).
 
 
 class _ContextChoice:

@@ -211,9 +211,9 @@ def test_no_convolution_rides_in_a_reduce_fusion(name):
 @pytest.mark.parametrize("name", ["resnetv2_18d", "resnet26d"])
 def test_plain_jit_runs_only_strided_convolutions_on_ynnpack(name):
     """Plain jax.jit compiles under XLA's defaults, which run convolutions on YNNPACK (slower
-    here); Conv2d traces 1x1 convs as dots and stride-1 convs one column wider, which XLA keeps
-    (xla.convs_on_ynnpack). Only strided kxk convs (stem, downsampling 3x3s) are left there:
-    before, all 31 convolutions of resnet26d ran there (now 4 of 11: 1x1s are dots)."""
+    here); Conv2d traces 1x1 convs as 1-d convs (XLA runs them as its own dots) and stride-1
+    convs one column wider, which XLA keeps (xla.convs_on_ynnpack). Only strided kxk convs (stem,
+    downsampling 3x3s) are left there: before, all 31 convolutions of resnet26d ran there (now 4 of 11)."""
     import jax
     _needs_xla_cpu()
     every, in_ynnpack = _ynnpack_convolutions(name, jax.jit)
@@ -260,7 +260,7 @@ def test_conv_forms_follow_the_compiler_options(monkeypatch):
 
 def test_a_jit_nested_in_rj_jit_is_traced_for_each():
     """JAX keys its traces by the choice (xla._trace_choice): the same ``jax.jit(conv.apply)``
-    traced inside rj.jit keeps the plain convolution and at top level takes the dot, in either
+    traced inside rj.jit keeps the plain convolution and at top level takes the 1-d conv, in either
     order (a trace reused across them ran plain jax.jit at its old speed)."""
     import jax
     import jax.numpy as jnp
@@ -275,7 +275,8 @@ def test_a_jit_nested_in_rj_jit_is_traced_for_each():
         nested = lambda: rj.jit(lambda v, x: forward(v, x) + 1).lower(variables, x).as_text()  # noqa: E731
         top = lambda: forward.lower(variables, x).as_text()  # noqa: E731
         texts = (top(), nested()) if top_first else tuple(reversed((nested(), top())))
-        assert [("dot_general" in t, "convolution" in t) for t in texts] == [(forms, not forms), (False, True)]
+        one_d, two_d = "[b, 0, f]x[0, i, o]->[b, 0, f]", "[b, 0, 1, f]x[0, 1, i, o]->[b, 0, 1, f]"
+        assert [(one_d in t, two_d in t) for t in texts] == [(forms, not forms), (False, True)]
     traces = []
     f = lambda x: traces.append(1) or x + 1  # noqa: E731
     rj.jit(f)(1.0)

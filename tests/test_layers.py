@@ -53,9 +53,9 @@ CONV_CASES = [(3, 2, 1, 2), (7, 2, 1, 2), (1, 2, 1, 2), (3, 1, 2, 2), (3, 2, 2, 
 @pytest.mark.parametrize("off_ynnpack", [False, True], ids=["convs", "off-ynnpack-forms"])
 @pytest.mark.parametrize("k, s, d, groups", CONV_CASES)
 def test_conv_padding_matches_torch(k, s, d, groups, off_ynnpack, monkeypatch):
-    """Both forms Conv2d traces (xla.convs_on_ynnpack: plain convolutions, or a 1x1 conv as a dot
-    and a stride-1 conv one column wider, sliced) against torch, at an odd size; fp32 sums of at
-    most 7*7*4 terms of order one: 1e-5."""
+    """Both forms Conv2d traces (xla.convs_on_ynnpack: plain convolutions, or a 1x1 conv as a 1-d
+    conv over the flattened map and a stride-1 conv one column wider, sliced) against torch, at
+    an odd size; fp32 sums of at most 7*7*4 terms of order one: 1e-5."""
     import jax
     from resnets_jax import xla
     monkeypatch.setattr(xla, "convs_on_ynnpack", lambda: off_ynnpack)
@@ -63,7 +63,7 @@ def test_conv_padding_matches_torch(k, s, d, groups, off_ynnpack, monkeypatch):
     conv = layers.Conv2d(6 if groups == 2 else 8, k, stride=s, dilation=d, groups=groups, use_bias=True)
     v = conv.init(jax.random.PRNGKey(0), x)
     jaxpr, p = str(jax.make_jaxpr(conv.apply)(v, x)), layers.get_padding(k, s, d)
-    assert ("dot_general" in jaxpr) == (off_ynnpack and k == 1 and groups == 1)
+    assert ("padding=((0, 0),)" in jaxpr) == (off_ynnpack and k == 1 and groups == 1)  # a 1-d conv
     assert (f"padding=(({p}, {p}), ({p}, {p + 1}))" in jaxpr) == (off_ynnpack and k > 1 and s == 1)  # wide
     tconv = torch.nn.Conv2d(4, conv.features, k, s, padding=layers.get_padding(k, s, d), dilation=d, groups=groups)
     with torch.no_grad():
@@ -95,20 +95,21 @@ def test_conv_forms_have_the_same_gradients(k, s, d, groups):
 
 
 def test_conv_forms_export_with_a_symbolic_batch(monkeypatch):
-    """The forms' slices and dots take a symbolic batch: jax.export of a plain jax.jit with the
-    forms on, called at two batch sizes, gives the plain convolution's outputs (1e-5, as above)."""
+    """The forms' slices, reshapes and 1-d convs take a symbolic batch: jax.export of a plain
+    jax.jit with the forms on, called at two batch sizes, gives the plain convolution's outputs
+    (1e-5, as above)."""
     import jax
     from resnets_jax import xla
     x = np.random.default_rng(2).standard_normal((3, 11, 10, 4)).astype(np.float32)
     spec = jax.ShapeDtypeStruct((jax.export.symbolic_shape("b")[0], 11, 10, 4), jnp.float32)
-    for k, s in ((1, 1), (1, 2), (3, 1)):  # dot, strided slice + dot, wide conv
+    for k, s in ((1, 1), (1, 2), (3, 1)):  # 1-d conv, strided slice + 1-d conv, wide conv
         conv = layers.Conv2d(8, k, stride=s)
         v = conv.init(jax.random.PRNGKey(0), x)
         monkeypatch.setattr(xla, "convs_on_ynnpack", lambda: False)
         plain = np.asarray(jax.jit(conv.apply)(v, x))
         monkeypatch.setattr(xla, "convs_on_ynnpack", lambda: True)
         exported = jax.export.export(jax.jit(conv.apply))(v, spec)
-        assert "dot_general" in exported.mlir_module() or k > 1
+        assert ("[b, 0, f]x[0, i, o]->[b, 0, f]" in exported.mlir_module()) == (k == 1)  # 1-d
         for n in (1, 3):
             np.testing.assert_allclose(np.asarray(exported.call(v, x[:n])), plain[:n], rtol=1e-5, atol=1e-5)
 

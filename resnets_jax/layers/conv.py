@@ -28,13 +28,16 @@ def _conv(x: jax.Array, kernel: jax.Array, *, stride: int, pad: int, dilation: i
           off_ynnpack: bool = False) -> jax.Array:
     """x (N, H, W, C) * kernel (kh, kw, C // groups, O) -> (N, H', W', O), zero padding ``pad`` on
     every side. ``off_ynnpack``: the same sums in the forms XLA:CPU's defaults keep off YNNPACK
-    (``xla.convs_on_ynnpack``): a 1x1 conv as a dot over channels, a stride-1 conv one output
-    column wider (:func:`_wide_conv`)."""
+    (``xla.convs_on_ynnpack``): a 1x1 conv as a 1-d conv over the flattened map, a stride-1 conv
+    one output column wider (:func:`_wide_conv`)."""
     k = kernel.shape[0]
     if off_ynnpack and k == 1 and groups == 1 and pad == 0:
         if stride > 1:  # a strided slice, not a gather (jax.export takes it with a symbolic batch)
             x = jax.lax.slice(x, (0, 0, 0, 0), x.shape, (1, stride, stride, 1))
-        return jax.lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+        n, h, w, c = x.shape
+        y = jax.lax.conv_general_dilated(x.reshape(n, h * w, c), kernel[0], (1,), ((0, 0),),
+                                         dimension_numbers=("NWC", "WIO", "NWC"))
+        return y.reshape(n, h, w, kernel.shape[-1])
     if off_ynnpack and k > 1 and stride == 1:
         return _wide_conv(x, kernel, pad, dilation, groups)
     return _plain_conv(x, kernel, stride, pad, dilation, groups)
