@@ -40,7 +40,8 @@ def compare_options(name, batch, repeats, threads, size=None):
     for label, jit, forms in (("jax.jit", jax.jit, True), ("rj.jit", rj.jit, True),
                               ("jax.jit, plain convs", jax.jit, False)):
         with mock.patch.object(rj.xla, "convs_on_ynnpack", rj.xla.convs_on_ynnpack if forms else lambda: False):
-            compiled = jit(model.apply).lower(variables, xj).compile()
+            # a new function each time: jax.jit would reuse the trace it holds for model.apply
+            compiled = jit(lambda v, x: model.apply(v, x)).lower(variables, xj).compile()
         diffs[label] = float(np.abs(np.asarray(compiled(variables, xj)) - ref).max() / np.abs(ref).max())
         fns[label] = lambda c=compiled: c(variables, xj).block_until_ready()
     t = _interleaved(fns, repeats)

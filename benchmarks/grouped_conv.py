@@ -107,7 +107,8 @@ def bench_models(names, batches, size, repeats):
                     if mode != "rule":  # Conv2d(split_groups=None) asks xla.split_grouped_conv while jit traces
                         xla.split_grouped_conv = lambda *a, _split=(mode == "split"), **k: _split
                     try:
-                        compiled = jit(model.apply).lower(variables, x).compile()
+                        # a new function each time: jax.jit (and rj.jit's memo) would reuse the trace it holds
+                        compiled = jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile()
                     finally:
                         xla.split_grouped_conv = rule
                     outs[mode] = compiled(variables, x)
