@@ -95,13 +95,13 @@ def bench_models(names, batches, size, repeats):
     import resnets_jax as rj
     from resnets_jax import xla
     print(f"\n{'model':34s} {'batch':>5s} {'jit':>7s} {'grouped ms':>11s} {'split ms':>9s} "
-          f"{'rule ms':>8s} {'split/grouped':>13s} {'max|diff|':>10s}")
+          f"{'rule ms':>8s} {'split/grouped':>13s} {'max|diff|':>10s} {'programs':>8s}")
     for name in names:
         model, variables = rj.create_model(name, zero_init_last=False)  # live residual branches: diffs show
         for b in batches:
             x = jnp.asarray(np.random.RandomState(0).randn(b, size, size, 3), jnp.float32)
             for jit_name, jit in jits().items():
-                fns, outs = {}, {}
+                fns, outs, texts = {}, {}, {}
                 rule = xla.split_grouped_conv
                 for mode in ("grouped", "split", "rule"):
                     if mode != "rule":  # Conv2d(split_groups=None) asks xla.split_grouped_conv while jit traces
@@ -111,12 +111,14 @@ def bench_models(names, batches, size, repeats):
                         compiled = jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile()
                     finally:
                         xla.split_grouped_conv = rule
-                    outs[mode] = compiled(variables, x)
+                    outs[mode], texts[mode] = compiled(variables, x), compiled.as_text()
                     fns[mode] = lambda c=compiled: c(variables, x).block_until_ready()
                 t = interleaved_min(fns, repeats)
                 diff = float(jnp.abs(outs["grouped"] - outs["split"]).max())
                 print(f"{name:34s} {b:5d} {jit_name:>7s} {t['grouped'] * 1e3:11.1f} {t['split'] * 1e3:9.1f} "
-                      f"{t['rule'] * 1e3:8.1f} {t['split'] / t['grouped']:13.2f} {diff:10.1e}", flush=True)
+                      f"{t['rule'] * 1e3:8.1f} {t['split'] / t['grouped']:13.2f} {diff:10.1e} "
+                      # 'same': one program timed as both modes (a model without grouped convs, or a reused trace)
+                      f"{'differ' if texts['grouped'] != texts['split'] else 'same':>8s}", flush=True)
 
 
 def main():

@@ -106,7 +106,10 @@ def test_grouped_conv():
                                            "--model", TINY, "--size", "32"])
     rows = [line.split() for line in out.splitlines() if line.startswith(("res2next50", TINY))]
     assert len(rows) == 4  # one shape and one model, each under jax.jit and rj.jit
-    assert all(float(r[-1]) < 1e-4 for r in rows)  # max |grouped - split|: the same sums
+    shape_rows, model_rows = rows[:2], rows[2:]
+    assert all(float(r[-1]) < 1e-4 for r in shape_rows)  # max |grouped - split|: the same sums
+    assert all(float(r[-2]) < 1e-4 for r in model_rows)
+    assert all(r[-1] == "differ" for r in model_rows)  # each mode traced afresh under either jit
 
 
 def test_gpu_check_cpu_smoke(tmp_path):
