@@ -240,6 +240,63 @@ def test_grouped_conv_split_equals_feature_group_count(groups, stride, dilation)
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["grouped", "split"])
+@pytest.mark.parametrize("groups, parts", [(2, 2), (8, 4), (8, 8), (4, 1)])
+def test_conv_parts_are_the_output_channel_blocks(groups, parts, split):
+    """Conv2d(x, parts=P): P channel blocks of the output, bias included, whether the grouped conv
+    ran as one conv or one per group (then never concatenated only to be sliced: SplitAttn)."""
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((2, 11, 9, 32)), jnp.float32)
+    conv = layers.Conv2d(64, 3, groups=groups, use_bias=True, split_groups=split)
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # a non-zero bias
+    whole = np.asarray(conv.apply(variables, x))
+    blocks = conv.apply(variables, x, parts=parts)
+    assert isinstance(blocks, list) and len(blocks) == parts
+    np.testing.assert_array_equal(np.concatenate([np.asarray(b) for b in blocks], axis=-1), whole)
+    with pytest.raises(ValueError, match=f"{groups} groups do not split into 3 parts"):
+        conv.apply(variables, x, parts=3)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_batch_norm_of_channel_blocks_is_the_norm_of_their_concatenation(train):
+    """BatchNormAct2d on a list of channel blocks: each block as in the whole map's norm, and the
+    running statistics updated as for the whole map (SplitAttn's radix splits)."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(1.5 + 2 * rng.standard_normal((4, 7, 5, 96)), jnp.float32)
+    bn = layers.BatchNormAct2d()
+    variables = bn.init(jax.random.PRNGKey(0), x)
+    variables = jax.tree.map(lambda v: v + jnp.asarray(rng.uniform(0.1, 0.5, v.shape), v.dtype)
+                             if v.dtype == jnp.float32 else v, variables)
+    whole, whole_upd = bn.apply(variables, x, train=train, mutable=["batch_stats"])
+    blocks, blocks_upd = bn.apply(variables, [x[..., :32], x[..., 32:48], x[..., 48:]], train=train,
+                                  mutable=["batch_stats"])
+    assert [b.shape[-1] for b in blocks] == [32, 16, 48]
+    np.testing.assert_allclose(np.concatenate(blocks, axis=-1), whole, rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), blocks_upd, whole_upd)
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "groupnorm", None])
+@pytest.mark.parametrize("split", [False, True], ids=["grouped", "split"])
+def test_split_attn_is_the_same_whichever_way_the_conv_runs(norm, split):
+    """SplitAttn keeps the radix splits apart when its grouped conv runs one conv per group; its
+    outputs, eval and train (DropBlock, same key), with a BatchNorm, a norm of the whole map
+    (GroupNorm) or none, are the grouped conv's."""
+    from functools import partial
+    norm_layer = {"batchnorm": layers.BatchNormAct2d, "groupnorm": partial(layers.GroupNormAct, num_groups=8),
+                  None: None}[norm]
+    x = jnp.asarray(np.random.default_rng(7).standard_normal((2, 9, 9, 32)), jnp.float32)
+    outs = []
+    for split_groups in (False, split):
+        sa = layers.SplitAttn(32, radix=4, groups=2, norm_layer=norm_layer,
+                              conv_layer=partial(layers.Conv2d, split_groups=split_groups),
+                              drop_layer=partial(layers.DropBlock2d, drop_prob=0.3, block_size=3))
+        variables = sa.init(jax.random.PRNGKey(0), x)
+        outs.append([sa.apply(variables, x, train=t, mutable=["batch_stats"],
+                              rngs={"dropout": jax.random.PRNGKey(1)})[0] for t in (False, True)])
+    for a, b in zip(*outs):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+
+
 # timm's resnet.py layers (SE, ECA, BlurPool, avg-pool anti-aliasing) at odd sizes, on perturbed
 # weights loaded through the converter (so the key rules are tested with them). The outputs are a
 # few fp32 sums and a sigmoid deep: 1e-6 relative, as the conv/pool tests above.

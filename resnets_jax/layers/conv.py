@@ -73,6 +73,10 @@ def _wide_conv_jvp(pad, dilation, groups, primals, tangents):
 _wide_conv.defjvp(_wide_conv_jvp, symbolic_zeros=True)
 
 
+def _concat(ys):
+    return ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)
+
+
 class Conv2d(nn.Module):
     """``torch.nn.Conv2d`` in NHWC with an HWIO ``kernel``; grouped convs use
     ``feature_group_count`` (torch's channel blocks are the same, so OIHW->HWIO is enough)."""
@@ -96,7 +100,10 @@ class Conv2d(nn.Module):
         return kernel
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, parts: Optional[int] = None):
+        """x (N, H, W, C) -> (N, H', W', features); ``parts``: a list of that many channel blocks
+        of the output instead (dividing ``groups``), so that a split grouped conv's outputs are
+        never concatenated only to be sliced again (``SplitAttn``'s radix splits)."""
         in_chs = x.shape[-1]
         if in_chs % self.groups:
             raise ValueError(f"{self.name}: {in_chs} input channels do not split into {self.groups} groups")
@@ -112,15 +119,20 @@ class Conv2d(nn.Module):
         split = self.split_groups
         if split is None:
             split = xla.split_grouped_conv(x.shape, self.groups, k)
+        if parts is not None and self.groups % parts:
+            raise ValueError(f"{self.name}: {self.groups} groups do not split into {parts} parts")
         if self.groups > 1 and split:
             # group g: input channels [g*I, (g+1)*I), output channels [g*O, (g+1)*O), as torch's
-            y = jnp.concatenate([conv(xg, kg) for xg, kg in zip(
-                jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))], axis=-1)
+            ys = [conv(xg, kg) for xg, kg in zip(
+                jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))]
+            per_part = self.groups // (parts or 1)
+            ys = [_concat(ys[i:i + per_part]) for i in range(0, self.groups, per_part)]
         else:
             y = conv(x, kernel, groups=self.groups)
+            ys = jnp.split(y, parts, axis=-1) if parts else [y]
         if bias is not None:
-            y = y + bias
-        return y
+            ys = [y + b for y, b in zip(ys, jnp.split(bias, len(ys)))]
+        return ys if parts else ys[0]
 
 
 class StdConv2d(Conv2d):

@@ -5,6 +5,8 @@ Every layer takes ``train`` at call time and ``apply_act`` at construction, like
 FilterResponseNormTlu2d carry their own non-linearity. Statistics are computed in float32
 whatever the compute dtype (float64 in a float64 model: ``stats_dtype``).
 """
+import itertools
+from functools import partial
 from typing import Any, Callable, Optional
 
 import jax
@@ -50,30 +52,38 @@ class BatchNormAct2d(nn.Module):
     scale_init: Callable = nn.initializers.ones  # zeros: timm's zero_init_last on a residual's last norm
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        c = x.shape[-1]
+    def __call__(self, x, train: bool = False):
+        """x (N, H, W, C) -> the same shape; or a list of channel blocks of one map (the same
+        statistics as their concatenation's, per channel) -> a list of the normalized blocks."""
+        blocks = list(x) if isinstance(x, (list, tuple)) else [x]
+        sizes = [b.shape[-1] for b in blocks]
+        c = sum(sizes)
         scale = self.param("scale", self.scale_init, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (c,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (c,), jnp.float32)
         count = self.variable("batch_stats", "num_batches_tracked", jnp.zeros, (), jnp.int32)
-        xf = x.astype(stats_dtype(x.dtype))
+        xfs = [b.astype(stats_dtype(b.dtype)) for b in blocks]
+        per_block = partial(jnp.split, indices_or_sections=list(itertools.accumulate(sizes[:-1])))
         if train:
-            mean = _corrected_mean(xf, (0, 1, 2))
-            var = jnp.mean(jnp.square(xf - mean), axis=(0, 1, 2))
+            means = [_corrected_mean(xf, (0, 1, 2)) for xf in xfs]
+            mean = jnp.concatenate(means)
+            var = jnp.concatenate([jnp.mean(jnp.square(xf - m), axis=(0, 1, 2)) for xf, m in zip(xfs, means)])
             if not self.is_initializing():
                 # n / (n - 1) as array arithmetic, never a Python comparison: under jax.export the
                 # batch, hence n, is symbolic (max(n - 1, 1) asks 'b - 1 < 1' at trace time)
-                n = jnp.asarray(xf.size // c, jnp.float32)
+                n = jnp.asarray(xfs[0].size // sizes[0], jnp.float32)
                 m = self.momentum
                 ra_mean.value = (1 - m) * ra_mean.value + m * mean
                 ra_var.value = (1 - m) * ra_var.value + m * var * (n / jnp.maximum(n - 1, 1))
                 count.value = count.value + 1
         else:
             mean, var = ra_mean.value, ra_var.value
-        mul = scale.astype(xf.dtype) * jax.lax.rsqrt(var + self.epsilon)
-        y = _affine(xf - mean, mul, bias.astype(xf.dtype), self.dtype or x.dtype)
-        return self.act(y) if self.apply_act else y
+        mul = scale.astype(xfs[0].dtype) * jax.lax.rsqrt(var + self.epsilon)
+        ys = [_affine(xf - m, s, b.astype(xf.dtype), self.dtype or x0.dtype)
+              for xf, x0, m, s, b in zip(xfs, blocks, per_block(mean), per_block(mul), per_block(bias))]
+        ys = [self.act(y) for y in ys] if self.apply_act else ys
+        return ys if isinstance(x, (list, tuple)) else ys[0]
 
 
 def _group_mean(xg: jax.Array) -> jax.Array:

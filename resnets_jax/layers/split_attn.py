@@ -41,6 +41,13 @@ def radix_softmax(x: jax.Array, radix: int, cardinality: int) -> jax.Array:
     return x.reshape(b, radix, c)
 
 
+def _blocks(layer, xs, train):
+    """A layer of the whole map applied to its channel blocks ``xs``: concatenated, then split."""
+    if len(xs) == 1:
+        return [layer(xs[0], train)]
+    return jnp.split(layer(jnp.concatenate(xs, axis=-1), train), len(xs), axis=-1)
+
+
 class SplitAttn(nn.Module):
     """Grouped kxk conv producing ``radix`` splits, attention over the splits from their
     pooled sum (fc1 -> bn1 -> relu -> fc2 -> radix softmax), weighted sum of the splits.
@@ -79,33 +86,33 @@ class SplitAttn(nn.Module):
         padding = self.kernel_size // 2 if self.padding is None else self.padding
         conv = self._bind(self.conv_layer, Conv2d)
 
-        x = conv(mid_chs, self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation,
-                 groups=card * radix, use_bias=self.use_bias, name="conv")(x)
-        x = self._norm_act(x, "bn0", train, drop=self.drop_layer)
-        b = x.shape[0]
-        # timm views (B, radix * C, H, W) as (B, radix, C, H, W) and sums over radix; here the radix
-        # splits are channel slices, added in order: the same sums, and on CPU XLA fuses slices
-        # of the (per-group) conv output far better than a 5-d reshape and a reduction over it
-        # (resnest101e batch 1 under rj.jit: 1.5-1.9x end to end; benchmarks/README.md).
-        splits = jnp.split(x, radix, axis=-1) if radix > 1 else [x]
+        # the radix splits as separate arrays, as the grouped conv gives them when it runs one conv
+        # per group (conv.Conv2d): concatenated only to be sliced again, they cost a copy of the
+        # map each way (resnest101e batch 8: 68 ms of 1330; timm views (B, radix * C, H, W) as
+        # (B, radix, C, H, W) and sums over radix; here splits are added in order, the same sums)
+        splits = conv(mid_chs, self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation,
+                      groups=card * radix, use_bias=self.use_bias, name="conv")(x, parts=radix)
+        splits = self._norm_act(splits, "bn0", train, drop=self.drop_layer)
+        b = splits[0].shape[0]
         x_gap = reduce(operator.add, splits)
         x_gap = x_gap.mean(axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
         x_gap = conv(attn_chs, 1, groups=card, use_bias=True, name="fc1")(x_gap)
-        x_gap = self._norm_act(x_gap, "bn1", train)
+        x_gap, = self._norm_act([x_gap], "bn1", train)
         x_attn = conv(mid_chs, 1, groups=card, use_bias=True, name="fc2")(x_gap)
 
         # (B, radix, C) weights; the softmax/sigmoid at least in float32 whatever the compute dtype
         attn = radix_softmax(x_attn.reshape(b, x_attn.shape[-1]).astype(stats_dtype(x_attn.dtype)), radix, card)
-        attn = attn.astype(x.dtype)  # sizes, never -1 in the reshape: the batch may be empty
+        attn = attn.astype(splits[0].dtype)  # sizes, never -1 in the reshape: the batch may be empty
         return reduce(operator.add, [xr * w for xr, w in zip(splits, per_branch_weights(attn))])
 
-    def _norm_act(self, x, name, train, drop=None):
+    def _norm_act(self, xs, name, train, drop=None):
+        """xs: channel blocks of one map -> each normalized (as their concatenation), dropped, activated."""
         if self.norm_layer is not None:
-            norm = self._bind(self.norm_layer, BatchNormAct2d)
-            x = norm(apply_act=False, name=name)(x, train)
+            norm = self._bind(self.norm_layer, BatchNormAct2d)(apply_act=False, name=name)
+            xs = norm(xs, train) if isinstance(norm, BatchNormAct2d) else _blocks(norm, xs, train)
         if drop is not None:
-            x = drop(name="drop")(x, train)
-        return self.act(x)
+            xs = _blocks(drop(name="drop"), xs, train)
+        return [self.act(x) for x in xs]
 
     def _bind(self, layer, default):
         if layer is default:
