@@ -73,10 +73,6 @@ def _wide_conv_jvp(pad, dilation, groups, primals, tangents):
 _wide_conv.defjvp(_wide_conv_jvp, symbolic_zeros=True)
 
 
-def _concat(ys):
-    return ys[0] if len(ys) == 1 else jnp.concatenate(ys, axis=-1)
-
-
 class Conv2d(nn.Module):
     """``torch.nn.Conv2d`` in NHWC with an HWIO ``kernel``; grouped convs use
     ``feature_group_count`` (torch's channel blocks are the same, so OIHW->HWIO is enough)."""
@@ -101,9 +97,10 @@ class Conv2d(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, parts: Optional[int] = None):
-        """x (N, H, W, C) -> (N, H', W', features); ``parts``: a list of that many channel blocks
-        of the output instead (dividing ``groups``), so that a split grouped conv's outputs are
-        never concatenated only to be sliced again (``SplitAttn``'s radix splits)."""
+        """x (N, H, W, C) -> (N, H', W', features); with ``parts``, a list of that many channel
+        blocks of it instead, as a split grouped conv computes them (never concatenated only to
+        be sliced again: ``SplitAttn``'s radix splits). Raises ValueError when C does not split
+        into ``groups``, or ``groups`` into ``parts``."""
         in_chs = x.shape[-1]
         if in_chs % self.groups:
             raise ValueError(f"{self.name}: {in_chs} input channels do not split into {self.groups} groups")
@@ -126,7 +123,7 @@ class Conv2d(nn.Module):
             ys = [conv(xg, kg) for xg, kg in zip(
                 jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))]
             per_part = self.groups // (parts or 1)
-            ys = [_concat(ys[i:i + per_part]) for i in range(0, self.groups, per_part)]
+            ys = [jnp.concatenate(ys[i:i + per_part], axis=-1) for i in range(0, self.groups, per_part)]
         else:
             y = conv(x, kernel, groups=self.groups)
             ys = jnp.split(y, parts, axis=-1) if parts else [y]

@@ -43,8 +43,6 @@ def radix_softmax(x: jax.Array, radix: int, cardinality: int) -> jax.Array:
 
 def _blocks(layer, xs, train):
     """A layer of the whole map applied to its channel blocks ``xs``: concatenated, then split."""
-    if len(xs) == 1:
-        return [layer(xs[0], train)]
     return jnp.split(layer(jnp.concatenate(xs, axis=-1), train), len(xs), axis=-1)
 
 
@@ -86,10 +84,11 @@ class SplitAttn(nn.Module):
         padding = self.kernel_size // 2 if self.padding is None else self.padding
         conv = self._bind(self.conv_layer, Conv2d)
 
-        # the radix splits as separate arrays, as the grouped conv gives them when it runs one conv
-        # per group (conv.Conv2d): concatenated only to be sliced again, they cost a copy of the
-        # map each way (resnest101e batch 8: 68 ms of 1330; timm views (B, radix * C, H, W) as
-        # (B, radix, C, H, W) and sums over radix; here splits are added in order, the same sums)
+        # timm views (B, radix * C, H, W) as (B, radix, C, H, W) and sums over radix; here the radix
+        # splits are channel blocks, added in order: the same sums (a 5-d reshape and a reduction
+        # over it fused far worse on CPU: resnest101e batch 1 under rj.jit 1.5-1.9x end to end).
+        # The blocks come as the conv computes them (parts=): where it runs one conv per group,
+        # never concatenated only to be sliced again (benchmarks/README.md, issue 23).
         splits = conv(mid_chs, self.kernel_size, stride=self.stride, padding=padding, dilation=self.dilation,
                       groups=card * radix, use_bias=self.use_bias, name="conv")(x, parts=radix)
         splits = self._norm_act(splits, "bn0", train, drop=self.drop_layer)
