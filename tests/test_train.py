@@ -211,7 +211,9 @@ def test_fp32_gradients_as_exact_as_timm(name, option_set):
     model = rj.build_model(name, num_classes=NUM_CLASSES, **CASES[name])
     grads, _, _, relus = _our_grads(model, rj.convert_timm_state_dict(model, ref["sd32"]), ref["batch"],
                                     [x > 0 for x in ref["relus"]], compiler_options_for(option_set))
-    assert len(relus) == len(timm_relus)  # every ReLU held on both sides
+    # every ReLU'd element held on both sides (ours applies split attention's ReLU to each radix
+    # split: more ReLU calls over the same elements)
+    assert sum(r.size for r in relus) == sum(r.size for r in timm_relus)
     ours, theirs = norm_err(grads, ref["grads"]), norm_err(timm_grads, ref["timm_grads"])
     ours_worst, theirs_worst = (max(_grad_errors(g, r).values()) for g, r in
                                 ((grads, ref["grads"]), (timm_grads, ref["timm_grads"])))
