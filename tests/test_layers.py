@@ -253,8 +253,9 @@ def test_conv_parts_are_the_output_channel_blocks(groups, parts, split):
     blocks = conv.apply(variables, x, parts=parts)
     assert isinstance(blocks, list) and len(blocks) == parts
     np.testing.assert_array_equal(np.concatenate([np.asarray(b) for b in blocks], axis=-1), whole)
-    with pytest.raises(ValueError, match=f"{groups} groups do not split into 3 parts"):
-        conv.apply(variables, x, parts=3)
+    for bad in (3, 0, -2):
+        with pytest.raises(ValueError, match=f"parts must be a positive divisor of groups={groups}, got {bad}"):
+            conv.apply(variables, x, parts=bad)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -273,6 +274,8 @@ def test_batch_norm_of_channel_blocks_is_the_norm_of_their_concatenation(train):
     assert [b.shape[-1] for b in blocks] == [32, 16, 48]
     np.testing.assert_allclose(np.concatenate(blocks, axis=-1), whole, rtol=1e-6, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), blocks_upd, whole_upd)
+    with pytest.raises(ValueError, match=r"expected channel blocks of one \(N, H, W, C\) map"):
+        bn.apply(variables, [x[..., :32], x[:2, ..., 32:]], train=train, mutable=["batch_stats"])
 
 
 @pytest.mark.parametrize("norm", ["batchnorm", "groupnorm", None])

@@ -282,3 +282,29 @@ def test_drop_block_rate_acts_in_training_only(name):
     np.testing.assert_array_equal(_apply(dropped, variables, x), _apply(plain, variables, x))
     train = lambda m: m.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]  # noqa: E731
     assert not np.allclose(train(dropped), train(plain))
+
+
+# The stochastic layers (DropBlock with split attention and with selective kernels; drop path and
+# dropout with FRN), at depth (1, 1, 1, 1), in both dtypes between them.
+X64_CASES = [("resnest14d", "float32"), ("skresnet18", "float64"), ("resnetv2_50d_frn", "float32")]
+
+
+@pytest.mark.parametrize("name, dtype", X64_CASES)
+def test_training_under_jax_enable_x64_keeps_the_model_dtype(name, dtype):
+    """With ``jax_enable_x64`` on (as in a float64 check), every layer and every stochastic layer
+    (drop block, drop path, dropout) trains in the model's dtype: a Python float constant is
+    float64 there, and one that meets a float32 array in a strict op (reduce_window) failed."""
+    dtype = jnp.dtype(dtype)
+    drops = {"drop_path_rate": 0.2, "drop_rate": 0.2}
+    if not name.startswith("resnetv2"):
+        drops["drop_block_rate"] = 0.2
+    with jax.enable_x64(True):
+        model = rj.build_model(name, layers=(1, 1, 1, 1), dtype=dtype, param_dtype=dtype, **drops)
+        x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), dtype)
+        variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+        rngs = {"dropout": jax.random.PRNGKey(1), "drop_path": jax.random.PRNGKey(2)}
+        y, updates = jax.jit(lambda v, x, r: model.apply(v, x, train=True, mutable=["batch_stats"], rngs=r))(
+            variables, x, rngs)
+    assert y.dtype == dtype and np.isfinite(np.asarray(y)).all()
+    for stat in jax.tree.leaves(updates):
+        assert np.isfinite(np.asarray(stat)).all()

@@ -116,8 +116,8 @@ class Conv2d(nn.Module):
         split = self.split_groups
         if split is None:
             split = xla.split_grouped_conv(x.shape, self.groups, k)
-        if parts is not None and self.groups % parts:
-            raise ValueError(f"{self.name}: {self.groups} groups do not split into {parts} parts")
+        if parts is not None and (not isinstance(parts, int) or parts < 1 or self.groups % parts):
+            raise ValueError(f"{self.name}: parts must be a positive divisor of groups={self.groups}, got {parts!r}")
         if self.groups > 1 and split:
             # group g: input channels [g*I, (g+1)*I), output channels [g*O, (g+1)*O), as torch's
             ys = [conv(xg, kg) for xg, kg in zip(

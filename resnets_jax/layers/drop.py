@@ -48,7 +48,8 @@ class DropBlock2d(nn.Module):
         kh, kw = min(self.block_size, h), min(self.block_size, w)
         gamma = self.gamma_scale * self.drop_prob * h * w / (kh * kw) / ((h - kh + 1) * (w - kw + 1))
         seeds = jax.random.bernoulli(self.make_rng("dropout"), gamma, (b, h, w, 1)).astype(jnp.float32)
-        blocks = jax.lax.reduce_window(seeds, 0.0, jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1),
+        # the init value float32 as the seeds, also under jax_enable_x64 (a Python 0.0 is float64 there)
+        blocks = jax.lax.reduce_window(seeds, np.float32(0), jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1),
                                        ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
         blocks = blocks[:, (kh + 1) % 2:, (kw + 1) % 2:]  # even block sizes: torch's crop
         keep = 1.0 - blocks

@@ -56,6 +56,9 @@ class BatchNormAct2d(nn.Module):
         """x (N, H, W, C) -> the same shape; or a list of channel blocks of one map (the same
         statistics as their concatenation's, per channel) -> a list of the normalized blocks."""
         blocks = list(x) if isinstance(x, (list, tuple)) else [x]
+        if not blocks or any(b.shape[:-1] != blocks[0].shape[:-1] for b in blocks):
+            raise ValueError(f"{self.name}: expected channel blocks of one (N, H, W, C) map, got shapes "
+                             f"{[b.shape for b in blocks]}")
         sizes = [b.shape[-1] for b in blocks]
         c = sum(sizes)
         scale = self.param("scale", self.scale_init, (c,), self.param_dtype)

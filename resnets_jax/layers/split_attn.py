@@ -52,7 +52,10 @@ class SplitAttn(nn.Module):
 
     ``norm_layer`` builds ``bn0`` (with the ReLU, timm's ``act0``) and ``bn1`` (with ``act1``);
     ``None`` leaves both out, as timm's ``norm_layer=None``. The bare ``Conv2d`` /
-    ``BatchNormAct2d`` defaults get this module's ``dtype``; partials are used as given."""
+    ``BatchNormAct2d`` defaults get this module's ``dtype``; partials are used as given. ``conv``
+    and ``bn0`` return the radix splits as a list of (N, H, W, out_chs) blocks (what Flax's
+    ``capture_intermediates`` records for them); a ``conv_layer`` must take ``parts=`` as
+    ``Conv2d`` does."""
 
     out_chs: int
     kernel_size: int = 3
