@@ -57,6 +57,15 @@ BACKEND_COMPILER_OPTIONS = {"cpu": CPU_COMPILER_OPTIONS}
 SPLIT_GROUPED_CONV_BACKENDS = ("cpu",)
 SPLIT_MIN_PIXELS = 2048  # batch * H * W of the conv input from which XLA:CPU splits
 
+# A grouped conv with few input channels per group (ResNeXt's 32x4d first stage: 4) as the sum of
+# its taps, each a shifted input channel times a row of the kernel: one loop fusion on XLA:CPU,
+# where each per-group conv has too few channels to be fast (conv 3x3, 32 groups of 4 -> 4
+# channels on 56x56, fp32, ms, batch 1 / 8: 1.3 / 9.6 as taps, 6.0 / 34 one conv per group,
+# 10.6 / 114 one grouped conv; under XLA's defaults 1.1 / 9.0, 5.8 / 36, 8.9 / 132; AMD EPYC
+# Zen 4, avx512f, 2 cores). With 8 per group it wins on some maps and loses on others (1.3x
+# either way), with 16 it is 3-13x slower: up to TAPS_MAX_IN_PER_GROUP only.
+TAPS_MAX_IN_PER_GROUP = 4
+
 # Plain jax.jit on XLA:CPU compiles under XLA's defaults, which (jaxlib 0.10) run every fp32
 # convolution on YNNPACK, and a traced program cannot choose its compiler options. XLA hands
 # YNNPACK only the convolutions it supports (xla/backends/cpu/ynn_support.cc), and two forms of the
@@ -129,6 +138,16 @@ def lowering_platforms(platforms: Sequence[str]) -> Iterator[None]:
     lowering. The choice is part of ``jax.jit``'s trace key (``_trace_choice``)."""
     with _LOWERING_PLATFORMS(",".join(platforms)):
         yield
+
+
+def grouped_conv_as_taps(groups: int, in_per_group: int, backend: Optional[str] = None) -> bool:
+    """Whether ``Conv2d`` computes a grouped conv as the sum of its taps (``layers.conv``) rather
+    than as convolutions: on XLA:CPU (every platform traced for, as :func:`split_grouped_conv`),
+    for at most ``TAPS_MAX_IN_PER_GROUP`` input channels per group. Called while jit traces."""
+    if groups <= 1 or in_per_group > TAPS_MAX_IN_PER_GROUP:
+        return False
+    platforms = (backend,) if backend else _traced_platforms()
+    return all(_PLATFORM_BACKENDS.get(p, p) in SPLIT_GROUPED_CONV_BACKENDS for p in platforms)
 
 
 def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,

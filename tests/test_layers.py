@@ -60,7 +60,8 @@ def test_conv_padding_matches_torch(k, s, d, groups, off_ynnpack, monkeypatch):
     from resnets_jax import xla
     monkeypatch.setattr(xla, "convs_on_ynnpack", lambda: off_ynnpack)
     x = np.random.default_rng(0).standard_normal((2, 11, 10, 4)).astype(np.float32)
-    conv = layers.Conv2d(6 if groups == 2 else 8, k, stride=s, dilation=d, groups=groups, use_bias=True)
+    conv = layers.Conv2d(6 if groups == 2 else 8, k, stride=s, dilation=d, groups=groups, use_bias=True,
+                         split_groups=False)  # a convolution (few channels per group are taps on CPU: below)
     v = conv.init(jax.random.PRNGKey(0), x)
     jaxpr, p = str(jax.make_jaxpr(conv.apply)(v, x)), layers.get_padding(k, s, d)
     assert ("padding=((0, 0),)" in jaxpr) == (off_ynnpack and k == 1 and groups == 1)  # a 1-d conv
@@ -238,6 +239,30 @@ def test_grouped_conv_split_equals_feature_group_count(groups, stride, dilation)
         outs.append(np.asarray(conv.apply(variables, x)))
     assert outs[0].shape == outs[1].shape
     np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k, s, d, in_per_group", [(3, 1, 1, 4), (3, 2, 1, 2), (3, 1, 2, 1), (5, 2, 1, 4), (1, 1, 1, 3)])
+def test_grouped_conv_as_taps_is_the_grouped_conv(k, s, d, in_per_group):
+    """Few input channels per group (xla.grouped_conv_as_taps): the conv as the sum of its taps,
+    on odd maps, against one feature_group_count conv: values, gradients and a jvp (the
+    convolution's), and in bf16 within bf16 rounding."""
+    groups = 8
+    rng = np.random.default_rng(k * 10 + s)
+    x = jnp.asarray(rng.standard_normal((2, 13, 10, groups * in_per_group)), jnp.float32)
+    taps, conv = (layers.Conv2d(16, k, stride=s, dilation=d, groups=groups, split_groups=split) for split in (None, False))
+    variables = conv.init(jax.random.PRNGKey(0), x)
+    jaxpr = str(jax.make_jaxpr(lambda v, x: taps.apply(v, x))(variables, x))
+    assert "conv_general_dilated" not in jaxpr  # taps, not a convolution
+    for f in (lambda m: m.apply(variables, x),
+              lambda m: jax.grad(lambda v, x: (m.apply(v, x) ** 2).sum(), argnums=(0, 1))(variables, x),
+              lambda m: jax.jvp(lambda x: m.apply(variables, x), (x,), (jnp.ones_like(x),))):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), f(taps), f(conv))
+    xb = x.astype(jnp.bfloat16)
+    taps16, conv16 = (layers.Conv2d(16, k, stride=s, dilation=d, groups=groups, split_groups=split,
+                                    dtype=jnp.bfloat16) for split in (None, False))
+    ref = np.asarray(conv.apply(variables, xb.astype(jnp.float32)))
+    np.testing.assert_allclose(np.asarray(taps16.apply(variables, xb), np.float32), ref,
+                               rtol=2e-2, atol=2e-2 * np.abs(ref).max())  # bf16's 8-bit mantissa
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["grouped", "split"])
