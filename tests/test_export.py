@@ -3,6 +3,7 @@ a fresh interpreter that imports neither flax nor resnets_jax, held against timm
 timm's exporter, run by onnxruntime; a failed export writes nothing (docs/export.md)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -175,9 +176,29 @@ def test_lowering_platforms_bake_in_no_cpu_split():
     assert xla.split_grouped_conv(big, 2, 3, backend="cpu")
     with xla.lowering_platforms(("cpu",)):
         assert xla.split_grouped_conv(big, 2, 3)
+    assert xla.grouped_conv_as_taps(32, 4, backend="cpu")  # few channels per group: taps on CPU only
     for platforms in (("cpu", "cuda"), ("cuda",), ("tpu", "cpu")):
         with xla.lowering_platforms(platforms):
             assert not xla.split_grouped_conv(big, 2, 3), platforms
+            assert not xla.grouped_conv_as_taps(32, 4), platforms
+
+
+@pytest.mark.parametrize("name, kwargs", [("seresnext26d_32x4d", {}), ("ecaresnet26t", {}),
+                                          ("resnet26d", {"drop_block_rate": 0.2})])
+def test_plain_jax_jit_exports_without_a_gather(name, kwargs):
+    """Plain jax.jit traces its own forms (taps for few channels per group, the wide conv, ECA's
+    and DropBlock's crops); with a symbolic batch, none of them may index as a gather (LiteRT's
+    converter refuses one), in eval or train mode."""
+    import resnets_jax as rj
+    model = rj.build_model(name, layers=(1, 1, 1, 1), **kwargs)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32))
+    batch, = jax.export.symbolic_shape("b")
+    for train in (False, True):
+        forward = jax.jit(lambda v, x, rng: model.apply(v, x, train=train, mutable=["batch_stats"] if train else False,
+                                                        rngs={"dropout": rng}))
+        module = jax.export.export(forward)(variables, jax.ShapeDtypeStruct((batch, 64, 64, 3), np.float32),
+                                            jax.random.key(1)).mlir_module()
+        assert not re.findall(r"stablehlo\.(?:dynamic_)?gather(?!<)", module), (name, train)  # the op, not its attribute
 
 
 def test_train_export_of_a_model_without_batchnorm():

@@ -63,7 +63,7 @@ def _taps_conv(x, kernel, stride, pad, dilation, groups, split):
             limit = (n, a * dilation + stride * (ho - 1) + 1, b * dilation + stride * (wo - 1) + 1, groups, i_per)
             window = jax.lax.slice(xp, start, limit, (1, stride, stride, 1, 1)).astype(acc)
             for i in range(i_per):
-                term = window[..., i:i + 1] * rows[a, b, i]
+                term = jax.lax.slice_in_dim(window, i, i + 1, axis=4) * rows[a, b, i]  # no gather (jax.export)
                 y = term if y is None else y + term
     return y.reshape(n, ho, wo, out).astype(x.dtype)
 
@@ -104,7 +104,8 @@ def _wide_conv(x, kernel, pad, dilation, groups):
     right, that output column sliced off: 1/W more work), which XLA:CPU's defaults do not hand to
     YNNPACK (its output is wider than its input). Its derivatives are the plain conv's: XLA runs
     the kernel gradient of the wide form 40-50x slower (one 3x3 conv, batch 4, AMD EPYC)."""
-    return _plain_conv(x, kernel, 1, pad, dilation, groups, extra_right=1)[:, :, :-1]
+    y = _plain_conv(x, kernel, 1, pad, dilation, groups, extra_right=1)
+    return jax.lax.slice_in_dim(y, 0, y.shape[2] - 1, axis=2)  # a slice, never y[:, :, :-1] (a gather under jax.export)
 
 
 def _wide_conv_jvp(pad, dilation, groups, primals, tangents):

@@ -51,7 +51,7 @@ class DropBlock2d(nn.Module):
         # the init value float32 as the seeds, also under jax_enable_x64 (a Python 0.0 is float64 there)
         blocks = jax.lax.reduce_window(seeds, np.float32(0), jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1),
                                        ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
-        blocks = blocks[:, (kh + 1) % 2:, (kw + 1) % 2:]  # even block sizes: torch's crop
+        blocks = jax.lax.slice(blocks, (0, (kh + 1) % 2, (kw + 1) % 2, 0), blocks.shape)  # even block sizes: torch's crop
         keep = 1.0 - blocks
         keep = keep * (keep.size / (keep.sum() + 1e-7))
         return x * jax.lax.stop_gradient(keep).astype(x.dtype)

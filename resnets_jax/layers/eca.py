@@ -71,4 +71,5 @@ class EcaModule(nn.Module):
             raise ValueError(f"EcaModule: kernel_size must be odd, got {k}")
         y = jnp.mean(x, axis=(1, 2))[:, :, None]  # (B, C, 1): the channels are the 1-d axis
         y = Conv1d(1, k, dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(y)
-        return x * self.gate(y[:, None, :, 0]).astype(x.dtype)[:, :, None, :]
+        # (B, C, 1) -> (B, 1, 1, C) as a reshape, never y[:, None, :, 0] (a gather under jax.export)
+        return x * self.gate(y.reshape(y.shape[0], 1, 1, c)).astype(x.dtype)
