@@ -163,10 +163,10 @@ def test_conv_asks_the_rule_at_trace_time(monkeypatch):
     import jax.numpy as jnp
     import resnets_jax as rj
     from resnets_jax import xla
-    conv = rj.layers.Conv2d(8, 3, groups=4)
-    x = jnp.ones((1, 4, 4, 8))
+    conv = rj.layers.Conv2d(16, 3, groups=2)  # 8 channels per group: convolutions, not taps
+    x = jnp.ones((1, 4, 4, 16))
     variables = conv.init(jax.random.PRNGKey(0), x)
-    for split, convs in ((True, 4), (False, 1)):
+    for split, convs in ((True, 2), (False, 1)):
         monkeypatch.setattr(xla, "split_grouped_conv", lambda *a, _s=split, **k: _s)
         jaxpr = str(jax.make_jaxpr(conv.apply)(variables, x))
         assert jaxpr.count("conv_general_dilated") == convs
