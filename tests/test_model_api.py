@@ -224,7 +224,6 @@ def test_gradient_checkpointing_gives_identical_gradients(name):
 
     g1 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], model)
     g2 = jax.jit(jax.grad(loss), static_argnums=1)(variables["params"], remat)
-    g3 = rj.jit(jax.grad(loss), static_argnums=1)(variables["params"], model)  # other fusions
 
     def worst(ga, gb):  # worst max|Δg|/max|g| over leaves
         leaves_a, leaves_b = jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)
@@ -232,9 +231,11 @@ def test_gradient_checkpointing_gives_identical_gradients(name):
         # BatchNorm) is rounding noise in both runs: compared on the scale of the largest gradient
         floor = 1e-4 * max(float(np.abs(g).max()) for g in leaves_a)
         return max(float(np.abs(b - a).max()) / max(float(np.abs(a).max()), floor) for a, b in zip(leaves_a, leaves_b))
-    remat_err, spread = worst(g1, g2), worst(g1, g3)
-    print(f"{name}: remat vs plain gradients {remat_err:.1e}, rj.jit vs jax.jit {spread:.1e}")
-    assert remat_err <= max(REMAT_GRAD_TOL, 2 * spread)
+    remat_err = worst(g1, g2)
+    print(f"{name}: remat vs plain gradients {remat_err:.1e}")
+    if remat_err > REMAT_GRAD_TOL:  # then within the spread of two compilations of the plain model
+        spread = worst(g1, rj.jit(jax.grad(loss), static_argnums=1)(variables["params"], model))
+        assert remat_err <= 2 * spread, (remat_err, spread)
 
 
 @pytest.mark.parametrize("x, error, match", [

@@ -77,16 +77,22 @@ def _grouped_conv(x, kernel, stride, pad, dilation, groups, split):
         jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))], axis=-1)
 
 
-def _taps_conv_jvp(stride, pad, dilation, groups, split, primals, tangents):
+def _conv_jvp(y, conv, primals, tangents):
+    """(y, its tangent) for a form of ``conv`` (bilinear in x and kernel) whose derivatives are
+    ``conv``'s; a tangent JAX knows to be zero (symbolic_zeros) costs no conv."""
     (x, kernel), (dx, dkernel) = primals, tangents
-    y = _taps_conv(x, kernel, stride, pad, dilation, groups, split)
-    conv = partial(_grouped_conv, stride=stride, pad=pad, dilation=dilation, groups=groups, split=split)
     dy = jnp.zeros_like(y)
     if not isinstance(dx, SymbolicZero):
         dy = dy + conv(dx, kernel)
     if not isinstance(dkernel, SymbolicZero):
         dy = dy + conv(x, dkernel)
     return y, dy
+
+
+def _taps_conv_jvp(stride, pad, dilation, groups, split, primals, tangents):
+    return _conv_jvp(_taps_conv(*primals, stride, pad, dilation, groups, split),
+                     partial(_grouped_conv, stride=stride, pad=pad, dilation=dilation, groups=groups, split=split),
+                     primals, tangents)
 
 
 _taps_conv.defjvp(_taps_conv_jvp, symbolic_zeros=True)
@@ -109,15 +115,8 @@ def _wide_conv(x, kernel, pad, dilation, groups):
 
 
 def _wide_conv_jvp(pad, dilation, groups, primals, tangents):
-    (x, kernel), (dx, dkernel) = primals, tangents
-    y = _wide_conv(x, kernel, pad, dilation, groups)
-    plain = partial(_plain_conv, stride=1, pad=pad, dilation=dilation, groups=groups)
-    dy = jnp.zeros_like(y)  # a tangent JAX knows to be zero (symbolic_zeros) costs no conv
-    if not isinstance(dx, SymbolicZero):
-        dy = dy + plain(dx, kernel)
-    if not isinstance(dkernel, SymbolicZero):
-        dy = dy + plain(x, dkernel)
-    return y, dy
+    return _conv_jvp(_wide_conv(*primals, pad, dilation, groups),
+                     partial(_plain_conv, stride=1, pad=pad, dilation=dilation, groups=groups), primals, tangents)
 
 
 _wide_conv.defjvp(_wide_conv_jvp, symbolic_zeros=True)

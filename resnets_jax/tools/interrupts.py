@@ -60,4 +60,11 @@ def delivered_interrupts():
         for t in watcher:  # no repeat after this: it would reach the restored handler
             t.join()
         signal.signal(signal.SIGINT, previous)
-        sys.unraisablehook = previous_hook
+        # after a Ctrl-C the process is ending: an object the interrupt cut short in its clean-up
+        # (seen: an asyncio loop closed half-way, whose __del__ then fails on a closed descriptor
+        # when collected at exit) would print a traceback after "interrupted"; not worth one either
+        sys.unraisablehook = _ignore if interrupted.is_set() else previous_hook
+
+
+def _ignore(info) -> None:
+    """An unraisable exception while a Ctrl-C ends the command: dropped."""
