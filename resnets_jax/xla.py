@@ -144,8 +144,12 @@ def grouped_conv_as_taps(groups: int, in_per_group: int, backend: Optional[str] 
     """Whether ``Conv2d`` computes a grouped conv as the sum of its taps (``layers.conv``) rather
     than as convolutions: on XLA:CPU (every platform traced for, as :func:`split_grouped_conv`),
     for at most ``TAPS_MAX_IN_PER_GROUP`` input channels per group. Called while jit traces."""
-    if groups <= 1 or in_per_group > TAPS_MAX_IN_PER_GROUP:
-        return False
+    return 1 < groups and in_per_group <= TAPS_MAX_IN_PER_GROUP and _all_split_backends(backend)
+
+
+def _all_split_backends(backend: Optional[str]) -> bool:
+    """Whether ``backend`` (default: every platform traced for, :func:`lowering_platforms`) is one
+    of ``SPLIT_GROUPED_CONV_BACKENDS``, whose grouped convs take XLA:CPU's forms."""
     platforms = (backend,) if backend else _traced_platforms()
     return all(_PLATFORM_BACKENDS.get(p, p) in SPLIT_GROUPED_CONV_BACKENDS for p in platforms)
 
@@ -161,8 +165,7 @@ def split_grouped_conv(x_shape: Sequence[int], groups: int, kernel_size: int,
     whichever jit is used."""
     if groups <= 1:
         return False
-    platforms = (backend,) if backend else _traced_platforms()
-    if any(_PLATFORM_BACKENDS.get(p, p) not in SPLIT_GROUPED_CONV_BACKENDS for p in platforms):
+    if not _all_split_backends(backend):
         return False
     n, h, w = x_shape[0], x_shape[1], x_shape[2]
     if not isinstance(n, int):  # a symbolic batch (jax.export): decide from the static sizes, as for

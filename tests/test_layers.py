@@ -265,7 +265,7 @@ def test_grouped_conv_as_taps_is_the_grouped_conv(k, s, d, in_per_group):
                                rtol=2e-2, atol=2e-2 * np.abs(ref).max())  # bf16's 8-bit mantissa
 
 
-@pytest.mark.parametrize("split", [False, True], ids=["grouped", "split"])
+@pytest.mark.parametrize("split", [False, True, None], ids=["grouped", "split", "auto"])  # auto: taps for 8 groups
 @pytest.mark.parametrize("groups, parts", [(2, 2), (8, 4), (8, 8), (4, 1)])
 def test_conv_parts_are_the_output_channel_blocks(groups, parts, split):
     """Conv2d(x, parts=P): P channel blocks of the output, bias included, whether the grouped conv
@@ -304,7 +304,7 @@ def test_batch_norm_of_channel_blocks_is_the_norm_of_their_concatenation(train):
 
 
 @pytest.mark.parametrize("norm", ["batchnorm", "groupnorm", None])
-@pytest.mark.parametrize("split", [False, True], ids=["grouped", "split"])
+@pytest.mark.parametrize("split", [True, None], ids=["split", "auto-taps"])  # against one grouped conv
 def test_split_attn_is_the_same_whichever_way_the_conv_runs(norm, split):
     """SplitAttn keeps the radix splits apart when its grouped conv runs one conv per group; its
     outputs, eval and train (DropBlock, same key), with a BatchNorm, a norm of the whole map

@@ -68,13 +68,18 @@ def _taps_conv(x, kernel, stride, pad, dilation, groups, split):
     return y.reshape(n, ho, wo, out).astype(x.dtype)
 
 
+def _per_group(conv, x, kernel, groups):
+    """One ``conv`` per group, as a list: group g reads input channels [g*I, (g+1)*I) and writes
+    output channels [g*O, (g+1)*O), as torch's."""
+    return [conv(xg, kg) for xg, kg in zip(jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))]
+
+
 def _grouped_conv(x, kernel, stride, pad, dilation, groups, split):
-    """A grouped conv as one ``feature_group_count`` conv, or, ``split``, one conv per group
-    (group g: input channels [g*I, (g+1)*I), output channels [g*O, (g+1)*O), as torch's)."""
+    """A grouped conv as one ``feature_group_count`` conv, or, ``split``, one conv per group."""
     if not split:
         return _plain_conv(x, kernel, stride, pad, dilation, groups)
-    return jnp.concatenate([_plain_conv(xg, kg, stride, pad, dilation, 1) for xg, kg in zip(
-        jnp.split(x, groups, axis=-1), jnp.split(kernel, groups, axis=-1))], axis=-1)
+    return jnp.concatenate(_per_group(partial(_plain_conv, stride=stride, pad=pad, dilation=dilation, groups=1),
+                                      x, kernel, groups), axis=-1)
 
 
 def _conv_jvp(y, conv, primals, tangents):
@@ -173,9 +178,7 @@ class Conv2d(nn.Module):
             ys = [_taps_conv(x, kernel, self.stride, pad, self.dilation, self.groups, split)]
             ys = jnp.split(ys[0], parts, axis=-1) if parts else ys
         elif self.groups > 1 and split:
-            # group g: input channels [g*I, (g+1)*I), output channels [g*O, (g+1)*O), as torch's
-            ys = [conv(xg, kg) for xg, kg in zip(
-                jnp.split(x, self.groups, axis=-1), jnp.split(kernel, self.groups, axis=-1))]
+            ys = _per_group(conv, x, kernel, self.groups)
             per_part = self.groups // (parts or 1)
             ys = [jnp.concatenate(ys[i:i + per_part], axis=-1) for i in range(0, self.groups, per_part)]
         else:

@@ -55,7 +55,8 @@ class BatchNormAct2d(nn.Module):
     def __call__(self, x, train: bool = False):
         """x (N, H, W, C) -> the same shape; or a list of channel blocks of one map (the same
         statistics as their concatenation's, per channel) -> a list of the normalized blocks."""
-        blocks = list(x) if isinstance(x, (list, tuple)) else [x]
+        as_blocks = isinstance(x, (list, tuple))
+        blocks = list(x) if as_blocks else [x]
         if not blocks or any(b.shape[:-1] != blocks[0].shape[:-1] for b in blocks):
             raise ValueError(f"{self.name}: expected channel blocks of one (N, H, W, C) map, got shapes "
                              f"{[b.shape for b in blocks]}")
@@ -86,7 +87,7 @@ class BatchNormAct2d(nn.Module):
         ys = [_affine(xf - m, s, b.astype(xf.dtype), self.dtype or x0.dtype)
               for xf, x0, m, s, b in zip(xfs, blocks, per_block(mean), per_block(mul), per_block(bias))]
         ys = [self.act(y) for y in ys] if self.apply_act else ys
-        return ys if isinstance(x, (list, tuple)) else ys[0]
+        return ys if as_blocks else ys[0]
 
 
 def _group_mean(xg: jax.Array) -> jax.Array:
