@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 # The suite (CI runs this). The very large variants are marked `slow`: `make test-slow`.
 test: $(STAMP)
-	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -n 2 --durations=15
+	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -n 2 --dist loadgroup --durations=15
 
 test-slow: $(STAMP)
 	RESNETS_JAX_REQUIRE_REFERENCE=1 $(PY) -m pytest -m slow --durations=15

@@ -26,14 +26,14 @@ MULTIHOST_TOL = 1e-5
 # device, or two processes against one, within SPREAD_FACTOR times the spread of two
 # single-device steps that differ only in the order of their sums (the batch reordered), as a
 # fraction of the update. A rounding difference is a sum of many small independent roundings,
-# so two orders' differences are of one size (measured: sharded 7.5e-6, reordered 7.4e-6);
+# so two orders' differences are of one size (measured: sharded 4.5e-6, reordered 4.5e-6);
 # 4x leaves room for one order landing further than another. The spread is taken at least
 # SPREAD_FLOOR, the step's smooth conditioning (fp32-sized noise on every conv output moves the
 # float64 step by 1e-6 of the update), should two orders happen to agree closely.
 SPREAD_FACTOR = 4.0
 SPREAD_FLOOR = 1e-6
-# The options we recommend by default in the suite, XLA's defaults on request (`-m slow`; 57 s and
-# 82 s on 2 cores): sharding, in one process or two, changes the summation order, not the kernels
+# The options we recommend by default in the suite (29 s and 47 s on 2 cores, AMD EPYC), XLA's
+# defaults on request (`-m slow`): sharding, in one process or two, changes the summation order, not the kernels
 # the options choose, and the parity tests hold both option sets' numerics.
 OPTIONS_DEFAULT_FAST = [pytest.param(o, marks=pytest.mark.slow) if o == "xla-defaults" else o for o in OPTION_SETS]
 

@@ -26,9 +26,9 @@ REDUCED_SIZES = {
 }
 SLOW = {"resnetv2_152x4_bit"}  # 936M parameters: ~15 GB with timm beside it, minutes on CPU
 # The widest and deepest of the others, for the 20-minute budget on 2 cores (Intel Xeon: 49, 38 and 55 s
-# each): their blocks and options run by default in resnetv2_50x3_bit (x3 width), resnetv2_101x1_bit
-# and resnest200e (the same blocks at other depths)
-SLOW |= {"resnetv2_101x3_bit", "resnetv2_152x2_bit", "resnest269e"}
+# each; AMD EPYC: resnetv2_101x1_bit 47 s): their blocks and options run by default in
+# resnetv2_50x3_bit (x3 width) and resnetv2_50x1_bit (timm's BiT models take no `layers` override)
+SLOW |= {"resnetv2_101x3_bit", "resnetv2_152x2_bit", "resnest269e", "resnetv2_101x1_bit"}
 # sknet.py and the pruned ECA-ResNets: skresnet18 and ecaresnet50d_pruned in the default run, the rest
 # on request (same blocks at other depths and widths; run with -m slow)
 SLOW |= {"skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d", "ecaresnet101d_pruned"}
@@ -55,6 +55,17 @@ RESNET_DEFAULT_CASES = {
     "resnet50_gn": ONE_EACH,            # GroupNorm trunk
     "test_resnet": None,                # per-stage block types
 }
+# resnest.py, res2net.py and resnetv2.py: every model by default, these at reduced depth (timm's
+# `layers` override, on both sides: a stage's first block and a later one) and at full depth under
+# `-m slow`. Each is a sibling's blocks at another depth, or its one option (radix, scales, width,
+# cardinality) on a trunk that runs at full depth by default: resnest101e, res2net101_26w_4s and
+# resnetv2_50 (the seeds), resnest50d, res2net50_26w_4s, res2net50d, resnetv2_50d. 10-47 s each at
+# full depth (AMD EPYC, avx512f, 2 cores), 270 s in all, a sixth of the suite.
+FIRST_AND_LATER = (2, 1, 1, 1)
+REDUCED_BY_DEFAULT = {name: FIRST_AND_LATER for name in (
+    "resnetv2_101", "resnetv2_101d", "resnetv2_152", "resnetv2_152d", "resnest200e", "resnest50d_4s2x40d",
+    "resnest50d_1s4x24d", "res2net101d", "res2next50", "res2net50_26w_6s", "res2net50_26w_8s",
+    "res2net50_14w_8s", "res2net50_48w_2s")}
 # Every model under the options we recommend (rj.jit); under XLA's defaults (plain jax.jit) one
 # model per family and norm kind, which covers every kind of layer at a fraction of the time.
 XLA_DEFAULTS_CASES = ["res2net50_26w_4s", "resnest14d", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
@@ -71,6 +82,8 @@ def _params(names):
             layers = RESNET_DEFAULT_CASES.get(n)
             default = [(n, o, layers) for n, o, _ in cases] if n in RESNET_DEFAULT_CASES else []
             slow = [(n, "rj-options", None)] if n not in RESNET_DEFAULT_CASES or layers else []
+        elif n in REDUCED_BY_DEFAULT:
+            default, slow = [(n, o, REDUCED_BY_DEFAULT[n]) for n, o, _ in cases], cases
         else:
             default, slow = ([], cases) if n in SLOW else (cases, [])
         for case in default:

@@ -125,6 +125,16 @@ def _our_grads(model, variables, batch, masks=None, options=None):
     return grads, logits, after, [np.asarray(r, np.float64) for r in relus]
 
 
+def _sharing(names):
+    """Each name's tests in one xdist group (``make test``: ``--dist loadgroup``), so that one
+    worker computes its cached float64 reference once (10-20 s each, ResNeSt and Res2Net)."""
+    return [pytest.param(n, marks=pytest.mark.xdist_group(f"train-{n}")) for n in names]
+
+
+# one worker for the ill-conditioned step's fixtures (module-scoped: once a worker)
+SHARES_THE_STEP = pytest.mark.xdist_group("train-ill-conditioned-step")
+
+
 @functools.lru_cache(maxsize=None)
 def _float64_reference(name):
     """float64 on both sides, perturbed weights, ``_batch()``: timm's logits, state dict after the
@@ -147,7 +157,7 @@ def _float64_reference(name):
                 logits=np.asarray(logits), grads=grads, relus=relus, stats_err=stats_err)
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", _sharing(CASES))
 def test_train_step_matches_timm_float64(name):
     """float64 on both sides: training-mode logits, updated running statistics (torch's momentum
     0.1, unbiased variance; GN/EvoNorm/FRN models have none) and the gradient of every parameter
@@ -201,7 +211,7 @@ def _timm_fp32_held(name):
 
 
 @pytest.mark.parametrize("option_set", OPTION_SETS)
-@pytest.mark.parametrize("name", RELU_CASES)
+@pytest.mark.parametrize("name", _sharing(RELU_CASES))
 def test_fp32_gradients_as_exact_as_timm(name, option_set):
     """fp32 gradients of every parameter, each side's ReLU decisions held at its float64 run's:
     ours within HELD_FACTOR x timm's own fp32 distance from float64 (+ HELD_FLOOR), and our
@@ -432,6 +442,7 @@ def ill_conditioned_step():
                 keys=[k for k in sd if k in params])
 
 
+@SHARES_THE_STEP
 @pytest.mark.parametrize("option_set", OPTION_SETS)
 def test_train_step_as_exact_as_timm(option_set, ill_conditioned_step):
     """``DataParallel.jit_step`` in fp32 on an ill-conditioned step (see above): our step's
@@ -465,6 +476,7 @@ def fixed_decisions(ill_conditioned_step):
     return decisions, ref
 
 
+@SHARES_THE_STEP
 @pytest.mark.parametrize("option_set", OPTION_SETS)
 def test_train_step_with_fixed_decisions_is_tight(option_set, ill_conditioned_step, fixed_decisions):
     """The ill-conditioned step above with its ReLU decisions held (see TIGHT_STEP_TOL): fp32

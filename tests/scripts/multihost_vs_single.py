@@ -35,6 +35,7 @@ from sharded_vs_single import held_decisions  # noqa: E402
 from timm_ref import compiler_options_for, with_decisions  # noqa: E402
 
 NAME, IMAGES, SPLIT, TRAIN_BATCH, SMALL = "resnetv2_18d", 21, 11, 16, 3
+LAYERS = (1, 1, 1, 1)  # one block a stage: two processes or one is the program's, not the depth's
 
 
 def flat(tree, prefix):
@@ -44,7 +45,8 @@ def flat(tree, prefix):
 
 def main(out_dir, image_dir, option_set="rj-options"):
     pid, multi = jax.process_index(), jax.process_count() > 1
-    model, variables = rj.create_model(NAME, num_classes=10, drop_path_rate=0.1, rng=jax.random.PRNGKey(0))
+    model, variables = rj.create_model(NAME, num_classes=10, drop_path_rate=0.1, rng=jax.random.PRNGKey(0),
+                                       layers=LAYERS)
     rng = np.random.default_rng(0)  # the same data in every process; each takes its share
     x = rng.standard_normal((IMAGES, 64, 64, 3)).astype(np.float32)
     y = rng.integers(0, 10, IMAGES)
