@@ -297,7 +297,7 @@ def test_drop_block_rate_acts_in_training_only(name):
     variables = rj.convert_timm_state_dict(plain, sd)
     x, rngs = _x(64), {"dropout": jax.random.PRNGKey(0)}
     np.testing.assert_array_equal(_apply(dropped, variables, x), _apply(plain, variables, x))
-    train = lambda m: m.apply(variables, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]  # noqa: E731
+    train = lambda m: _apply(m, variables, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]  # noqa: E731
     assert not np.allclose(train(dropped), train(plain))
 
 

@@ -26,16 +26,22 @@ def _perturbed(name, **kwargs):
     would hide running statistics routed to the wrong place); running variances stay positive."""
     module, variables = rj.create_model(name, num_classes=NUM_CLASSES, rng=jax.random.PRNGKey(0),
                                         **CASES[name], **kwargs)
+    return module, _perturb(variables)
+
+
+def _perturb(variables):
+    """Host-side draws (numpy): op by op, JAX compiles a random draw per leaf shape (12 s for
+    resnet10t), and jitted, the unrolled draws compile as slowly."""
+    rng = np.random.default_rng(1)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(variables)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
     out = []
-    for (path, v), k in zip(leaves, keys):
+    for path, v in leaves:
         if not jnp.issubdtype(v.dtype, jnp.floating):  # a step count
             out.append(v)
             continue
-        noise = 0.2 * jax.random.normal(k, v.shape, v.dtype)
-        out.append(v * jnp.exp(noise) if jax.tree_util.keystr(path).endswith("['var']") else v + noise)
-    return module, jax.tree_util.tree_unflatten(treedef, out)
+        v, noise = np.asarray(v), 0.2 * rng.standard_normal(v.shape).astype(v.dtype)
+        out.append(jnp.asarray(v * np.exp(noise) if jax.tree_util.keystr(path).endswith("['var']") else v + noise))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _x(batch=2, seed=2):
@@ -43,8 +49,16 @@ def _x(batch=2, seed=2):
 
 
 # The wrapper is the same whatever the blocks (running statistics or none, either trunk): those
-# three by default, ResNeSt and Res2Net under `-m slow` (26-28 s each, op by op, AMD EPYC)
+# three by default, ResNeSt and Res2Net under `-m slow` (13-17 s each, AMD EPYC)
 MODE_CASES = [pytest.param(n, marks=pytest.mark.slow) if n in ("resnest14d", "res2net50_26w_4s") else n for n in CASES]
+
+
+# Both sides jitted (op by op, each call compiled its ops afresh: 30 s a model): the same linen
+# function on the same arrays compiles to the same program, so the numbers are equal, not close
+_call = nnx.jit(lambda m, x: m(x))
+_features = nnx.jit(lambda m, x: m.forward_features(x))
+_linen = jax.jit(lambda module, *a, **kw: module.apply(*a, **kw), static_argnums=0,
+                 static_argnames=("method", "train", "mutable"))
 
 
 @pytest.mark.parametrize("name", MODE_CASES)
@@ -52,14 +66,13 @@ def test_eval_and_train_mode_match_linen(name):
     module, variables = _perturbed(name)
     model = rjn.from_linen(module, variables)
     x = _x()
-    # the same linen function on the same arrays: equal, not close
-    np.testing.assert_array_equal(model(x), module.apply(variables, x))
-    np.testing.assert_array_equal(model.forward_features(x), module.apply(variables, x, method="forward_features"))
+    np.testing.assert_array_equal(_call(model, x), _linen(module, variables, x))
+    np.testing.assert_array_equal(_features(model, x), _linen(module, variables, x, method="forward_features"))
 
     model.train()
     assert not model.use_running_average and not model.deterministic
-    logits, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
-    np.testing.assert_array_equal(model(x), logits)
+    logits, updates = _linen(module, variables, x, train=True, mutable=("batch_stats",))
+    np.testing.assert_array_equal(_call(model, x), logits)
     _, after = rjn.to_linen(model)
     assert jax.tree_util.tree_structure(after) == jax.tree_util.tree_structure(variables)
     if "batch_stats" in variables:  # the running statistics moved, and to where linen moved them
@@ -69,7 +82,7 @@ def test_eval_and_train_mode_match_linen(name):
     jax.tree_util.tree_map(np.testing.assert_array_equal, after["params"], variables["params"])
 
     model.eval()  # back to running statistics: the updated ones
-    np.testing.assert_array_equal(model(x), module.apply(after, x))
+    np.testing.assert_array_equal(_call(model, x), _linen(module, after, x))
     view = nnx.view(model, use_running_average=False, deterministic=False)  # a training-mode view
     assert model.use_running_average and not view.use_running_average
 
@@ -91,13 +104,13 @@ def test_dropout_keys_come_from_rngs():
                                 rngs=nnx.Rngs(params=0, dropout=seed))
     m, x = model(0), _x()
     m.train()
-    first, second = m(x), m(x)
-    assert not np.allclose(first, second)  # a new drop path draw each call
+    first, second = _call(m, x), _call(m, x)
+    assert not np.allclose(first, second)  # a new drop path draw each call (the key state moves under nnx.jit)
     m2 = model(0)
     m2.train()
-    np.testing.assert_array_equal(m2(x), first)  # the same stream, the same draws
+    np.testing.assert_array_equal(_call(m2, x), first)  # the same stream, the same draws
     m.eval()
-    np.testing.assert_array_equal(m(x), m(x))  # eval: no dropout, nothing drawn
+    np.testing.assert_array_equal(_call(m, x), _call(m, x))  # eval: no dropout, nothing drawn
 
 
 def test_jitted_train_step_lowers_loss_and_exports():
