@@ -17,7 +17,7 @@ from resnets_jax import CheckpointError
 from resnets_jax.io.files import TEMP_SUFFIX
 from resnets_jax.parallel import DataParallel
 from resnets_jax.tools import cli
-from timm_ref import PARITY_TOL, perturb_, rel_err, timm_forward
+from timm_ref import PARITY_TOL, jit_apply, perturb_, rel_err, timm_forward
 
 torch = pytest.importorskip("torch")
 timm = pytest.importorskip("timm")
@@ -45,7 +45,7 @@ def _timm_logits(path, x, **kwargs):
 
 def _ours(path, x, **kwargs):
     model, variables = rj.create_model(NAME, checkpoint_path=str(path), **kwargs)
-    return np.asarray(model.apply(variables, x))
+    return np.asarray(jit_apply(model, variables, x))
 
 
 def _convert(path, out, *extra):
@@ -119,7 +119,7 @@ def test_train_py_checkpoint_in_the_cli(tmp_path, train_checkpoint, x, capsys):
         plain = timm.create_model(NAME)
         timm.models.load_checkpoint(plain, str(train_checkpoint), use_ema=use_ema)
         model, variables = rj.create_model(NAME, checkpoint_path=str(tmp_path / f"{out}.safetensors"))
-        assert rel_err(np.asarray(model.apply(variables, x)), timm_forward(plain, x)) < PARITY_TOL
+        assert rel_err(np.asarray(jit_apply(model, variables, x)), timm_forward(plain, x)) < PARITY_TOL
 
 
 # 4. a whole pickled model -----------------------------------------------------------------------
@@ -160,7 +160,7 @@ def test_bit_npz_as_timm_create_model(bit_file, kwargs):
     model, variables = rj.create_model(arch, checkpoint_path=str(bit_file), **kwargs)
     head_loaded = kwargs["num_classes"] == 21843
     method = "forward" if head_loaded or not kwargs["num_classes"] else "forward_features"
-    ours = model.apply(variables, x, method=None if method == "forward" else "forward_features")
+    ours = jit_apply(model, variables, x, method=None if method == "forward" else "forward_features")
     assert rel_err(np.asarray(ours), timm_forward(tmodel, x, method=method)) < PARITY_TOL
     if kwargs["num_classes"] == 1000:  # the model keeps its own init, as timm's does
         init = rj.create_model(arch, num_classes=1000, rng=jax.random.PRNGKey(0))[1]
@@ -266,7 +266,7 @@ def test_predict_cli_test_size(tagged, flag, size, capsys):
     got = json.loads(capsys.readouterr().out)[0]["top_k"]
     x = load_images(model, [image], use_test_size=size == 288)
     assert x.shape == (1, size, size, 3)
-    want = top_k(np.asarray(model.apply(variables, x)), 3)[0]
+    want = top_k(np.asarray(jit_apply(model, variables, x)), 3)[0]
     assert [r["index"] for r in got] == [r["index"] for r in want]
     np.testing.assert_allclose([r["probability"] for r in got], [r["probability"] for r in want], rtol=1e-4)
 
@@ -284,7 +284,7 @@ def test_embed_cli_test_size(tmp_path, tagged, flag, size):
     assert cli.main(["embed", str(folder), "--model", TEST_SIZE_TAG, "--weights", str(path), "-o", str(out),
                      "--no-progress"] + ([flag] if flag else [])) == 0
     x = load_images(model, [image], use_test_size=size == 288)
-    want = np.asarray(model.apply(variables, x, method=pooled_features))
+    want = np.asarray(jit_apply(model, variables, x, method=pooled_features))
     np.testing.assert_allclose(np.load(out)["embeddings"], want, rtol=1e-5, atol=1e-5)  # batched vs direct fp32
 
 

@@ -18,7 +18,7 @@ from resnets_jax.io.files import TEMP_SUFFIX
 from resnets_jax import CheckpointError
 from resnets_jax.tools import cli
 from hub_cache import hub_cache, timm_hub_export
-from timm_ref import perturb_, rel_err, timm_forward
+from timm_ref import jit_apply, perturb_, rel_err, timm_forward
 
 torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make test installs it)
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
@@ -71,7 +71,7 @@ def test_convert_verify_and_load_back(tmp_path, capsys, ckpt, timm_model, x, fmt
     assert rj.io.is_flax_checkpoint(out) and _leftovers(tmp_path) == []
     assert (out.read_bytes()[8:9] == b"{") == (fmt == "safetensors")  # format as asked
     model, variables = rj.create_model(NAME, checkpoint_path=str(out))
-    assert rel_err(np.asarray(model.apply(variables, x)), timm_forward(timm_model, x)) < 1e-4
+    assert rel_err(np.asarray(jit_apply(model, variables, x)), timm_forward(timm_model, x)) < 1e-4
     _, direct = rj.create_model(NAME, checkpoint_path=str(ckpt / source))
     assert _identical(variables, direct)  # bit-exact, not only close
 
@@ -122,7 +122,7 @@ def test_flax_checkpoint_records_num_classes(tmp_path, monkeypatch):
     model, variables = rj.create_model(NAME, checkpoint_path=res.output)
     assert model.num_classes == 7
     x = np.random.default_rng(1).standard_normal((1, 64, 64, 3)).astype(np.float32)
-    assert rel_err(np.asarray(model.apply(variables, x)), timm_forward(tmodel, x)) < 1e-4
+    assert rel_err(np.asarray(jit_apply(model, variables, x)), timm_forward(tmodel, x)) < 1e-4
 
 
 def test_failed_verification_writes_nothing_and_keeps_the_old_file(tmp_path, ckpt):

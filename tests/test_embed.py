@@ -15,6 +15,7 @@ from resnets_jax.tools import cli
 from resnets_jax.tools.embed import EXIT_AFTER_ENV, EXIT_HOOK_STATUS, pooled_features
 from resnets_jax.tools.predict import load_images
 from resnets_jax.io.files import TEMP_SUFFIX
+from timm_ref import jit_apply
 
 NAME = "resnetv2_18d"
 BATCH = 4  # 13 files -> 4 batches; the last one is short (padded)
@@ -57,11 +58,11 @@ def test_reference_output(setup):
     assert list(out["failed"]) == ["broken.jpg"]
     model, variables = setup["model"], setup["variables"]
     x = load_images(model, [str(setup["folder"] / p) for p in images], use_test_size=True)  # embed: the test size by default
-    direct = np.asarray(model.apply(variables, x, method=pooled_features))
+    direct = np.asarray(jit_apply(model, variables, x, method=pooled_features))
     assert out["embeddings"].shape == (12, model.num_features) and out["embeddings"].dtype == np.float32
     assert np.abs(out["embeddings"] - direct).max() / np.abs(direct).max() < EMBED_TOL
-    fmap = model.apply(variables, x, method="forward_features")  # the public API's spelling of it
-    np.testing.assert_allclose(direct, model.apply(variables, fmap, pre_logits=True, method="forward_head"), rtol=1e-6)
+    fmap = jit_apply(model, variables, x, method="forward_features")  # the public API's spelling of it
+    np.testing.assert_allclose(direct, jit_apply(model, variables, fmap, pre_logits=True, method="forward_head"), rtol=1e-6)
     assert not os.path.exists(str(setup["reference"]) + ".parts")  # finished: the parts are gone
 
 
@@ -103,7 +104,7 @@ def test_top_k(setup, tmp_path):
     assert sorted(out) == ["failed", "indices", "labels", "paths", "probabilities"]
     paths = list(out["paths"])
     model, variables = setup["model"], setup["variables"]
-    logits = np.asarray(model.apply(variables, load_images(model, [str(setup["folder"] / p) for p in paths], use_test_size=True)))
+    logits = np.asarray(jit_apply(model, variables, load_images(model, [str(setup["folder"] / p) for p in paths], use_test_size=True)))
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     assert out["indices"].shape == out["probabilities"].shape == out["labels"].shape == (12, 3)

@@ -22,7 +22,7 @@ from resnets_jax.tools import cli
 from resnets_jax.train.finetune import CHECKPOINT_DIR, FinetuneConfig, finetune, load_finetuned
 from resnets_jax.train.checkpoint import read_train_checkpoint
 from resnets_jax.data.image_folder import Batches, ImageFolder, rrc_params, split_indices, train_transform
-from timm_ref import PARITY_TOL, rel_err, timm_forward
+from timm_ref import PARITY_TOL, jit_apply, rel_err, timm_forward
 
 
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
@@ -198,7 +198,7 @@ def test_finetune_learns_resumes_exactly_and_exports_to_timm(folder, timm_checkp
     tm = timm.create_model(MODEL, num_classes=len(COLORS), checkpoint_path=str(export))
     x = np.stack([rj.data.create_transform(input_size=(3, INPUT_SIZE, INPUT_SIZE), mean=MEAN, std=STD)(
         Image.open(p)) for p, _ in ImageFolder(folder).samples[::8]])
-    ours = np.asarray(model.apply(variables, x))
+    ours = np.asarray(jit_apply(model, variables, x))
     err = rel_err(ours, timm_forward(tm, x))
     report.append(f"export: timm vs ours, max |Δlogit| / max |logit| = {err:.1e}")
     with capsys.disabled():

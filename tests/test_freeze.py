@@ -13,7 +13,7 @@ from flax import nnx
 import resnets_jax as rj
 import resnets_jax.nnx as rjn
 from resnets_jax.train import TrainState, frozen_mask, frozen_norms, make_optimizer, make_train_step, trunk
-from timm_ref import PARITY_TOL, perturb_, rel_err, timm_state_dict
+from timm_ref import PARITY_TOL, jit_apply, perturb_, rel_err, timm_state_dict
 
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra)
 torch = pytest.importorskip("torch")
@@ -50,7 +50,7 @@ def _trunk_unchanged_head_moved(model, before, after, x):
                 np.testing.assert_array_equal(np.asarray(b), np.asarray(a))  # bit for bit
     head = [(a, after["params"]["head"][k]) for k, a in before["params"]["head"].items()]
     assert any(not np.array_equal(a["kernel"], b["kernel"]) for a, b in head), "the head did not train"
-    features = [np.asarray(model.apply(v, x, method="forward_features")) for v in (before, after)]
+    features = [np.asarray(jit_apply(model, v, x, method="forward_features")) for v in (before, after)]
     np.testing.assert_array_equal(features[1], features[0])
 
 
@@ -60,8 +60,8 @@ def test_frozen_forward_matches_timm_freeze(perturbed):
     tm, model, variables = perturbed
     x, _ = _batch()
     with frozen_norms(trunk(variables)):
-        ours, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    plain, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        ours, updates = jit_apply(model, variables, x, train=True, mutable=["batch_stats"])
+    plain, _ = jit_apply(model, variables, x, train=True, mutable=["batch_stats"])
     np.testing.assert_array_equal(  # running statistics untouched
         np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(updates["batch_stats"])]),
         np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(variables["batch_stats"])]))

@@ -10,7 +10,7 @@ from resnets_jax import CheckpointError
 from resnets_jax.tools import cli
 from resnets_jax.data import sample_image_path
 from hub_cache import hub_cache, timm_hub_export
-from timm_ref import perturb_, rel_err, timm_forward
+from timm_ref import jit_apply, perturb_, rel_err, timm_forward
 
 torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make test installs it)
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
@@ -45,7 +45,7 @@ def test_hf_hub_name_with_7_classes(finetuned, offline):
     model, variables = rj.create_model(f"hf-hub:{REPO}", pretrained=True, cache_dir=str(cache))
     assert model.num_classes == 7 and model.variant == f"hf-hub:{REPO}"
     x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
-    assert rel_err(np.asarray(model.apply(variables, x)), timm_forward(tmodel, x)) < 1e-4
+    assert rel_err(np.asarray(jit_apply(model, variables, x)), timm_forward(tmodel, x)) < 1e-4
 
 
 def test_hf_hub_data_config_is_the_repos(finetuned, offline):

@@ -8,7 +8,7 @@ import pytest
 
 import resnets_jax as rj
 from hub_cache import hub_cache
-from timm_ref import PARITY_TOL, perturb_, rel_err, timm_forward, timm_state_dict
+from timm_ref import PARITY_TOL, jit_apply, perturb_, rel_err, timm_forward, timm_state_dict
 
 torch = pytest.importorskip("torch")  # the reference (the [dev] extra; make test installs it)
 timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
@@ -36,11 +36,6 @@ def _depth(name, **kwargs):
     return {**kwargs, "layers": DEPTHS[name]} if name in DEPTHS else kwargs
 
 
-def _apply(model, variables, x, **kwargs):
-    """Jitted: eager dispatch of a few hundred small ops is slower than compiling them."""
-    return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
-
-
 def _timm(name, **kwargs):
     torch.manual_seed(0)
     return perturb_(timm.create_model(name, **_depth(name, **kwargs)), seed=7).eval()
@@ -62,19 +57,27 @@ def _timm_features(tmodel, out_indices):
     return FeatureListNet(tmodel, out_indices=out_indices, flatten_sequential=flatten).eval()
 
 
-@pytest.mark.parametrize("name", API_ARCHS)
-@pytest.mark.parametrize("out_indices", [(0, 1, 2, 3, 4), (1, -1), 2])
+# Every architecture's every map (its widths and strides are its blocks'); which maps a selection
+# picks (a negative index, a single one) is the trunk's (models/resnet.py, resnetv2.py): by default
+# on one architecture of each, on the others under `-m slow`
+ALL_MAPS = (0, 1, 2, 3, 4)
+SELECTION_ARCHS = ("resnetv2_18d", "resnet18")
+FEATURE_CASES = [pytest.param(name, out_indices, id=f"{out_indices}-{name}".replace(" ", ""),
+                              marks=() if out_indices == ALL_MAPS or name in SELECTION_ARCHS else pytest.mark.slow)
+                 for out_indices in (ALL_MAPS, (1, -1), 2) for name in API_ARCHS]
+
+
+@pytest.mark.parametrize("name, out_indices", FEATURE_CASES)
 def test_features_only_matches_timm(name, out_indices):
     tmodel = _timm(name)
     tfeat = _timm_features(tmodel, out_indices)
-    model, variables = _ours(name, tmodel)
     fmodel = rj.build_model(name, **_depth(name, features_only=True, out_indices=out_indices))
     kept = tuple(_kept_prefixes(fmodel))
     fvars = rj.convert_timm_state_dict(fmodel, {k: v for k, v in timm_state_dict(tmodel).items() if k.startswith(kept)})
     x = _x()
     with torch.no_grad():
         ref = [t.numpy().transpose(0, 2, 3, 1) for t in tfeat(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))]
-    out = _apply(fmodel, fvars, x)
+    out = jit_apply(fmodel, fvars, x)
     assert [o.shape for o in out] == [r.shape for r in ref]
     for o, r in zip(out, ref):
         assert rel_err(o, r) <= PARITY_TOL
@@ -101,7 +104,7 @@ def test_features_only_loads_a_full_checkpoint_and_prunes(tmp_path):
                                        out_indices=(0, 1))
     assert sorted(variables["params"]) == ["stages_0", "stem"]  # stages 1-3, norm and head pruned
     ref = _timm_features(tmodel, (0, 1))(torch.from_numpy(_x().transpose(0, 3, 1, 2).copy()))
-    for o, r in zip(_apply(model, variables, _x()), ref):
+    for o, r in zip(jit_apply(model, variables, _x()), ref):
         assert rel_err(o, r.detach().numpy().transpose(0, 2, 3, 1)) <= PARITY_TOL
 
 
@@ -110,13 +113,13 @@ def test_forward_features_and_head_match_timm(name):
     tmodel = _timm(name)
     model, variables = _ours(name, tmodel)
     x = _x()
-    fmap = _apply(model, variables, x, method="forward_features")
+    fmap = jit_apply(model, variables, x, method="forward_features")
     assert rel_err(fmap, timm_forward(tmodel, x, method="forward_features")) <= PARITY_TOL
     tfmap = torch.from_numpy(np.asarray(fmap).transpose(0, 3, 1, 2).copy())
     for pre_logits in (False, True):
         with torch.no_grad():
             ref = tmodel.forward_head(tfmap, pre_logits=pre_logits).numpy()
-        out = _apply(model, variables, fmap, pre_logits=pre_logits, method="forward_head")
+        out = jit_apply(model, variables, fmap, pre_logits=pre_logits, method="forward_head")
         assert out.shape == ref.shape and rel_err(out, ref) <= PARITY_TOL
 
 
@@ -135,7 +138,7 @@ def test_global_pools_and_num_classes_match_timm(name, global_pool):
         tmodel = _timm(name, global_pool=global_pool, num_classes=num_classes)
         model, variables = _ours(name, tmodel, global_pool=global_pool, num_classes=num_classes)
         x = _x(64)
-        out, ref = _apply(model, variables, x), timm_forward(tmodel, x)
+        out, ref = jit_apply(model, variables, x), timm_forward(tmodel, x)
         assert out.shape == ref.shape and rel_err(out, ref) <= PARITY_TOL
         assert model.head_hidden_size == tmodel.head_hidden_size
 
@@ -160,7 +163,7 @@ def test_pretrained_in_chans_adapts_the_first_conv_as_timm(name, in_chans, tmp_p
     tmodel = timm.create_model(name, **_depth(name, in_chans=in_chans)).eval()
     tmodel.load_state_dict(sd)
     x = _x(chans=in_chans)
-    assert rel_err(_apply(model, variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
+    assert rel_err(jit_apply(model, variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
 
 
 @pytest.mark.parametrize("name", API_ARCHS)
@@ -169,10 +172,10 @@ def test_output_stride_matches_timm(name, output_stride):
     tmodel = _timm(name, output_stride=output_stride)
     model, variables = _ours(name, tmodel, output_stride=output_stride)
     x = _x(64)
-    fmap = _apply(model, variables, x, method="forward_features")
+    fmap = jit_apply(model, variables, x, method="forward_features")
     assert fmap.shape[1] == -(-64 // output_stride)
     assert rel_err(fmap, timm_forward(tmodel, x, method="forward_features")) <= PARITY_TOL
-    assert rel_err(_apply(model, variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
+    assert rel_err(jit_apply(model, variables, x), timm_forward(tmodel, x)) <= PARITY_TOL
 
 
 @pytest.mark.parametrize("name, size, chans, pixels", [
@@ -201,7 +204,7 @@ def test_bf16_compute_stays_within_bf16_precision(name):
     model, variables = _ours(name, tmodel)
     bf16 = rj.build_model(name, **_depth(name, dtype=jnp.bfloat16))
     x = _x(64)
-    ref, out = _apply(model, variables, x), _apply(bf16, variables, x)
+    ref, out = jit_apply(model, variables, x), jit_apply(bf16, variables, x)
     assert out.dtype == jnp.bfloat16
     err = rel_err(np.asarray(out, np.float32), ref)
     print(f"{name}: bf16 vs fp32 max|Δlogit|/max|logit| = {err:.2e}")
@@ -296,8 +299,8 @@ def test_drop_block_rate_acts_in_training_only(name):
     plain, dropped = rj.build_model(name, **_depth(name)), rj.build_model(name, **_depth(name, drop_block_rate=0.2))
     variables = rj.convert_timm_state_dict(plain, sd)
     x, rngs = _x(64), {"dropout": jax.random.PRNGKey(0)}
-    np.testing.assert_array_equal(_apply(dropped, variables, x), _apply(plain, variables, x))
-    train = lambda m: _apply(m, variables, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]  # noqa: E731
+    np.testing.assert_array_equal(jit_apply(dropped, variables, x), jit_apply(plain, variables, x))
+    train = lambda m: jit_apply(m, variables, x, train=True, mutable=["batch_stats"], rngs=rngs)[0]  # noqa: E731
     assert not np.allclose(train(dropped), train(plain))
 
 

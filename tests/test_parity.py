@@ -26,9 +26,10 @@ REDUCED_SIZES = {
 }
 SLOW = {"resnetv2_152x4_bit"}  # 936M parameters: ~15 GB with timm beside it, minutes on CPU
 # The widest and deepest of the others, for the 20-minute budget on 2 cores (Intel Xeon: 49, 38 and 55 s
-# each; AMD EPYC: resnetv2_101x1_bit 47 s): their blocks and options run by default in
-# resnetv2_50x3_bit (x3 width) and resnetv2_50x1_bit (timm's BiT models take no `layers` override)
-SLOW |= {"resnetv2_101x3_bit", "resnetv2_152x2_bit", "resnest269e", "resnetv2_101x1_bit"}
+# each; AMD EPYC: resnetv2_101x1_bit 47 s, resnetv2_50x3_bit 43 s): their blocks and options run by
+# default in resnetv2_50x1_bit (timm's BiT models take no `layers` override; a width factor multiplies
+# every stage's channels; test_registry.py holds every model's parameter count to timm's)
+SLOW |= {"resnetv2_50x3_bit", "resnetv2_101x3_bit", "resnetv2_152x2_bit", "resnest269e", "resnetv2_101x1_bit"}
 # sknet.py and the pruned ECA-ResNets: skresnet18 and ecaresnet50d_pruned in the default run, the rest
 # on request (same blocks at other depths and widths; run with -m slow)
 SLOW |= {"skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d", "ecaresnet101d_pruned"}
@@ -67,29 +68,39 @@ REDUCED_BY_DEFAULT = {name: FIRST_AND_LATER for name in (
     "resnest50d_1s4x24d", "res2net101d", "res2next50", "res2net50_26w_6s", "res2net50_26w_8s",
     "res2net50_14w_8s", "res2net50_48w_2s")}
 # Every model under the options we recommend (rj.jit); under XLA's defaults (plain jax.jit) one
-# model per family and norm kind, which covers every kind of layer at a fraction of the time.
-XLA_DEFAULTS_CASES = ["res2net50_26w_4s", "resnest14d", "resnetv2_18d", "resnetv2_50d_evos", "resnetv2_50d_frn",
-                      "resnetv2_50x1_bit", "resnet18", "ecaresnet26t"]
+# model per family and norm kind, which covers every kind of layer at a fraction of the time: at
+# depths (2, 1, 1, 1) where the model is deeper (its full depth under `-m slow`; BiT takes no override)
+XLA_DEFAULTS_CASES = {"res2net50_26w_4s": FIRST_AND_LATER, "resnest14d": None, "resnetv2_18d": None,
+                      "resnetv2_50d_evos": FIRST_AND_LATER, "resnetv2_50d_frn": FIRST_AND_LATER,
+                      "resnetv2_50x1_bit": None, "resnet18": None, "ecaresnet26t": FIRST_AND_LATER}
+FULL = "full"
+
+
+def _default_depth(name, option_set):
+    """The depth a case runs at by default: FULL, a ``layers`` override, or None (only under ``-m slow``)."""
+    from resnets_jax.models.resnet_variants import VARIANTS
+    if option_set == "xla-defaults" and XLA_DEFAULTS_CASES[name]:
+        return XLA_DEFAULTS_CASES[name]
+    if name in VARIANTS:  # a representative runs by default (maybe reduced), the others only at full depth, slow
+        return (RESNET_DEFAULT_CASES[name] or FULL) if name in RESNET_DEFAULT_CASES else None
+    if name in REDUCED_BY_DEFAULT:
+        return REDUCED_BY_DEFAULT[name]
+    return None if name in SLOW else FULL
 
 
 def _params(names):
-    """(name, option set, depths or None) cases; ids ``name-options`` (``-depth1111`` when reduced)."""
-    from resnets_jax.models.resnet_variants import VARIANTS
+    """(name, option set, depths or None) cases, ids ``name-options`` (``-depth2111`` when reduced):
+    each at its default depth, and at full depth under ``-m slow`` where that is not the default."""
     params = []
-    for n in names:
-        cases = [(n, "rj-options", None)] + ([(n, "xla-defaults", None)] if n in XLA_DEFAULTS_CASES else [])
-        if n in VARIANTS:  # a representative runs by default (maybe reduced); the full depth is slow unless it is that one
-            layers = RESNET_DEFAULT_CASES.get(n)
-            default = [(n, o, layers) for n, o, _ in cases] if n in RESNET_DEFAULT_CASES else []
-            slow = [(n, "rj-options", None)] if n not in RESNET_DEFAULT_CASES or layers else []
-        elif n in REDUCED_BY_DEFAULT:
-            default, slow = [(n, o, REDUCED_BY_DEFAULT[n]) for n, o, _ in cases], cases
-        else:
-            default, slow = ([], cases) if n in SLOW else (cases, [])
-        for case in default:
-            params.append(pytest.param(*case, id=_id(*case)))
-        for case in slow:
-            params.append(pytest.param(*case, id=_id(*case), marks=pytest.mark.slow))
+    for name in names:
+        for option_set in ("rj-options",) + (("xla-defaults",) if name in XLA_DEFAULTS_CASES else ()):
+            depth = _default_depth(name, option_set)
+            if depth is not None:
+                layers = None if depth == FULL else depth
+                params.append(pytest.param(name, option_set, layers, id=_id(name, option_set, layers)))
+            if depth != FULL:
+                params.append(pytest.param(name, option_set, None, id=_id(name, option_set, None),
+                                           marks=pytest.mark.slow))
     return params
 
 

@@ -210,8 +210,17 @@ def _timm_fp32_held(name):
     return grads, relus.inputs
 
 
-@pytest.mark.parametrize("option_set", OPTION_SETS)
-@pytest.mark.parametrize("name", _sharing(RELU_CASES))
+# Every case under our options; under XLA's defaults (the conv forms plain jax.jit traces, convs,
+# norms and reductions on YNNPACK) split attention and GroupNorm by default, the BatchNorm
+# pre-activation and multi-scale blocks (the same convs and norms) under `-m slow`
+DEFAULTS_SLOW = ("resnetv2_18d", "res2net50_26w_4s")
+FP32_GRAD_CASES = [pytest.param(name, option_set, id=f"{name}-{option_set}",
+                                marks=[pytest.mark.xdist_group(f"train-{name}")] + (
+                                    [pytest.mark.slow] if option_set == "xla-defaults" and name in DEFAULTS_SLOW else []))
+                   for name in RELU_CASES for option_set in OPTION_SETS]
+
+
+@pytest.mark.parametrize("name, option_set", FP32_GRAD_CASES)
 def test_fp32_gradients_as_exact_as_timm(name, option_set):
     """fp32 gradients of every parameter, each side's ReLU decisions held at its float64 run's:
     ours within HELD_FACTOR x timm's own fp32 distance from float64 (+ HELD_FLOOR), and our
