@@ -56,17 +56,20 @@ RESNET_DEFAULT_CASES = {
     "resnet50_gn": ONE_EACH,            # GroupNorm trunk
     "test_resnet": None,                # per-stage block types
 }
-# resnest.py, res2net.py and resnetv2.py: every model by default, these at reduced depth (timm's
-# `layers` override, on both sides: a stage's first block and a later one) and at full depth under
-# `-m slow`. Each is a sibling's blocks at another depth, or its one option (radix, scales, width,
-# cardinality) on a trunk that runs at full depth by default: resnest101e, res2net101_26w_4s and
-# resnetv2_50 (the seeds), resnest50d, res2net50_26w_4s, res2net50d, resnetv2_50d. 10-47 s each at
-# full depth (AMD EPYC, avx512f, 2 cores), 270 s in all, a sixth of the suite.
+# resnest.py, res2net.py and resnetv2.py: every model by default. The seeds (resnest101e,
+# res2net101_26w_4s, resnetv2_50) and the models no deeper
+# than (2, 2, 2, 2) at full depth; the other siblings at reduced depth (timm's `layers` override, on
+# both sides: a stage's first block and a later one, which hold their stems, shortcuts and options:
+# radix, scales, width, cardinality, norms) and at full depth under `-m slow`; so is the pruned
+# ECA-ResNet, whose per-block widths timm cuts to the depth. 6-47 s each at full depth (AMD EPYC,
+# avx512f, 2 cores), a fifth of the suite.
 FIRST_AND_LATER = (2, 1, 1, 1)
 REDUCED_BY_DEFAULT = {name: FIRST_AND_LATER for name in (
-    "resnetv2_101", "resnetv2_101d", "resnetv2_152", "resnetv2_152d", "resnest200e", "resnest50d_4s2x40d",
-    "resnest50d_1s4x24d", "res2net101d", "res2next50", "res2net50_26w_6s", "res2net50_26w_8s",
-    "res2net50_14w_8s", "res2net50_48w_2s")}
+    "resnetv2_34", "resnetv2_34d", "resnetv2_50d", "resnetv2_50t", "resnetv2_50d_gn", "resnetv2_50d_evos",
+    "resnetv2_50d_frn", "resnetv2_101", "resnetv2_101d", "resnetv2_152", "resnetv2_152d",
+    "resnest50d", "resnest200e", "resnest50d_4s2x40d", "resnest50d_1s4x24d",
+    "res2net50_26w_4s", "res2net50d", "res2net101d", "res2next50", "res2net50_26w_6s", "res2net50_26w_8s",
+    "res2net50_14w_8s", "res2net50_48w_2s", "ecaresnet50d_pruned")}
 # Every model under the options we recommend (rj.jit); under XLA's defaults (plain jax.jit) one
 # model per family and norm kind, which covers every kind of layer at a fraction of the time: at
 # depths (2, 1, 1, 1) where the model is deeper (its full depth under `-m slow`; BiT takes no override)
