@@ -125,12 +125,18 @@ def test_forward_features_and_head_match_timm(name):
 
 # The head is each trunk's (forward_head in models/resnet.py, ClassifierHead in resnetv2.py),
 # whatever the blocks: one architecture of each by default, the others under `-m slow`
-HEAD_ARCHS = [pytest.param(n, marks=pytest.mark.slow) if n in ("resnest14d", "res2net50_26w_4s") else n
-              for n in ARCHS]
+HEAD_SLOW = ("resnest14d", "res2net50_26w_4s")
 
 
-@pytest.mark.parametrize("name", HEAD_ARCHS)
-@pytest.mark.parametrize("global_pool", ["avg", "max", "avgmax", "catavgmax", ""])
+# Each pool's values are test_layers.py's (against timm's SelectAdaptivePool2d); in the model:
+# the default, the one that doubles the features ('catavgmax') and none (ResNetV2's unpooled
+# head; timm's v1 head flattens, so '' is 'avg' there) by default, the others under `-m slow`
+POOL_CASES = [pytest.param(pool, name, id=f"{pool}-{name}", marks=pytest.mark.slow if name in HEAD_SLOW
+                           or pool in ("max", "avgmax") or (pool == "" and not name.startswith("resnetv2")) else ())
+              for pool in ("avg", "max", "avgmax", "catavgmax", "") for name in ARCHS]
+
+
+@pytest.mark.parametrize("global_pool, name", POOL_CASES)
 def test_global_pools_and_num_classes_match_timm(name, global_pool):
     if global_pool == "" and not name.startswith("resnetv2"):
         global_pool = "avg"  # timm's v1 ResNet head flattens, so it has no unpooled classifier
