@@ -57,12 +57,11 @@ RESNET_DEFAULT_CASES = {
     "test_resnet": None,                # per-stage block types
 }
 # resnest.py, res2net.py and resnetv2.py: every model by default. The seeds (resnest101e,
-# res2net101_26w_4s, resnetv2_50) and the models no deeper
-# than (2, 2, 2, 2) at full depth; the other siblings at reduced depth (timm's `layers` override, on
-# both sides: a stage's first block and a later one, which hold their stems, shortcuts and options:
-# radix, scales, width, cardinality, norms) and at full depth under `-m slow`; so is the pruned
-# ECA-ResNet, whose per-block widths timm cuts to the depth. 6-47 s each at full depth (AMD EPYC,
-# avx512f, 2 cores), a fifth of the suite.
+# res2net101_26w_4s, resnetv2_50) and the models no deeper than (2, 2, 2, 2) at full depth; the
+# other siblings, and the pruned ECA-ResNet (whose per-block widths timm cuts to the depth), at
+# reduced depth (timm's `layers` override, on both sides: a stage's first block and a later one,
+# which hold their stems, shortcuts and options: radix, scales, width, cardinality, norms) and at
+# full depth under `-m slow`. 6-47 s each at full depth (AMD EPYC, avx512f, 2 cores).
 FIRST_AND_LATER = (2, 1, 1, 1)
 REDUCED_BY_DEFAULT = {name: FIRST_AND_LATER for name in (
     "resnetv2_34", "resnetv2_34d", "resnetv2_50d", "resnetv2_50t", "resnetv2_50d_gn", "resnetv2_50d_evos",
