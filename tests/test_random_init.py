@@ -169,7 +169,9 @@ def test_nnx_reset_classifier_in_place():
 def test_import_turns_the_compile_cache_on_unless_told_or_set(tmp_path, monkeypatch):
     from resnets_jax import xla
     names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
-    before = {n: getattr(jax.config, n) for n in names}  # the suite's: off (conftest)
+    suite = {n: getattr(jax.config, n) for n in names}  # the suite's own cache (conftest)
+    jax.config.update("jax_compilation_cache_dir", None)  # as in a process with none set
+    before = {n: getattr(jax.config, n) for n in names}
     monkeypatch.delenv(xla.NO_COMPILE_CACHE_ENV, raising=False)
     monkeypatch.delenv(xla.MIN_COMPILE_TIME_ENV, raising=False)
     monkeypatch.setenv("RESNETS_JAX_CACHE_DIR", str(tmp_path))
@@ -190,5 +192,5 @@ def test_import_turns_the_compile_cache_on_unless_told_or_set(tmp_path, monkeypa
                 assert xla.default_compilation_cache() is None
                 assert jax.config.jax_compilation_cache_dir == before["jax_compilation_cache_dir"]
     finally:
-        for n, v in before.items():
+        for n, v in suite.items():
             jax.config.update(n, v)
