@@ -334,7 +334,9 @@ def test_training_under_jax_enable_x64_keeps_the_model_dtype(name, dtype):
     with jax.enable_x64(True):
         model = rj.build_model(name, layers=(1, 1, 1, 1), dtype=dtype, param_dtype=dtype, **drops)
         x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 64, 64, 3)), dtype)
-        variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+        # create_model's random init (each variable drawn as declared; the tree, shapes and dtypes
+        # of model.init's: test_random_init.py), not jax.jit(model.init), which compiles for 10-15 s
+        variables = rj.convert.init_variables(model, jax.random.PRNGKey(0), x)
         rngs = {"dropout": jax.random.PRNGKey(1), "drop_path": jax.random.PRNGKey(2)}
         y, updates = jax.jit(lambda v, x, r: model.apply(v, x, train=True, mutable=["batch_stats"], rngs=r))(
             variables, x, rngs)

@@ -136,7 +136,7 @@ def test_jitted_train_step_lowers_loss_and_exports():
         assert all(jax.tree_util.tree_leaves(moved)), col
 
     model.eval()
-    np.testing.assert_array_equal(model(x), module.apply(trained, x))
+    np.testing.assert_array_equal(_call(model, x), _linen(module, trained, x))
     sd = rjn.export_timm_state_dict(model)
     ref = rj.export_timm_state_dict(module, trained)
     assert sd.keys() == ref.keys()
