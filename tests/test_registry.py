@@ -71,7 +71,7 @@ def test_parameter_count_equals_timm(name, timm):
     # our parameters' shapes as the converter checks a checkpoint against them: traced once a
     # session and remembered on disk, where test_parity.py's conversion of the same model finds them
     shapes = expected_variables(rj.build_model(name))
-    assert sum(int(np.prod(s.shape)) for (col, _), s in shapes.items() if col == "params") == expected
+    assert _count([s for (col, _), s in shapes.items() if col == "params"]) == expected
 
 
 @pytest.mark.parametrize("name, count", [("resnetv2_50", 25_549_352), ("resnest101e", 48_275_016),
