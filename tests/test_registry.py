@@ -1,4 +1,6 @@
-"""The registry mirrors timm's: names, pretrained tags, configs, parameter counts."""
+"""The registry mirrors timm's: names, pretrained tags, configs, parameter counts, overrides."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -72,6 +74,36 @@ def test_parameter_count_equals_timm(name, timm):
     # session and remembered on disk, where test_parity.py's conversion of the same model finds them
     shapes = expected_variables(rj.build_model(name))
     assert _count([s for (col, _), s in shapes.items() if col == "params"]) == expected
+
+
+# build_model's own arguments, set on every model (not an architecture's choice)
+_FACTORY_FIELDS = {"parent", "name", "num_classes", "in_chans", "drop_rate", "drop_path_rate", "dtype",
+                   "param_dtype", "variant", "global_pool"}
+
+
+def test_every_architecture_argument_can_be_overridden():
+    """timm's entry points build ``dict(model_args, **kwargs)``: any argument an architecture fixes
+    can be given again (``create_model('resnest14d', avg_down=False)``, an hf-hub config's
+    ``model_args``). Every architecture, every field its entry point sets: passed back, it gives
+    the same module (no "got multiple values" TypeError)."""
+    for name in rj.list_models():
+        model = rj.build_model(name)
+        fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+                  if f.init and f.name not in _FACTORY_FIELDS
+                  and (f.default is dataclasses.MISSING or getattr(model, f.name) != f.default)}
+        assert rj.build_model(name, **fields) == model, name
+
+
+@pytest.mark.parametrize("name, override", [
+    ("resnest14d", dict(avg_down=False)), ("res2net50_26w_4s", dict(block_args=dict(scale=8), layers=[1, 1, 1, 1])),
+    ("res2net50d", dict(stem_width=64, layers=[1, 1, 1, 1])), ("skresnet50d", dict(stem_type="deep_tiered")),
+    ("resnetv2_18", dict(channels=[32, 64, 128, 256])), ("resnetv2_50d", dict(avg_down=False, layers=[1, 1, 1, 1])),
+    ("resnet26d", dict(avg_down=False))])
+def test_overridden_architecture_equals_timms(name, override, timm):
+    """An override changes the architecture as in timm (lists as timm takes them): the same parameter count."""
+    tmodel = timm.create_model(name, device="meta", **override)
+    shapes = expected_variables(rj.build_model(name, **override))
+    assert _count([s for (col, _), s in shapes.items() if col == "params"]) == sum(p.numel() for p in tmodel.parameters())
 
 
 @pytest.mark.parametrize("name, count", [("resnetv2_50", 25_549_352), ("resnest101e", 48_275_016),

@@ -8,6 +8,21 @@ from ..layers import global_pool_feat_mult
 from ..registry import get_pretrained_cfg
 
 
+def merged_args(model_args: dict, kwargs: dict) -> dict:
+    """timm's ``dict(model_args, **kwargs)``: the keyword arguments of ``create_model`` override an
+    architecture's own (``create_model('resnest14d', avg_down=False)``, ``block_args=dict(scale=8)``
+    replacing the whole ``block_args`` as in timm), with timm's lists and dicts made the tuples a
+    Flax module field holds (hashable: a static jit argument)."""
+    out = dict(model_args, **kwargs)
+    for key in ("layers", "channels", "block"):
+        if isinstance(out.get(key), list):
+            out[key] = tuple(out[key])
+    block_args = out.get("block_args")
+    if isinstance(block_args, dict):
+        out["block_args"] = tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in block_args.items())
+    return out
+
+
 def check_input(x: jax.Array, in_chans: int) -> None:
     """One clear error for the usual layout mistakes instead of an XLA shape error."""
     layout = f"a float array of shape (batch, height, width, {in_chans}) (NHWC)"

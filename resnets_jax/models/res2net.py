@@ -15,6 +15,7 @@ from flax import linen as nn
 
 from ..layers import DropPath, avg_pool2d, select_relu
 from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
+from ._common import merged_args
 from .resnet import ResNet, ResNetBlock
 
 
@@ -89,61 +90,61 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _res2net(default_layers, base_width=26, scale=4, layers=None, **kwargs):
-    # `layers` overrides the depths as in timm (keyword arguments override the model's)
-    return ResNet(block=Bottle2neck, layers=tuple(layers or default_layers), base_width=base_width,
-                  block_args=(("scale", scale),), **kwargs)
+def _res2net(kwargs, layers, base_width=26, scale=4, **model_args):
+    # As timm, the caller's keyword arguments override the architecture's (merged_args).
+    return ResNet(**merged_args(dict(block=Bottle2neck, layers=layers, base_width=base_width,
+                                     block_args=dict(scale=scale), **model_args), kwargs))
 
 
 @register_model
 def res2net50_26w_4s(**kwargs):
     """Res2Net-50 26w4s."""
-    return _res2net((3, 4, 6, 3), **kwargs)
+    return _res2net(kwargs, (3, 4, 6, 3))
 
 
 @register_model
 def res2net101_26w_4s(**kwargs):
     """Res2Net-101 26w4s."""
-    return _res2net((3, 4, 23, 3), **kwargs)
+    return _res2net(kwargs, (3, 4, 23, 3))
 
 
 @register_model
 def res2net50_26w_6s(**kwargs):
     """Res2Net-50 26w6s."""
-    return _res2net((3, 4, 6, 3), scale=6, **kwargs)
+    return _res2net(kwargs, (3, 4, 6, 3), scale=6)
 
 
 @register_model
 def res2net50_26w_8s(**kwargs):
     """Res2Net-50 26w8s."""
-    return _res2net((3, 4, 6, 3), scale=8, **kwargs)
+    return _res2net(kwargs, (3, 4, 6, 3), scale=8)
 
 
 @register_model
 def res2net50_48w_2s(**kwargs):
     """Res2Net-50 48w2s."""
-    return _res2net((3, 4, 6, 3), base_width=48, scale=2, **kwargs)
+    return _res2net(kwargs, (3, 4, 6, 3), base_width=48, scale=2)
 
 
 @register_model
 def res2net50_14w_8s(**kwargs):
     """Res2Net-50 14w8s."""
-    return _res2net((3, 4, 6, 3), base_width=14, scale=8, **kwargs)
+    return _res2net(kwargs, (3, 4, 6, 3), base_width=14, scale=8)
 
 
 @register_model
 def res2next50(**kwargs):
     """Res2NeXt-50 4s (cardinality 8, base width 4)."""
-    return _res2net((3, 4, 6, 3), base_width=4, cardinality=8, **kwargs)
+    return _res2net(kwargs, (3, 4, 6, 3), base_width=4, cardinality=8)
 
 
 @register_model
 def res2net50d(**kwargs):
     """Res2Net-50 'd': deep stem (stem_width 32) and avg-pool shortcuts."""
-    return _res2net((3, 4, 6, 3), stem_type="deep", stem_width=32, avg_down=True, **kwargs)
+    return _res2net(kwargs, (3, 4, 6, 3), stem_type="deep", stem_width=32, avg_down=True)
 
 
 @register_model
 def res2net101d(**kwargs):
     """Res2Net-101 'd': deep stem (stem_width 32) and avg-pool shortcuts."""
-    return _res2net((3, 4, 23, 3), stem_type="deep", stem_width=32, avg_down=True, **kwargs)
+    return _res2net(kwargs, (3, 4, 23, 3), stem_type="deep", stem_width=32, avg_down=True)

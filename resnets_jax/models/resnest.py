@@ -13,6 +13,7 @@ from flax import linen as nn
 
 from ..layers import DropPath, SplitAttn, avg_pool2d, select_relu
 from ..registry import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, generate_default_cfgs, register_model
+from ._common import merged_args
 from .resnet import ResNet, ResNetBlock
 
 
@@ -93,58 +94,58 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _resnest(default_layers, stem_width=32, base_width=64, cardinality=1, radix=2, avd_first=False, layers=None,
-             **kwargs):
+def _resnest(kwargs, layers, stem_width=32, base_width=64, cardinality=1, radix=2, avd_first=False):
     # Every ResNeSt: deep stem, avg-pool shortcuts ('d'/'e' in the names: stem_width 32/64), avd.
-    # `layers` overrides the depths as in timm (keyword arguments override the model's).
-    return ResNet(block=ResNestBottleneck, layers=tuple(layers or default_layers), stem_type="deep", stem_width=stem_width,
-                  avg_down=True, base_width=base_width, cardinality=cardinality,
-                  block_args=(("radix", radix), ("avd", True), ("avd_first", avd_first)), **kwargs)
+    # As timm, the caller's keyword arguments override the architecture's (merged_args).
+    return ResNet(**merged_args(dict(
+        block=ResNestBottleneck, layers=layers, stem_type="deep", stem_width=stem_width, avg_down=True,
+        base_width=base_width, cardinality=cardinality,
+        block_args=dict(radix=radix, avd=True, avd_first=avd_first)), kwargs))
 
 
 @register_model
 def resnest14d(**kwargs):
     """ResNeSt-14d (weights ported from GluonCV)."""
-    return _resnest((1, 1, 1, 1), **kwargs)
+    return _resnest(kwargs, (1, 1, 1, 1))
 
 
 @register_model
 def resnest26d(**kwargs):
     """ResNeSt-26d (weights ported from GluonCV)."""
-    return _resnest((2, 2, 2, 2), **kwargs)
+    return _resnest(kwargs, (2, 2, 2, 2))
 
 
 @register_model
 def resnest50d(**kwargs):
     """ResNeSt-50d: the paper's ResNeSt-50 (deep stem, stem_width 32, avg in downsample)."""
-    return _resnest((3, 4, 6, 3), **kwargs)
+    return _resnest(kwargs, (3, 4, 6, 3))
 
 
 @register_model
 def resnest101e(**kwargs):
     """ResNeSt-101e: the paper's ResNeSt-101 ('e': deep stem, stem_width 64, avg in downsample)."""
-    return _resnest((3, 4, 23, 3), stem_width=64, **kwargs)
+    return _resnest(kwargs, (3, 4, 23, 3), stem_width=64)
 
 
 @register_model
 def resnest200e(**kwargs):
     """ResNeSt-200e: the paper's ResNeSt-200."""
-    return _resnest((3, 24, 36, 3), stem_width=64, **kwargs)
+    return _resnest(kwargs, (3, 24, 36, 3), stem_width=64)
 
 
 @register_model
 def resnest269e(**kwargs):
     """ResNeSt-269e: the paper's ResNeSt-269."""
-    return _resnest((3, 30, 48, 8), stem_width=64, **kwargs)
+    return _resnest(kwargs, (3, 30, 48, 8), stem_width=64)
 
 
 @register_model
 def resnest50d_4s2x40d(**kwargs):
     """ResNeSt-50 4s2x40d (radix 4, cardinality 2, width 40; https://github.com/zhanghang1989/ResNeSt/blob/master/ablation.md)."""
-    return _resnest((3, 4, 6, 3), base_width=40, cardinality=2, radix=4, avd_first=True, **kwargs)
+    return _resnest(kwargs, (3, 4, 6, 3), base_width=40, cardinality=2, radix=4, avd_first=True)
 
 
 @register_model
 def resnest50d_1s4x24d(**kwargs):
     """ResNeSt-50 1s4x24d (radix 1 = sigmoid gate, cardinality 4, width 24)."""
-    return _resnest((3, 4, 6, 3), base_width=24, cardinality=4, radix=1, avd_first=True, **kwargs)
+    return _resnest(kwargs, (3, 4, 6, 3), base_width=24, cardinality=4, radix=1, avd_first=True)

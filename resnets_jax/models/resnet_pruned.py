@@ -16,6 +16,7 @@ from typing import Dict, Sequence, Tuple
 
 from ..layers import eca_kernel_size
 from ..registry import register_model
+from ._common import merged_args
 from .resnet import ResNet
 from .resnet_blocks import Bottleneck
 from .resnet_cfgs import RESNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
@@ -75,23 +76,22 @@ def pruned_block_overrides(name: str, layers: Sequence[int], channels: Sequence[
         for stage, n, planes in zip(table, layers, channels))
 
 
-def _pruned(name: str, default_layers, layers=None, **kwargs) -> ResNet:
+def _pruned(name: str, kwargs: dict, layers) -> ResNet:
     # timm: the ECA-ResNet-D (deep stem 32, avg-pool shortcuts, ECA in every Bottleneck), then
-    # adapt_model_from_file. `layers` overrides the depths as in timm.
-    layers = tuple(layers or default_layers)
-    kwargs = dict(dict(stem_width=32, stem_type="deep", avg_down=True, block_args=(("attn_layer", "eca"),),
-                       channels=UNPRUNED_CHANNELS), **kwargs)
-    overrides = pruned_block_overrides(name, layers, kwargs["channels"])
-    return ResNet(block=Bottleneck, layers=layers, block_overrides=overrides, **kwargs)
+    # adapt_model_from_file. As timm, the caller's keyword arguments override the architecture's.
+    args = merged_args(dict(block=Bottleneck, layers=layers, stem_width=32, stem_type="deep", avg_down=True,
+                            block_args=dict(attn_layer="eca"), channels=UNPRUNED_CHANNELS), kwargs)
+    args.setdefault("block_overrides", pruned_block_overrides(name, args["layers"], args["channels"]))
+    return ResNet(**args)
 
 
 @register_model
 def ecaresnet50d_pruned(**kwargs):
     """ECA-ResNet-50-D pruned (https://arxiv.org/abs/2002.08258), widths from timm's file."""
-    return _pruned("ecaresnet50d_pruned", (3, 4, 6, 3), **kwargs)
+    return _pruned("ecaresnet50d_pruned", kwargs, (3, 4, 6, 3))
 
 
 @register_model
 def ecaresnet101d_pruned(**kwargs):
     """ECA-ResNet-101-D pruned (https://arxiv.org/abs/2002.08258), widths from timm's file."""
-    return _pruned("ecaresnet101d_pruned", (3, 4, 23, 3), **kwargs)
+    return _pruned("ecaresnet101d_pruned", kwargs, (3, 4, 23, 3))

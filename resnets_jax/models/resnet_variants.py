@@ -14,6 +14,7 @@ models). Keyword arguments override a row's, as in timm (``layers=(1, 1, 1, 1)``
 from typing import Any, Dict, Tuple
 
 from ..registry import register_model
+from ._common import merged_args
 from .resnet import ResNet
 from .resnet_blocks import BasicBlock, Bottleneck
 from .resnet_cfgs import RESNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
@@ -145,22 +146,10 @@ def model_args(name: str) -> dict:
     return args
 
 
-def _hashable(args: dict) -> dict:
-    """timm's lists and dicts -> the tuples a Flax module field holds (hashable: a static jit argument)."""
-    out = dict(args)
-    for key in ("layers", "channels", "block"):
-        if isinstance(out.get(key), list):
-            out[key] = tuple(out[key])
-    block_args = out.get("block_args")
-    if isinstance(block_args, dict):
-        out["block_args"] = tuple((k, tuple(v.items()) if isinstance(v, dict) else v) for k, v in block_args.items())
-    return out
-
-
 def create_resnet(name: str, **kwargs) -> ResNet:
     """The ``ResNet`` of row ``name``, keyword arguments overriding the row's (timm's
     ``dict(model_args, **kwargs)``)."""
-    return ResNet(**_hashable(dict(model_args(name), **kwargs)))
+    return ResNet(**merged_args(model_args(name), kwargs))
 
 
 def _entrypoint(name: str, doc: str):

@@ -19,7 +19,7 @@ from ..layers import (BatchNormAct2d, ClassifierHead, Conv2d, DropPath, EvoNorm2
                       FilterResponseNormTlu2d, GroupNormAct, StdConv2d, avg_down_pool, drop_path_rates,
                       make_divisible, max_pool2d, select_relu)
 from ..registry import IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD, generate_default_cfgs, register_model
-from ._common import Trunk, check_input, stride_plan
+from ._common import Trunk, check_input, merged_args, stride_plan
 
 ModuleDef = Any
 
@@ -318,16 +318,18 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _bit(default_layers, width_factor, layers=None, **kwargs):
-    # BiT: StdConv2d (eps 1e-8) + GroupNorm(32), 'fixed' stem padding as in the original TF models
-    return ResNetV2(layers=tuple(layers or default_layers), width_factor=width_factor, stem_type="fixed",
-                    norm_layer="groupnorm", conv_type="std", std_conv_eps=BIT_STD_CONV_EPS, **kwargs)
+def _bit(kwargs, layers, width_factor):
+    # BiT: StdConv2d (eps 1e-8) + GroupNorm(32), 'fixed' stem padding as in the original TF models.
+    # The caller's keyword arguments override the architecture's (merged_args; timm's BiT entry
+    # points refuse to, raising TypeError).
+    return ResNetV2(**merged_args(dict(layers=layers, width_factor=width_factor, stem_type="fixed",
+                                       norm_layer="groupnorm", conv_type="std", std_conv_eps=BIT_STD_CONV_EPS), kwargs))
 
 
-def _v2(default_layers, norm_layer="batchnorm", layers=None, **kwargs):
-    # timm's newer ResNetV2s: plain conv (create_conv2d) with a norm+act layer. `layers` overrides the
-    # depths as in timm (create_model(name, layers=...): keyword arguments override the model's)
-    return ResNetV2(layers=tuple(layers or default_layers), norm_layer=norm_layer, conv_type="plain", **kwargs)
+def _v2(kwargs, layers, norm_layer="batchnorm", **model_args):
+    # timm's newer ResNetV2s: plain conv (create_conv2d) with a norm+act layer. As timm, the
+    # caller's keyword arguments override the architecture's (merged_args).
+    return ResNetV2(**merged_args(dict(layers=layers, norm_layer=norm_layer, conv_type="plain", **model_args), kwargs))
 
 
 _basic = dict(channels=(64, 128, 256, 512), basic=True, bottle_ratio=1.0)
@@ -335,43 +337,43 @@ _d = dict(stem_type="deep", avg_down=True)
 
 
 @register_model
-def resnetv2_50x1_bit(**kwargs): return _bit((3, 4, 6, 3), 1, **kwargs)
+def resnetv2_50x1_bit(**kwargs): return _bit(kwargs, (3, 4, 6, 3), 1)
 @register_model
-def resnetv2_50x3_bit(**kwargs): return _bit((3, 4, 6, 3), 3, **kwargs)
+def resnetv2_50x3_bit(**kwargs): return _bit(kwargs, (3, 4, 6, 3), 3)
 @register_model
-def resnetv2_101x1_bit(**kwargs): return _bit((3, 4, 23, 3), 1, **kwargs)
+def resnetv2_101x1_bit(**kwargs): return _bit(kwargs, (3, 4, 23, 3), 1)
 @register_model
-def resnetv2_101x3_bit(**kwargs): return _bit((3, 4, 23, 3), 3, **kwargs)
+def resnetv2_101x3_bit(**kwargs): return _bit(kwargs, (3, 4, 23, 3), 3)
 @register_model
-def resnetv2_152x2_bit(**kwargs): return _bit((3, 8, 36, 3), 2, **kwargs)
+def resnetv2_152x2_bit(**kwargs): return _bit(kwargs, (3, 8, 36, 3), 2)
 @register_model
-def resnetv2_152x4_bit(**kwargs): return _bit((3, 8, 36, 3), 4, **kwargs)
+def resnetv2_152x4_bit(**kwargs): return _bit(kwargs, (3, 8, 36, 3), 4)
 @register_model
-def resnetv2_18(**kwargs): return _v2((2, 2, 2, 2), **_basic, **kwargs)
+def resnetv2_18(**kwargs): return _v2(kwargs, (2, 2, 2, 2), **_basic)
 @register_model
-def resnetv2_18d(**kwargs): return _v2((2, 2, 2, 2), **_basic, **_d, **kwargs)
+def resnetv2_18d(**kwargs): return _v2(kwargs, (2, 2, 2, 2), **_basic, **_d)
 @register_model
-def resnetv2_34(**kwargs): return _v2((3, 4, 6, 3), **_basic, **kwargs)
+def resnetv2_34(**kwargs): return _v2(kwargs, (3, 4, 6, 3), **_basic)
 @register_model
-def resnetv2_34d(**kwargs): return _v2((3, 4, 6, 3), **_basic, **_d, **kwargs)
+def resnetv2_34d(**kwargs): return _v2(kwargs, (3, 4, 6, 3), **_basic, **_d)
 @register_model
-def resnetv2_50(**kwargs): return _v2((3, 4, 6, 3), **kwargs)
+def resnetv2_50(**kwargs): return _v2(kwargs, (3, 4, 6, 3))
 @register_model
-def resnetv2_50d(**kwargs): return _v2((3, 4, 6, 3), **_d, **kwargs)
+def resnetv2_50d(**kwargs): return _v2(kwargs, (3, 4, 6, 3), **_d)
 @register_model
-def resnetv2_50t(**kwargs): return _v2((3, 4, 6, 3), stem_type="tiered", avg_down=True, **kwargs)
+def resnetv2_50t(**kwargs): return _v2(kwargs, (3, 4, 6, 3), stem_type="tiered", avg_down=True)
 @register_model
-def resnetv2_101(**kwargs): return _v2((3, 4, 23, 3), **kwargs)
+def resnetv2_101(**kwargs): return _v2(kwargs, (3, 4, 23, 3))
 @register_model
-def resnetv2_101d(**kwargs): return _v2((3, 4, 23, 3), **_d, **kwargs)
+def resnetv2_101d(**kwargs): return _v2(kwargs, (3, 4, 23, 3), **_d)
 @register_model
-def resnetv2_152(**kwargs): return _v2((3, 8, 36, 3), **kwargs)
+def resnetv2_152(**kwargs): return _v2(kwargs, (3, 8, 36, 3))
 @register_model
-def resnetv2_152d(**kwargs): return _v2((3, 8, 36, 3), **_d, **kwargs)
+def resnetv2_152d(**kwargs): return _v2(kwargs, (3, 8, 36, 3), **_d)
 # Experimental norm variants (timm: "may change / be removed")
 @register_model
-def resnetv2_50d_gn(**kwargs): return _v2((3, 4, 6, 3), norm_layer="groupnorm", **_d, **kwargs)
+def resnetv2_50d_gn(**kwargs): return _v2(kwargs, (3, 4, 6, 3), norm_layer="groupnorm", **_d)
 @register_model
-def resnetv2_50d_evos(**kwargs): return _v2((3, 4, 6, 3), norm_layer="evonorm", **_d, **kwargs)
+def resnetv2_50d_evos(**kwargs): return _v2(kwargs, (3, 4, 6, 3), norm_layer="evonorm", **_d)
 @register_model
-def resnetv2_50d_frn(**kwargs): return _v2((3, 4, 6, 3), norm_layer="frn", **_d, **kwargs)
+def resnetv2_50d_frn(**kwargs): return _v2(kwargs, (3, 4, 6, 3), norm_layer="frn", **_d)

@@ -15,6 +15,7 @@ from flax import linen as nn
 
 from ..layers import ConvNormAct, SelectiveKernel
 from ..registry import register_model
+from ._common import merged_args
 from .resnet import ResNet
 from .resnet_blocks import _ResidualBlock
 from .resnet_cfgs import SKNET_CFGS as default_cfgs  # noqa: F401  (register_model reads it)
@@ -71,12 +72,11 @@ class SelectiveKernelBottleneck(_SelectiveKernelBlock):
         return self.residual(out, x, train)
 
 
-def _skresnet(block, default_layers, sk_kwargs, layers=None, **kwargs):
-    # timm: block_args=dict(sk_kwargs=...), zero_init_last=False for every SK model. `layers`
-    # overrides the depths as in timm (keyword arguments override the model's).
-    kwargs.setdefault("zero_init_last", False)
-    kwargs.setdefault("block_args", (("sk_kwargs", tuple(sk_kwargs.items())),))
-    return ResNet(block=block, layers=tuple(layers or default_layers), **kwargs)
+def _skresnet(kwargs, block, layers, sk_kwargs, **model_args):
+    # timm: block_args=dict(sk_kwargs=...), zero_init_last=False for every SK model. As timm, the
+    # caller's keyword arguments override the architecture's (merged_args).
+    return ResNet(**merged_args(dict(block=block, layers=layers, block_args=dict(sk_kwargs=sk_kwargs),
+                                     zero_init_last=False, **model_args), kwargs))
 
 
 # timm's sk_kwargs per model
@@ -87,30 +87,30 @@ _SK_BOTTLENECK = dict(split_input=True)
 @register_model
 def skresnet18(**kwargs):
     """SK-ResNet-18: the branches split the input channels (timm's variant, fewer parameters)."""
-    return _skresnet(SelectiveKernelBasic, (2, 2, 2, 2), _SK_BASIC, **kwargs)
+    return _skresnet(kwargs, SelectiveKernelBasic, (2, 2, 2, 2), _SK_BASIC)
 
 
 @register_model
 def skresnet34(**kwargs):
     """SK-ResNet-34: the branches split the input channels (timm's variant, fewer parameters)."""
-    return _skresnet(SelectiveKernelBasic, (3, 4, 6, 3), _SK_BASIC, **kwargs)
+    return _skresnet(kwargs, SelectiveKernelBasic, (3, 4, 6, 3), _SK_BASIC)
 
 
 @register_model
 def skresnet50(**kwargs):
     """SK-ResNet-50: the branches split the input channels (timm's variant; untrained)."""
-    return _skresnet(SelectiveKernelBottleneck, (3, 4, 6, 3), _SK_BOTTLENECK, **kwargs)
+    return _skresnet(kwargs, SelectiveKernelBottleneck, (3, 4, 6, 3), _SK_BOTTLENECK)
 
 
 @register_model
 def skresnet50d(**kwargs):
     """SK-ResNet-50-D: deep stem (stem_width 32) and avg-pool shortcuts (untrained)."""
-    return _skresnet(SelectiveKernelBottleneck, (3, 4, 6, 3), _SK_BOTTLENECK, stem_width=32, stem_type="deep",
-                     avg_down=True, **kwargs)
+    return _skresnet(kwargs, SelectiveKernelBottleneck, (3, 4, 6, 3), _SK_BOTTLENECK, stem_width=32, stem_type="deep",
+                     avg_down=True)
 
 
 @register_model
 def skresnext50_32x4d(**kwargs):
     """SK-ResNeXt-50 32x4d: the paper's SKNet-50 (grouped branches over the whole input)."""
-    return _skresnet(SelectiveKernelBottleneck, (3, 4, 6, 3), dict(rd_ratio=1 / 16, rd_divisor=32, split_input=False),
-                     cardinality=32, base_width=4, **kwargs)
+    return _skresnet(kwargs, SelectiveKernelBottleneck, (3, 4, 6, 3), dict(rd_ratio=1 / 16, rd_divisor=32, split_input=False),
+                     cardinality=32, base_width=4)
