@@ -7,7 +7,7 @@ module -> its variables (timm's ``_factory.create_model`` and ``_builder.build_m
         └─ else:            convert.init_variables (random init, nothing compiled)
 """
 import sys
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -22,21 +22,36 @@ from .io.run_dir import resolve_checkpoint_path
 from .pretrained import fit_bit_npz, load_pretrained, pruned_prefixes
 from .registry import (
     HF_HUB_PREFIX,
+    PRETRAINED_CFG_DEFAULTS,
+    cfg_changes,
     get_pretrained_cfg,
     model_entrypoint,
     parse_hf_hub_name,
     register_hf_hub_cfg,
+    split_model_name,
 )
 
 
-def resolve_pretrained_cfg(model_name: str, cache_dir: Optional[str] = None, overlay: Optional[dict] = None) -> dict:
-    """The pretrained config of ``model_name``: a registered ``arch[.tag]``'s, or an
-    ``hf-hub:<org>/<repo>`` model's ``config.json`` (read from the hub, or its cache in
-    ``cache_dir``, the first time only, then registered), updated with ``overlay`` (timm's
-    ``pretrained_cfg_overlay``). ``ValueError`` for an unknown name; ``CheckpointError`` when an
-    hf-hub config cannot be had."""
+def resolve_pretrained_cfg(model_name: str, cache_dir: Optional[str] = None, overlay: Optional[dict] = None,
+                           pretrained_cfg: Union[str, dict, None] = None) -> dict:
+    """The pretrained config of ``model_name`` (timm's ``_builder.resolve_pretrained_cfg``): a
+    registered ``arch[.tag]``'s, or an ``hf-hub:<org>/<repo>`` model's ``config.json`` (read from
+    the hub, or its cache in ``cache_dir``, the first time only, then registered).
+    ``pretrained_cfg``, as timm's: a tag (``'tv_in1k'``, taking priority over one in the name), or
+    a whole config as a dict (timm's ``PretrainedCfg`` defaults where it is silent). ``overlay``
+    (timm's ``pretrained_cfg_overlay``) then updates it. ``ValueError`` for an unknown name or tag;
+    ``CheckpointError`` when an hf-hub config cannot be had."""
     model_id = parse_hf_hub_name(model_name)
-    if model_id:
+    if model_id and pretrained_cfg:
+        raise ValueError(f"{model_name}: an hf-hub model's config is its config.json; pretrained_cfg cannot "
+                         "be given with it (timm asserts the same); use pretrained_cfg_overlay")
+    if isinstance(pretrained_cfg, str):
+        model_name, pretrained_cfg = f"{split_model_name(model_name)[0]}.{pretrained_cfg}", None
+    if pretrained_cfg:
+        arch = split_model_name(model_name)[0]
+        model_entrypoint(arch)
+        cfg = {**PRETRAINED_CFG_DEFAULTS, "architecture": arch, **pretrained_cfg}
+    elif model_id:
         try:
             cfg = get_pretrained_cfg(model_name)
         except ValueError:  # not read yet
@@ -48,13 +63,23 @@ def resolve_pretrained_cfg(model_name: str, cache_dir: Optional[str] = None, ove
 
 def build_model(model_name: str, *, num_classes: Optional[int] = None, in_chans: int = 3,
                 global_pool: Optional[str] = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, pretrained_cfg: Optional[dict] = None,
+                dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                pretrained_cfg: Union[str, dict, None] = None, pretrained_cfg_overlay: Optional[dict] = None,
                 **kwargs):
     """The Flax module of ``model_name`` (``'arch'``, ``'arch.tag'`` or ``'hf-hub:org/repo'``),
     without variables. Keyword arguments have timm's meaning; ``num_classes`` defaults to the
     tag's config (an hf-hub model's: its ``config.json``, ``model_args`` included).
-    ``pretrained_cfg``: the config already resolved (``resolve_pretrained_cfg``)."""
-    cfg = resolve_pretrained_cfg(model_name) if pretrained_cfg is None else pretrained_cfg
+    ``pretrained_cfg`` / ``pretrained_cfg_overlay``: as :func:`resolve_pretrained_cfg`; where they
+    change the registry's config, the model keeps the change (``model.pretrained_cfg``, and so the
+    data config, follow it, as in timm)."""
+    cfg = resolve_pretrained_cfg(model_name, overlay=pretrained_cfg_overlay, pretrained_cfg=pretrained_cfg)
+    return _build(model_name, cfg, num_classes=num_classes, in_chans=in_chans, global_pool=global_pool,
+                  drop_rate=drop_rate, drop_path_rate=drop_path_rate, dtype=dtype, param_dtype=param_dtype, **kwargs)
+
+
+def _build(model_name: str, cfg: dict, *, num_classes: Optional[int] = None, in_chans: int = 3,
+           global_pool: Optional[str] = None, **kwargs):
+    """``build_model`` from the config already resolved."""
     entrypoint = model_entrypoint(cfg["architecture"])
     hub_id = parse_hf_hub_name(model_name)
     saved = dict(cfg.get("model_args", {}))  # an hf-hub model's saved arguments: defaults, as in timm
@@ -65,10 +90,10 @@ def build_model(model_name: str, *, num_classes: Optional[int] = None, in_chans:
         kwargs.setdefault(k, v)
     if global_pool is not None:
         kwargs["global_pool"] = global_pool
+    variant = HF_HUB_PREFIX + hub_id if hub_id else f"{cfg['architecture']}.{cfg.get('tag') or ''}".rstrip(".")
     return entrypoint(num_classes=cfg["num_classes"] if num_classes is None else num_classes,
-                      in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
-                      dtype=dtype, param_dtype=param_dtype,
-                      variant=HF_HUB_PREFIX + hub_id if hub_id else f"{cfg['architecture']}.{cfg['tag']}", **kwargs)
+                      in_chans=in_chans, variant=variant,
+                      pretrained_cfg_overlay=cfg_changes(get_pretrained_cfg(variant), cfg), **kwargs)
 
 
 def create_model(
@@ -79,6 +104,7 @@ def create_model(
         rng: Optional[jax.Array] = None,
         cache_dir: Optional[str] = None,
         use_ema: bool = True,
+        pretrained_cfg: Union[str, dict, None] = None,
         pretrained_cfg_overlay: Optional[dict] = None,
         **kwargs,
 ) -> Tuple[Any, dict]:
@@ -108,7 +134,7 @@ def create_model(
     Raises ``ValueError`` for an unknown name, ``CheckpointError`` for a file that is not a
     checkpoint or does not fit the model.
     """
-    cfg = resolve_pretrained_cfg(model_name, cache_dir, pretrained_cfg_overlay)
+    cfg = resolve_pretrained_cfg(model_name, cache_dir, pretrained_cfg_overlay, pretrained_cfg)
     if checkpoint_path is not None:
         checkpoint_path = resolve_checkpoint_path(checkpoint_path)  # a run directory: its best export
         state_dict = load_state_dict(checkpoint_path, use_ema=use_ema)
@@ -116,13 +142,13 @@ def create_model(
         source = getattr(state_dict, "source", None)
         if source is not None:  # a training checkpoint: say which weights (timm logs it)
             print(f"{checkpoint_path}: loaded checkpoint[{source!r}] (use_ema={use_ema})", file=sys.stderr)
-        model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
+        model = _build(model_name, cfg, **kwargs)
         _check_head_width(checkpoint_path, state_dict, model, cfg)
         if getattr(state_dict, "kind", "") == "bit_npz":  # timm: model.load_pretrained(path)
             view, skip = fit_bit_npz(model, state_dict)
             return model, load_variables(model, view, skip_missing=skip, rng=rng)
         return model, load_variables(model, view_state_dict(state_dict, drop=pruned_prefixes(model)))
-    model = build_model(model_name, pretrained_cfg=cfg, **kwargs)
+    model = _build(model_name, cfg, **kwargs)
     if pretrained:
         return model, load_pretrained(model, cfg, cache_dir=cache_dir, rng=rng)
     return model, init_variables(model, rng)

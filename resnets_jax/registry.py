@@ -9,7 +9,7 @@ import difflib
 import fnmatch
 import re
 import sys
-from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -22,6 +22,43 @@ _hf_hub_cfgs: Dict[str, dict] = {}  # '<org>/<repo>[@rev]' -> cfg from its confi
 _model_to_module: Dict[str, str] = {}  # arch -> timm's module name ('resnet', 'resnest', ...)
 
 HF_HUB_PREFIX = "hf-hub:"
+
+
+# timm's PretrainedCfg defaults (timm/models/_pretrained.py) for what a config given whole as a dict
+# leaves out (create_model(name, pretrained_cfg={...}); timm's other defaults are None, i.e. absent)
+PRETRAINED_CFG_DEFAULTS = {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.875,
+                           "crop_mode": "center", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+                           "num_classes": 1000}
+
+
+class _Mapping(tuple):
+    """A dict inside a config change, held as sorted ``(key, value)`` pairs (hashable)."""
+
+
+def _frozen(value):
+    if isinstance(value, dict):
+        return _Mapping(sorted((k, _frozen(v)) for k, v in value.items()))
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _thawed(value):
+    if isinstance(value, _Mapping):
+        return {k: _thawed(v) for k, v in value}
+    return tuple(_thawed(v) for v in value) if isinstance(value, tuple) else value
+
+
+def cfg_changes(base: dict, cfg: dict) -> Tuple[Tuple[str, Any], ...]:
+    """What ``cfg`` changes in ``base``, as the sorted hashable ``(key, value)`` pairs a Flax
+    module field can hold (a key ``cfg`` drops: value None); :func:`with_cfg_changes` applies them."""
+    changed = {k: v for k, v in cfg.items() if k not in base or base[k] != v}
+    changed.update({k: None for k in base if k not in cfg})
+    return tuple(sorted((k, _frozen(v)) for k, v in changed.items()))
+
+
+def with_cfg_changes(base: dict, changes: Tuple[Tuple[str, Any], ...]) -> dict:
+    """``base`` with :func:`cfg_changes`' pairs applied; None values left out (as timm's ``to_dict``)."""
+    cfg = {**base, **{k: _thawed(v) for k, v in changes}}
+    return {k: v for k, v in cfg.items() if v is not None}
 
 
 def generate_default_cfgs(cfgs: Dict[str, dict]) -> Dict[str, dict]:

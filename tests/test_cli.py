@@ -63,14 +63,59 @@ def test_predict_json_matches_timm(tmp_path, capsys):
     np.testing.assert_allclose([r["probability"] for r in out[0]["top_k"]], np.sort(ref)[::-1][:3], rtol=1e-4)
 
 
-def test_predict_rejects_a_file_that_is_not_an_image(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["not an image", "missing"])
+def test_predict_lists_unreadable_files_and_says_when_none_could_be_read(kind, tmp_path, capsys):
+    """Every batch made of unreadable files only (the first, or one after a readable image) is
+    left out with its files listed; when no image at all could be read, that is the one error."""
     from safetensors.torch import save_file
     path = tmp_path / "model.safetensors"
     save_file(timm.create_model("resnetv2_18").state_dict(), str(path))
-    bad = tmp_path / "cat.png"
-    bad.write_text("not an image")
-    assert cli.main(["predict", "resnetv2_18", str(bad), "--weights", str(path)]) == 2
-    assert "not an image" in capsys.readouterr().err
+    bad = [tmp_path / "cat.png", tmp_path / "dog.jpg"]
+    if kind == "not an image":
+        for b in bad:
+            b.write_text("not an image")
+    why = "not an image" if kind == "not an image" else "no such image file"
+    weights = ["--weights", str(path), "--batch-size", "1"]
+    assert cli.main(["predict", "resnetv2_18", *map(str, bad), *weights]) == 2
+    err = capsys.readouterr().err
+    assert err.count(why) == 2 and "error: none of the 2 images could be read" in err
+    assert cli.main(["predict", "resnetv2_18", sample_image_path(), *map(str, bad), *weights, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out[0]["top_k"]) == 5 and [o["image"] for o in out[1:]] == list(map(str, bad))
+    assert all(why in o["error"] for o in out[1:])
+
+
+@pytest.mark.parametrize("where", ["a file", "unwritable"])
+@pytest.mark.parametrize("command", ["convert", "validate", "embed", "export", "finetune", "finetune --export"])
+def test_every_output_in_a_place_that_cannot_be_written_fails_before_any_work(command, where, tmp_path, capsys):
+    """Every command's output (a file, or finetune's run directory) whose directory is a file, or
+    one where no file can be created (/sys: refused even to root), is one error line naming it,
+    before anything is computed or written (a validation's results were lost at the end before)."""
+    from PIL import Image
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"")  # never read: the output is checked first
+    images = tmp_path / "images"
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (images / split / label).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(images / split / label / "x.png")
+    parent = tmp_path / "file.txt" if where == "a file" else "/sys"
+    if where == "a file":
+        parent.write_text("a file")
+    out = f"{parent}/out"
+    args = {"convert": ["convert", "resnet18", "--checkpoint", str(weights), "-o", out + ".safetensors"],
+            "validate": ["validate", "resnet18", str(images), "--weights", str(weights), "--results-file", out + ".json"],
+            "embed": ["embed", str(images), "--model", "resnet18", "--weights", str(weights), "--output", out + ".npz"],
+            "export": ["export", "resnet18", "--weights", str(weights), "--output", out + ".stablehlo"],
+            "finetune": ["finetune", "resnet18", str(images), "--output", out, "--checkpoint", str(weights)],
+            "finetune --export": ["finetune", "resnet18", str(images), "--output", str(tmp_path / "run"),
+                                  "--checkpoint", str(weights), "--export", out + ".safetensors"]}[command]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    found = "is a file, not a directory" if where == "a file" else "cannot write in the output directory /sys"
+    assert err.startswith("error: ") and err.count("\n") == 1 and found in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_demo_falls_back_to_a_labelled_local_checkpoint(tmp_path):

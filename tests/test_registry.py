@@ -78,7 +78,7 @@ def test_parameter_count_equals_timm(name, timm):
 
 # build_model's own arguments, set on every model (not an architecture's choice)
 _FACTORY_FIELDS = {"parent", "name", "num_classes", "in_chans", "drop_rate", "drop_path_rate", "dtype",
-                   "param_dtype", "variant", "global_pool"}
+                   "param_dtype", "variant", "pretrained_cfg_overlay", "global_pool"}
 
 
 def test_every_architecture_argument_can_be_overridden():

@@ -1,6 +1,6 @@
 """timm's API where we mirror it, held against timm on the same inputs: ``list_models`` /
 ``list_pretrained``, ``resolve_data_config`` / ``resolve_model_data_config``, a model's
-``pretrained_cfg``, and ``create_transform`` (signature, eval, no-aug and training transforms)."""
+``pretrained_cfg`` (and ``create_model``'s ``pretrained_cfg`` / ``pretrained_cfg_overlay``), and ``create_transform`` (signature, eval, no-aug and training transforms)."""
 import inspect
 import random
 
@@ -45,6 +45,34 @@ def test_list_signatures_are_timms():
         n for n in timm.list_pretrained("resnetv2_50*", exclude_filters="*x1*")]
     with pytest.raises(TypeError):
         rj.list_models(exclude="*")
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("resnet18", dict(pretrained_cfg="tv_in1k")), ("resnet50.a1_in1k", dict(pretrained_cfg="tv2_in1k")),
+    ("resnet18", dict(pretrained_cfg=None)), ("resnest14d", dict(pretrained_cfg=dict(input_size=(3, 128, 128)))),
+    ("resnetv2_18", dict(pretrained_cfg=dict(mean=(0.5,) * 3, std=(0.5,) * 3, num_classes=10))),
+    ("resnet18", dict(pretrained_cfg_overlay=dict(input_size=(3, 160, 160), crop_pct=1.0, interpolation="bilinear"))),
+    ("res2net50_26w_4s", dict(pretrained_cfg_overlay=dict(num_classes=10, mean=(0.5,) * 3))),
+    ("resnet18", dict(pretrained_cfg="a1_in1k", pretrained_cfg_overlay=dict(test_input_size=(3, 96, 96))))])
+def test_create_models_pretrained_cfg_arguments_are_timms(name, kwargs):
+    """timm's ``create_model(name, pretrained_cfg=tag | dict | None, pretrained_cfg_overlay=dict)``:
+    the model's ``pretrained_cfg``, its head and its data config follow them."""
+    tmodel = timm.create_model(name, **kwargs)
+    model, _ = rj.create_model(name, **kwargs)
+    ours, theirs = _tuples(model.pretrained_cfg), _tuples(tmodel.pretrained_cfg)
+    assert set(ours) <= set(theirs) and set(DATA_KEYS) | {"num_classes", "architecture"} <= set(ours)
+    assert ours == {k: theirs[k] for k in ours}  # (our configs hold no url, origin_url, paper_ids, ...)
+    assert model.num_classes == tmodel.num_classes
+    for use_test_size in (False, True):
+        assert _tuples(resolve_model_data_config(model, use_test_size=use_test_size)) == \
+            _tuples(timm.data.resolve_model_data_config(tmodel, use_test_size=use_test_size))
+
+
+def test_pretrained_cfg_errors():
+    with pytest.raises(ValueError, match="Unknown pretrained tag"):
+        rj.build_model("resnet18", pretrained_cfg="no_such_tag")
+    with pytest.raises(ValueError, match="config.json"):
+        rj.build_model("hf-hub:timm/resnet18.a1_in1k", pretrained_cfg="tv_in1k")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,6 +5,7 @@ import contextlib
 import os
 import re
 import secrets
+import tempfile
 from typing import Callable, Iterator, List, Optional, Tuple
 
 try:
@@ -20,7 +21,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt")
 def check_output(output: str, force: bool = False) -> str:
     """The absolute output path, after the checks a write must pass: its name does not promise a
     PyTorch pickle (``PICKLE_SUFFIXES``: every file the package writes is safetensors, msgpack,
-    npz or JSON, never a pickle), its directory exists, it is not a directory, and it does not
+    npz or JSON, never a pickle), its directory can be written in (``check_writable_dir``), it is not a directory, and it does not
     exist unless ``force``, nor does its name end in a separator (a folder meant, e.g. ``-o new/``).
     Raises ``ValueError`` naming the path and the reason."""
     given = os.fspath(output)
@@ -32,9 +33,7 @@ def check_output(output: str, force: bool = False) -> str:
         raise ValueError(f"{output}: a {suffix} name says PyTorch pickle, but resnets_jax writes safetensors "
                          f"(or msgpack), never pickles; name it .safetensors (timm reads it as it is, torch "
                          f"with safetensors.torch.load_file)")
-    directory = os.path.dirname(output)
-    if not os.path.isdir(directory):
-        raise ValueError(f"{output}: the output directory {directory} does not exist")
+    check_writable_dir(os.path.dirname(output), output)
     if os.path.isdir(output):
         raise ValueError(f"{output} is a directory, expected a file name")
     if os.path.exists(output) and not force:
@@ -46,6 +45,21 @@ def check_output(output: str, force: bool = False) -> str:
 # NAME: recognisable, and removed by the next write to NAME once its writer is gone.
 TEMP_SUFFIX = ".resnets-jax-tmp"
 _TEMP_PATTERN = r"\.{name}\.[0-9a-f]{{8}}" + re.escape(TEMP_SUFFIX)
+
+
+def check_writable_dir(directory: str, for_output: str) -> None:
+    """``ValueError`` (naming ``for_output``, what is to be written) unless ``directory`` exists, is a
+    directory, and a file can be created in it: tried, as permissions alone do not say (a
+    read-only file system, root), so that a long run fails before its work rather than at its write."""
+    if not os.path.isdir(directory):
+        found = "is a file, not a directory" if os.path.exists(directory) else "does not exist"
+        raise ValueError(f"{for_output}: the output directory {directory} {found}")
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise ValueError(f"{for_output}: cannot write in the output directory {directory} ({e.strerror})") from None
+    os.close(fd)
+    os.remove(probe)
 
 
 def _lock(fd: int, blocking: bool = True) -> bool:

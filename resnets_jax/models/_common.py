@@ -5,7 +5,7 @@ from typing import List, Tuple
 import jax
 
 from ..layers import global_pool_feat_mult
-from ..registry import get_pretrained_cfg
+from ..registry import get_pretrained_cfg, with_cfg_changes
 
 
 def merged_args(model_args: dict, kwargs: dict) -> dict:
@@ -82,11 +82,12 @@ class Trunk:
     @property
     def pretrained_cfg(self) -> dict:
         """timm's ``model.pretrained_cfg``: the pretrained config of the tag the model was built
-        as (its ``variant``: ``'arch.tag'``, or ``'hf-hub:org/repo'`` with its ``config.json``),
-        a copy; ``{}`` for a module built without a name. Derived from ``variant``, a field, so
-        ``clone`` keeps it; a ``pretrained_cfg_overlay`` given to ``create_model`` applies to
-        that call's loading only (a linen module is a hashable dataclass, not a dict holder)."""
-        return dict(get_pretrained_cfg(self.variant)) if self.variant else {}
+        as (its ``variant``: ``'arch.tag'``, or ``'hf-hub:org/repo'`` with its ``config.json``)
+        with what ``create_model``'s ``pretrained_cfg`` / ``pretrained_cfg_overlay`` changed in it,
+        a copy; ``{}`` for a module built without a name. Derived from fields, so ``clone`` keeps it."""
+        if not self.variant:
+            return {}
+        return with_cfg_changes(get_pretrained_cfg(self.variant), self.pretrained_cfg_overlay)
 
     @property
     def default_cfg(self) -> dict:

@@ -140,6 +140,7 @@ class ResNet(Trunk, nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
+    pretrained_cfg_overlay: Tuple[Tuple[str, Any], ...] = ()  # what create_model's pretrained_cfg(_overlay) changed in it (registry.cfg_changes)
 
     def stage_plan(self):
         """``(planes, stride, dilation, reduction)`` per stage (timm's ``make_blocks``)."""

@@ -211,6 +211,7 @@ class ResNetV2(Trunk, nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
+    pretrained_cfg_overlay: Tuple[Tuple[str, Any], ...] = ()  # what create_model's pretrained_cfg(_overlay) changed in it (registry.cfg_changes)
 
     def stage_plan(self):
         """``(out_chs, stride, dilation, reduction)`` per stage, as timm's ``ResNetV2``."""

@@ -127,7 +127,8 @@ def predict_files(model, variables, paths: Sequence[str], k: Optional[int] = Non
     out = Predictions([], [])
     for indices, images in decoded_batches(paths, batches, transform, workers, log):
         x, ok = stack_readable(images, len(indices), cfg["input_size"])
-        logits = dp.predict(model, variables, x, pad_to=min(batch_size, len(paths))) if len(x) else np.zeros((0, 1))
+        logits = dp.predict(model, variables, x, pad_to=min(batch_size, len(paths))) if len(x) else \
+            np.zeros((0, model.num_classes), np.float32)  # a batch of unreadable files only
         rows = top_k(logits, k, names)
         readable = iter(rows)
         for i, image, good in zip(indices, images, ok):

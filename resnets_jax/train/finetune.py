@@ -41,7 +41,7 @@ from ..convert.keys import unflatten_variables
 from ..data import create_transform, resolve_data_config
 from ..data.image_folder import ImageFolder, eval_batches, training_data
 from ..factory import build_model, create_model
-from ..io.files import check_output, write_atomic
+from ..io.files import check_output, check_writable_dir, write_atomic
 from ..io.run_dir import BEST_EXPORT_NAME, LAST_EXPORT_NAME, resolve_checkpoint_path
 from ..parallel import DataParallel
 from .step import (
@@ -420,7 +420,12 @@ def _write_exports(cfg: FinetuneConfig, model, result: FinetuneResult, best_step
 
 def _check_output_dir(cfg: FinetuneConfig, ckpt_dir: str) -> None:
     """A new run needs an output directory without checkpoints; a resumed one, its checkpoints.
-    A run directory of the msgpack format (resnets_jax 0.1) is refused, saying what to do."""
+    A run directory of the msgpack format (resnets_jax 0.1) is refused, saying what to do. The
+    directory, or its nearest existing parent (it is created), must be writable: checked first."""
+    existing = os.path.abspath(cfg.output_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    check_writable_dir(existing, cfg.output_dir)
     steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
     legacy = os.path.join(cfg.output_dir, LEGACY_CHECKPOINT_NAME)
     if not steps and os.path.exists(legacy):
