@@ -226,6 +226,19 @@ def test_output_that_is_not_a_file_name(tmp_path, capsys, ckpt, out, match):
     assert sorted(os.listdir(tmp_path)) == []
 
 
+@pytest.mark.parametrize("out, fmt, match", [
+    ("out.npz", [], r"out\.npz: a safetensors checkpoint named \.npz .*; name it \.safetensors$"),
+    ("out.safetensors", ["--format", "msgpack"], r"a msgpack checkpoint named \.safetensors .* or --format safetensors"),
+    ("out.msgpack", ["--format", "safetensors"], r"a safetensors checkpoint named \.msgpack .* or --format msgpack"),
+    ("out.json", [], r"a safetensors checkpoint named \.json")])
+def test_output_name_that_says_another_format(tmp_path, capsys, ckpt, out, fmt, match):
+    """A name whose suffix says another format than the one written (a reader goes by the name):
+    refused before any work, nothing written."""
+    code, _, err = _convert(capsys, NAME, "--checkpoint", ckpt / "model.safetensors", "-o", tmp_path / out, *fmt)
+    assert code == 2 and re.search("error: .*" + match, err.strip()), err
+    assert sorted(os.listdir(tmp_path)) == []
+
+
 def test_existing_output_without_force(tmp_path, capsys, ckpt):
     out = tmp_path / "r18.safetensors"
     out.write_bytes(b"keep me")
@@ -283,3 +296,17 @@ def test_fallback_checkpoint_is_labelled_and_loads_in_timm(tmp_path, monkeypatch
     assert os.path.dirname(source.path) == str(tmp_path / "fallback")
     timm.models.load_checkpoint(timm.create_model("resnetv2_18"), source.path, strict=True)
     assert fallback.timm_checkpoint("resnetv2_18.ra4_e3600_r224_in1k", tmp_path / "fallback").path == source.path
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float16", "bfloat16"])
+def test_torch_state_dict_of_any_float_dtype(dtype):
+    """convert_timm_state_dict takes ``model.state_dict()`` as torch gives it, in every float
+    dtype (numpy has no bfloat16: through ml_dtypes): the values those tensors hold, as float32."""
+    tmodel = timm.create_model("test_resnet")
+    sd = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in tmodel.state_dict().items()}
+    model = rj.build_model("test_resnet")
+    ours = flatten_variables(rj.convert_timm_state_dict(model, sd))
+    upcast = flatten_variables(rj.convert_timm_state_dict(model, {k: v.float().numpy() for k, v in sd.items()}))
+    assert ours.keys() == upcast.keys()
+    for k in ours:
+        np.testing.assert_array_equal(np.asarray(ours[k]), np.asarray(upcast[k]), err_msg=k)

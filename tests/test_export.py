@@ -153,6 +153,9 @@ def test_failed_export_writes_nothing(tmp_path, capsys):
     assert "m.stablehlo.json exists; pass --force" in capsys.readouterr().err
     assert cli.main(["export", name, "-o", str(tmp_path / "m.stablehlo"), "--batch", "0"]) == 2
     assert "batch must be a positive integer or 'dynamic', got '0'" in capsys.readouterr().err
+    for size in ("0", "-5"):  # 0 is not 'the default size'
+        assert cli.main(["export", name, "-o", str(tmp_path / "m.stablehlo"), "--img-size", size]) == 2
+        assert f"img_size {size}: expected a size in pixels >= 1" in capsys.readouterr().err
     assert cli.main(["export", name, "-o", str(tmp_path / "m.onnx"), "--format", "stablehlo"]) == 2
     assert "m.onnx: a stablehlo artifact named .onnx" in capsys.readouterr().err  # onnxruntime would get it
     with pytest.raises(ValueError, match="Verification failed .* above 0e[+]00; nothing written"):

@@ -18,6 +18,7 @@ import numpy as np
 from ..io.arrays import permuted_copy, read_permuted, tensor_shape
 from ..io.errors import CheckpointError
 from ..io.flax_checkpoint import is_flax_layout
+from ..io.torch_zip import torch_to_numpy
 from ..registry import get_pretrained_cfg
 from .keys import (
     TO_FLAX_PERM,
@@ -168,9 +169,12 @@ def load_variables(model, state_dict: Mapping[str, np.ndarray], *, skip_missing:
 
 def convert_timm_state_dict(model, state_dict: Mapping[str, np.ndarray], *,
                             skip_missing: Tuple[str, ...] = (), example_input=None) -> dict:
-    """timm state dict (numpy arrays, NCHW, timm's keys) -> Flax variables ``{'params',
-    'batch_stats'}``; ``load_variables`` with the layout stated. Raises ``CheckpointError`` if
-    the keys are ours (``params/...``) rather than timm's."""
+    """timm state dict (numpy arrays, or torch tensors of any dtype as ``model.state_dict()``
+    gives them; NCHW, timm's keys) -> Flax variables ``{'params', 'batch_stats'}``;
+    ``load_variables`` with the layout stated. Raises ``CheckpointError`` if the keys are ours
+    (``params/...``) rather than timm's."""
+    if any(type(v).__module__.partition(".")[0] == "torch" for v in state_dict.values()):
+        state_dict = torch_to_numpy(dict(state_dict))  # bfloat16 too (np.asarray of one fails)
     if is_flax_layout(state_dict):
         raise CheckpointError("expected a timm state dict (keys like 'stem.conv.weight'), found Flax variables "
                               "('params/...'): use load_variables")

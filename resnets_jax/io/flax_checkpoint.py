@@ -91,13 +91,27 @@ def read_flax_msgpack(path: str) -> FlaxStateDict:
 
 FORMATS = ("safetensors", "msgpack")
 
+# Suffixes a reader goes by: a checkpoint whose name says another format is refused (safetensors
+# bytes in a .npz would be handed to np.load, msgpack in a .safetensors to safetensors)
+NAMED_FORMATS = {".safetensors": "safetensors", ".msgpack": "msgpack", ".npz": "npz", ".npy": "npy",
+                 ".json": "json", ".onnx": "onnx", ".stablehlo": "stablehlo"}
+
+
 def resolve_format(output: str, format: Optional[str] = None) -> str:
-    """``format`` if given, else from the file name: ``.msgpack`` is msgpack, anything else safetensors."""
-    if format is None:
-        return "msgpack" if os.fspath(output).endswith(".msgpack") else "safetensors"
-    if format not in FORMATS:
+    """``format`` if given, else from the file name: ``.msgpack`` is msgpack, anything else
+    safetensors. ``ValueError`` for an unknown format, or a name whose suffix says another
+    format (``NAMED_FORMATS``)."""
+    if format is not None and format not in FORMATS:
         raise ValueError(f"Unknown checkpoint format {format!r}: expected one of {', '.join(FORMATS)}")
+    suffix = os.path.splitext(os.fspath(output))[1].lower()
+    named = NAMED_FORMATS.get(suffix)
+    format = format or ("msgpack" if named == "msgpack" else "safetensors")
+    if named and named != format:
+        hint = f" or --format {named}" if named in FORMATS else ""
+        raise ValueError(f"{output}: a {format} checkpoint named {suffix} would be misread by what goes by the "
+                         f"name; name it .{format}{hint}")
     return format
+
 
 def save_checkpoint(model, variables, output: str, *, format: Optional[str] = None, force: bool = False,
                     label_names=None, data_config=None) -> str:

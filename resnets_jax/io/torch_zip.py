@@ -174,9 +174,11 @@ def _finalize(obj, memo=None):
     return obj
 
 
-def _torch_to_numpy(obj):
-    """After a torch fallback load: torch tensors to numpy arrays (bfloat16 via ml_dtypes)."""
-    torch = optional_import("torch", "reading a legacy torch file")
+def torch_to_numpy(obj):
+    """Torch tensors (in dicts, lists, tuples, a Namespace) to numpy arrays, every dtype torch has
+    (bfloat16 and float8 via ml_dtypes, which numpy lacks): after a torch fallback load, and for a
+    state dict of tensors given to ``convert_timm_state_dict``."""
+    torch = optional_import("torch", "torch tensors")
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu()
@@ -186,11 +188,11 @@ def _torch_to_numpy(obj):
             return raw.view(_TORCH_DTYPES[name]).reshape(t.shape)
         return t.numpy()
     if isinstance(obj, dict):
-        return type(obj)((k, _torch_to_numpy(v)) for k, v in obj.items())
+        return type(obj)((k, torch_to_numpy(v)) for k, v in obj.items())
     if isinstance(obj, list | tuple):
-        return type(obj)(_torch_to_numpy(v) for v in obj)
+        return type(obj)(torch_to_numpy(v) for v in obj)
     if isinstance(obj, argparse.Namespace):
-        return argparse.Namespace(**{k: _torch_to_numpy(v) for k, v in vars(obj).items()})
+        return argparse.Namespace(**{k: torch_to_numpy(v) for k, v in vars(obj).items()})
     return obj
 
 
@@ -259,7 +261,7 @@ def load_torch_file(path, *, allow_torch_fallback: bool = False):
         if allow_torch_fallback and available("torch"):
             torch = optional_import("torch", "reading a legacy torch file")
             with torch.serialization.safe_globals([argparse.Namespace]):
-                return _torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
+                return torch_to_numpy(torch.load(path, map_location="cpu", weights_only=True))
         raise LegacyFormatError(
             f"{path}: the legacy {'pre-zip' if file.kind == TORCH_LEGACY else 'tar'} torch format (torch < 1.6 "
             f"or _use_new_zipfile_serialization=False) {missing_extra_message('reading it', 'torch')}, or re-save "

@@ -138,6 +138,8 @@ def export_model(name: str, output: str, *, format: Optional[str] = None, batch=
     start = time.perf_counter()
     format = format_of(output, format)
     batch = parse_batch(batch)
+    if img_size is not None and img_size < 1:  # 0 too: not taken for 'the default'
+        raise ValueError(f"img_size {img_size}: expected a size in pixels >= 1")
     if format == "stablehlo":
         require(*SERIALIZE_NEEDS)
         platforms = resolve_platforms(platforms)
@@ -153,7 +155,7 @@ def export_model(name: str, output: str, *, format: Optional[str] = None, batch=
     files = [check_output(f, force) for f in sidecar_paths(output, format)]  # fail fast, before any work
     loaded = load_model(name, weights, num_classes=num_classes, use_ema=use_ema, use_test_size=False, log=log)
     model, variables = loaded.model, loaded.variables
-    input_size = (img_size, img_size) if img_size else tuple(loaded.data_config["input_size"][1:])
+    input_size = (img_size, img_size) if img_size is not None else tuple(loaded.data_config["input_size"][1:])
     config = artifact_config(name, model, format, batch, train, input_size, files, platforms or (),
                              loaded.data_config, loaded.label_names)
     parity, reference = None, ""
