@@ -18,7 +18,7 @@ from .convert import (
 from .factory import build_model, create_model, resolve_pretrained_cfg
 from .io import CheckpointError, load_state_dict, save_checkpoint
 from .pretrained import reset_classifier
-from .registry import get_pretrained_cfg, list_models, list_pretrained
+from .registry import UnknownModelError, get_pretrained_cfg, list_models, list_pretrained
 from .tools import predict  # noqa: F401  (rj.predict.top_k / class_names, as in 0.1)
 from .tools.convert import convert_checkpoint
 from .xla import compiler_options, default_compilation_cache, enable_compilation_cache, jit
@@ -31,6 +31,7 @@ default_compilation_cache()  # JAX's persistent compilation cache, as the CLI ha
 __all__ = [
     "create_model", "build_model", "reset_classifier", "resolve_pretrained_cfg", "list_models", "list_pretrained", "get_pretrained_cfg",
     "convert_timm_state_dict", "export_timm_state_dict", "load_state_dict", "load_variables", "CheckpointError",
+    "UnknownModelError",
     "save_checkpoint", "convert_checkpoint", "export_timm_checkpoint",
     "jit", "compiler_options", "enable_compilation_cache",
     "data", "layers", "models",

@@ -106,6 +106,9 @@ def create_model(
         use_ema: bool = True,
         pretrained_cfg: Union[str, dict, None] = None,
         pretrained_cfg_overlay: Optional[dict] = None,
+        scriptable: Optional[bool] = None,
+        exportable: Optional[bool] = None,
+        no_jit: Optional[bool] = None,
         **kwargs,
 ) -> Tuple[Any, dict]:
     """Build ``model_name`` (``'arch'``, ``'arch.tag'`` as timm spells them, or
@@ -130,8 +133,10 @@ def create_model(
     a different ``num_classes`` gets a new classifier (``checkpoint_path`` loads a file strictly).
     Other keyword arguments go to ``build_model`` (timm's meaning: ``num_classes``, ``in_chans``,
     ``global_pool``, ``drop_rate``, ``drop_path_rate``, ... and ``dtype``/``param_dtype``).
+    ``scriptable``, ``exportable``, ``no_jit``: timm's switches of layers for TorchScript and
+    ONNX, accepted so that timm's calls run unchanged; a JAX model has nothing to switch.
     Returns ``(model, variables)``; ``model.apply(variables, x)`` gives logits in eval mode.
-    Raises ``ValueError`` for an unknown name, ``CheckpointError`` for a file that is not a
+    Raises ``UnknownModelError`` (a ``ValueError`` and, as timm's, a ``RuntimeError``) for an unknown name, ``CheckpointError`` for a file that is not a
     checkpoint or does not fit the model.
     """
     cfg = resolve_pretrained_cfg(model_name, cache_dir, pretrained_cfg_overlay, pretrained_cfg)

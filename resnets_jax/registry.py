@@ -112,11 +112,16 @@ def split_model_name(name: str) -> Tuple[str, str]:
     return arch, tag
 
 
-def _unknown(what: str, name: str, choices: List[str]) -> ValueError:
+class UnknownModelError(ValueError, RuntimeError):
+    """An unknown architecture or pretrained tag: a ``ValueError``, and a ``RuntimeError`` as
+    timm's ``create_model`` raises (so ``except RuntimeError`` written for timm catches it too)."""
+
+
+def _unknown(what: str, name: str, choices: List[str]) -> UnknownModelError:
     close = difflib.get_close_matches(name, choices, n=5, cutoff=0.6)
     hint = (f" Did you mean: {', '.join(close)}?" if close
             else " See resnets_jax.list_models() (resnets-jax list on the command line).")
-    return ValueError(f"Unknown {what} {name!r}.{hint}")
+    return UnknownModelError(f"Unknown {what} {name!r}.{hint}")
 
 
 def model_entrypoint(name: str) -> Callable:

@@ -125,3 +125,11 @@ def test_unknown_name_suggests_close_matches(bad, suggestion):
 def test_unknown_name_without_close_match():
     with pytest.raises(ValueError, match="list_models"):
         rj.build_model("vit_base_patch16_224")
+
+
+@pytest.mark.parametrize("bad", ["no_such_net", "resnet18.no_such_tag"])
+def test_unknown_name_is_the_runtime_error_timm_raises(bad, timm):
+    with pytest.raises(RuntimeError):
+        timm.create_model(bad)
+    with pytest.raises(RuntimeError, match="Unknown"):
+        rj.create_model(bad)

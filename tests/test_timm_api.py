@@ -68,6 +68,14 @@ def test_create_models_pretrained_cfg_arguments_are_timms(name, kwargs):
             _tuples(timm.data.resolve_model_data_config(tmodel, use_test_size=use_test_size))
 
 
+def test_create_model_takes_every_argument_timms_does():
+    """Every parameter of timm's ``create_model`` is one of ours (a timm call runs unchanged:
+    ``scriptable``/``exportable``/``no_jit`` accepted, with no layers to switch in JAX)."""
+    theirs = set(inspect.signature(timm.create_model).parameters)
+    assert theirs <= set(inspect.signature(rj.create_model).parameters), theirs
+    rj.create_model("test_resnet", scriptable=True, exportable=True, no_jit=True)
+
+
 def test_pretrained_cfg_errors():
     with pytest.raises(ValueError, match="Unknown pretrained tag"):
         rj.build_model("resnet18", pretrained_cfg="no_such_tag")
