@@ -97,6 +97,44 @@ def test_killed_run_resumes_without_recomputing(setup, tmp_path, capsys):
     np.testing.assert_array_equal(resumed["embeddings"][:BATCH - 1], first["embeddings"])  # taken from the chunk
 
 
+def test_damaged_parts_are_computed_again(setup, tmp_path, capsys, monkeypatch):
+    """A resume's state damaged after it was written: each kind of damaged chunk (cut short, not a
+    zip, arrays missing) is warned of and its batch computed again; a damaged manifest (the run's
+    settings unknown) is refused (its settings unknown), and --force starts over."""
+    import resnets_jax.tools.embed as embed_module
+    output, parts = tmp_path / "emb.npz", tmp_path / "emb.npz.parts"
+
+    def stop(*args):
+        raise ValueError("stopped before assembling")
+
+    with monkeypatch.context() as m:  # every chunk written, the output not assembled
+        m.setattr(embed_module, "_assemble", stop)
+        assert embed(setup["folder"], output, setup["weights"]) == 2
+    chunks = sorted(parts.glob("chunk-*.npz"))
+    assert len(chunks) == 4
+    chunks[1].write_bytes(chunks[1].read_bytes()[:100])
+    chunks[2].write_bytes(b"not a zip")
+    np.savez(chunks[3], embeddings=np.zeros((1, 4), np.float32))
+    capsys.readouterr()
+    assert embed(setup["folder"], output, setup["weights"]) == 0
+    err = capsys.readouterr().err
+    assert all(f"{c} is damaged" in err for c in chunks[1:]) and f"{chunks[0]} is damaged" not in err
+    assert "resuming: 1 of 4 batches" in err
+    resumed, reference = np.load(output), np.load(setup["reference"])
+    np.testing.assert_array_equal(resumed["paths"], reference["paths"])
+    np.testing.assert_allclose(resumed["embeddings"], reference["embeddings"], rtol=1e-6, atol=1e-6)
+
+    with monkeypatch.context() as m:
+        m.setattr(embed_module, "_assemble", stop)
+        assert embed(setup["folder"], tmp_path / "again.npz", setup["weights"]) == 2
+    (tmp_path / "again.npz.parts" / "manifest.json").write_text('{"cut sh')
+    capsys.readouterr()
+    assert embed(setup["folder"], tmp_path / "again.npz", setup["weights"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds an unfinished run with settings that cannot be read (manifest.json" in err
+    assert embed(setup["folder"], tmp_path / "again.npz", setup["weights"], "--force") == 0
+
+
 def test_top_k(setup, tmp_path):
     output = tmp_path / "top.npz"
     assert embed(setup["folder"], output, setup["weights"], "--top-k", 3) == 0

@@ -32,6 +32,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from typing import Callable, List, Optional
 
 import jax
@@ -149,20 +150,42 @@ def _prepare_parts(job: _Job, manifest: dict, num_batches: int, log: Callable) -
     """Process 0: the parts folder with this job's manifest; returns which batches are done."""
     path = os.path.join(job.parts, "manifest.json")
     if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
-        if changed:
+        try:
+            with open(path) as f:
+                old = json.load(f)
+            changed = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+            why = f"other settings ({', '.join(changed)} differ)" if changed else ""
+        except (OSError, ValueError) as e:  # damaged since: its run's settings are unknown
+            why = f"settings that cannot be read (manifest.json: {e})"
+        if why:
             if not job.force:
-                raise ValueError(f"{job.parts} holds an unfinished run with other settings ({', '.join(changed)} "
-                                 "differ); run it as it was, or pass --force (force=True) to start over")
-            log(f"discarding {job.parts}: an unfinished run with other settings ({', '.join(changed)})")
+                raise ValueError(f"{job.parts} holds an unfinished run with {why}; run it as it was, "
+                                 "or pass --force (force=True) to start over")
+            log(f"discarding {job.parts}: an unfinished run with {why}")
             shutil.rmtree(job.parts)
     os.makedirs(job.parts, exist_ok=True)
     remove_stale_temps(job.parts)  # writes cut short by a kill
     if not os.path.exists(path):
         _write_atomic(path, lambda f: f.write(json.dumps(manifest, indent=1).encode()))
-    return np.array([os.path.exists(_chunk_path(job.parts, i)) for i in range(num_batches)])
+    done = np.array([os.path.exists(_chunk_path(job.parts, i)) for i in range(num_batches)])
+    for i in np.flatnonzero(done):  # a chunk damaged since it was written (each is written whole)
+        damage = _chunk_damage(_chunk_path(job.parts, i))
+        if damage:
+            log(f"warning: {_chunk_path(job.parts, i)} is damaged ({damage}); computing its batch again")
+            os.remove(_chunk_path(job.parts, i))
+            done[i] = False
+    return done
+
+
+def _chunk_damage(path: str) -> Optional[str]:
+    """Why the chunk at ``path`` cannot be read back whole (None when it can)."""
+    try:
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        return f"{type(e).__name__}: {e}"
+    missing = {"index", "failed"} - set(arrays)
+    return f"no {', '.join(sorted(missing))}" if missing else None
 
 
 def _agree(dp: DataParallel, error: Optional[BaseException]) -> None:
