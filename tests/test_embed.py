@@ -100,7 +100,7 @@ def test_killed_run_resumes_without_recomputing(setup, tmp_path, capsys):
 def test_damaged_parts_are_computed_again(setup, tmp_path, capsys, monkeypatch):
     """A resume's state damaged after it was written: each kind of damaged chunk (cut short, not a
     zip, arrays missing) is warned of and its batch computed again; a damaged manifest (the run's
-    settings unknown) is refused (its settings unknown), and --force starts over."""
+    settings unknown) is refused, and --force starts over."""
     import resnets_jax.tools.embed as embed_module
     output, parts = tmp_path / "emb.npz", tmp_path / "emb.npz.parts"
 
