@@ -133,7 +133,13 @@ def test_not_bit(tmp_path, bit50):
         read_bit_npz(tmp_path / "junk.npz", {})
     path, _ = bit50
     with np.load(path) as full:
-        part = {k: full[k] for k in full.files if k != "resnet/block2/unit03/b/group_norm/beta"}
+        whole = {k: full[k] for k in full.files}
+    part = {k: v for k, v in whole.items() if k != "resnet/block2/unit03/b/group_norm/beta"}
     np.savez(tmp_path / "partial.npz", **part)
     with pytest.raises(BitNpzError, match="without 'resnet/block2/unit03/b/group_norm/beta'"):
         read_bit_npz(tmp_path / "partial.npz", {})
+    for key in ("resnet/root_block/standardized_conv2d/kernel", "resnet/block2/unit03/b/group_norm/beta",
+                "resnet/head/conv2d/bias"):  # an object array, which only a pickle could load: refused
+        np.savez(tmp_path / "objects.npz", **{**whole, key: np.array([{"a": 1}], dtype=object)})
+        with pytest.raises(BitNpzError, match=f"{key}' is not a numeric array"):
+            read_bit_npz(tmp_path / "objects.npz", {"num_classes": None})

@@ -118,6 +118,18 @@ def test_every_output_in_a_place_that_cannot_be_written_fails_before_any_work(co
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_python_warnings_are_one_warning_line(tmp_path, capsys):
+    """A warning raised during a command (here HighBitDepthWarning, for a 16-bit PNG) is printed as
+    the command's own "warning:" line, not Python's format with a source file and line."""
+    from PIL import Image
+    model, variables = rj.create_model("test_resnet")
+    weights = rj.save_checkpoint(model, variables, tmp_path / "w.safetensors")
+    Image.fromarray(np.full((16, 16), 60000, np.uint16)).save(tmp_path / "deep.png")
+    assert cli.main(["predict", "test_resnet", str(tmp_path / "deep.png"), "--weights", weights]) == 0
+    err = capsys.readouterr().err
+    assert "warning: A I;16 image with values up to 60000" in err and ".py:" not in err and "Warning" not in err
+
+
 def test_demo_falls_back_to_a_labelled_local_checkpoint(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin"}
     res = subprocess.run([sys.executable, "-m", "resnets_jax.tools.demo"], cwd=tmp_path, env=env,

@@ -60,7 +60,17 @@ def bit_npz_head_width(path) -> int | None:
     """The class count of a BiT ``.npz``'s head (``None`` without one); reads that array only."""
     with np.load(os.fspath(path), allow_pickle=False) as npz:
         key = _PREFIX + "head/conv2d/bias"
-        return int(npz[key].shape[0]) if key in npz.files else None
+        return int(_array(npz, path, key).shape[0]) if key in npz.files else None
+
+
+def _array(npz, path, key: str) -> np.ndarray:
+    """``npz[key]``, read now: an object array (which only a pickle could load) or a damaged
+    member is a ``BitNpzError`` naming the file and the key."""
+    try:
+        return npz[key]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise BitNpzError(f"{path}: {key!r} is not a numeric array ({e}); a BiT .npz holds only numeric "
+                          "arrays") from None
 
 
 def read_bit_npz(path, model_args=None) -> dict[str, np.ndarray]:
@@ -102,7 +112,7 @@ def read_bit_npz(path, model_args=None) -> dict[str, np.ndarray]:
         def get(key):
             if _PREFIX + key not in files:
                 raise BitNpzError(f"{path}: BiT checkpoint without {_PREFIX + key!r}")
-            return npz[_PREFIX + key]
+            return _array(npz, path, _PREFIX + key)
 
         stem = _t2p(get(_STEM))
         out = {"stem.conv.weight": _adapt_input_conv(in_chans, stem)}

@@ -38,6 +38,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 
 from .. import __version__
 from .._optional import MissingExtraError
@@ -397,6 +398,12 @@ def _message(e: Exception, parser: argparse.ArgumentParser, args) -> str:
     return e.cli_message(flags)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning (``HighBitDepthWarning``, an XLA option left out, ...) as one line, without
+    the source location and line Python's format adds."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser, args = build_parser(), None
     try:
@@ -406,7 +413,8 @@ def main(argv=None) -> int:
         if args.no_compile_cache:  # `import resnets_jax` turned it on (xla.default_compilation_cache)
             from ..xla import disable_default_compilation_cache
             disable_default_compilation_cache()
-        with delivered_interrupts():
+        with delivered_interrupts(), warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one "warning:" line each, as the command's own
             code = args.fn(args) or 0
         sys.stdout.flush()  # a closed pipe shows here, inside the try, rather than at exit
         return code
