@@ -228,6 +228,8 @@ def test_features_only_no_indices(tmp_path, name):
     model, variables = rj.create_model(name, features_only=True, out_indices=(), rng=jax.random.PRNGKey(0))
     assert model.apply(variables, np.zeros((1, 64, 64, 3), np.float32)) == []
     assert model.feature_info == []
+    assert timm.create_model(name, features_only=True, out_indices=0).feature_info.channels() == []  # 'the last 0'
+    assert rj.build_model(name, features_only=True, out_indices=0).feature_info == []
     torch.save(timm.create_model(name).state_dict(), tmp_path / "full.pth")  # loads, all of it pruned
     model, variables = rj.create_model(name, features_only=True, out_indices=(), checkpoint_path=str(tmp_path / "full.pth"))
     assert model.apply(variables, np.zeros((1, 64, 64, 3), np.float32)) == []

@@ -84,10 +84,15 @@ def test_features_only_matches_timm(name, out_indices):
     # timm lists feature_info in out_indices order; the maps (theirs and ours) come in network order
     theirs = timm.create_model(name, **_depth(name, features_only=True, out_indices=out_indices),
                                device="meta").feature_info
-    theirs = sorted(theirs.get_dicts(), key=lambda d: d["index"])
-    assert [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in fmodel.feature_info] == \
-        [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in theirs]
-    assert [d["num_chs"] for d in fmodel.feature_info] == [o.shape[-1] for o in out]
+    ours = fmodel.feature_info
+    for accessor in ("channels", "reduction", "module_name", "get_dicts"):  # timm's FeatureInfo API
+        for idx in (None, 1, [0, -1]):
+            assert getattr(ours, accessor)(idx=idx) == getattr(theirs, accessor)(idx=idx), (accessor, idx)
+    assert ours.out_indices == theirs.out_indices
+    in_order = sorted(theirs.get_dicts(), key=lambda d: d["index"])
+    assert [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in ours] == \
+        [(d["num_chs"], d["reduction"], d["module"], d["index"]) for d in in_order]
+    assert [d["num_chs"] for d in ours] == [o.shape[-1] for o in out]
 
 
 def _kept_prefixes(fmodel):

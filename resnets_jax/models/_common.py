@@ -57,8 +57,8 @@ def feature_take_indices(num_features: int, indices) -> Tuple[int, ...]:
     """timm's ``out_indices``: an int ``n`` takes the last ``n`` feature maps; a sequence takes
     those indices (negative ones count from the end). Sorted, as timm's models return them."""
     if isinstance(indices, int):
-        if not 0 < indices <= num_features:
-            raise ValueError(f"out_indices={indices} (last n): expected 1 to {num_features}")
+        if not 0 <= indices <= num_features:  # 0: none, as timm's (its FeatureListNet returns [])
+            raise ValueError(f"out_indices={indices} (last n): expected 0 to {num_features}")
         indices = range(num_features - indices, num_features)
     taken = []
     for i in indices:
@@ -66,6 +66,43 @@ def feature_take_indices(num_features: int, indices) -> Tuple[int, ...]:
             raise ValueError(f"out_indices: {i} is out of range for {num_features} feature maps")
         taken.append(i % num_features)
     return tuple(sorted(set(taken)))
+
+
+class FeatureInfo(list):
+    """``model.feature_info``: the list of the dicts (``num_chs``, ``reduction``, ``module``,
+    ``index``) of the maps ``features_only`` returns, in network order, with the accessors of
+    timm's ``FeatureInfo`` (timm ``_features.py``): ``channels()``, ``reduction()``,
+    ``module_name()``, ``get(key)``, ``get_dicts()``, over ``out_indices`` in the order given, or
+    with ``idx`` (an int or a list) over every map of the network (``info``). Unlike timm's,
+    ``len()`` and ``[i]`` count the selected maps (the list), which for the default
+    ``out_indices`` (every map) is the same."""
+
+    def __init__(self, info: List[dict], out_indices):
+        self.info = [dict(d, index=i) for i, d in enumerate(info)]
+        # timm's _out_indices_as_tuple: an int n is the last n maps
+        self.out_indices = tuple(range(-out_indices, 0)) if isinstance(out_indices, int) else tuple(out_indices)
+        super().__init__(self.info[i] for i in feature_take_indices(len(info), out_indices))
+
+    def get(self, key: str, idx=None):
+        if idx is None:
+            return [self.info[i][key] for i in self.out_indices]
+        return [self.info[i][key] for i in idx] if isinstance(idx, (tuple, list)) else self.info[idx][key]
+
+    def get_dicts(self, keys=None, idx=None):
+        def pick(d):
+            return d if keys is None else {k: d[k] for k in keys}
+        if idx is None:
+            return [pick(self.info[i]) for i in self.out_indices]
+        return [pick(self.info[i]) for i in idx] if isinstance(idx, (tuple, list)) else pick(self.info[idx])
+
+    def channels(self, idx=None):
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx=None):
+        return self.get("reduction", idx)
+
+    def module_name(self, idx=None):
+        return self.get("module", idx)
 
 
 class Trunk:
@@ -125,10 +162,10 @@ class Trunk:
         return feature_take_indices(len(self.all_feature_info()), self.out_indices)
 
     @property
-    def feature_info(self) -> List[dict]:
-        """Channels, reduction, timm module name and index of each map ``features_only`` returns."""
-        info = self.all_feature_info()
-        return [dict(info[i], index=i) for i in self.feature_indices]
+    def feature_info(self) -> FeatureInfo:
+        """Channels, reduction, timm module name and index of each map ``features_only`` returns
+        (a list, with timm's ``FeatureInfo`` accessors: ``channels()``, ``reduction()``, ...)."""
+        return FeatureInfo(self.all_feature_info(), self.out_indices)
 
     @property
     def num_stages_built(self) -> int:
