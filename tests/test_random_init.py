@@ -194,3 +194,21 @@ def test_import_turns_the_compile_cache_on_unless_told_or_set(tmp_path, monkeypa
     finally:
         for n, v in suite.items():
             jax.config.update(n, v)
+
+
+@pytest.mark.parametrize("name", ["seresnext26d_32x4d", "resnest14d", "ecaresnet26t", "skresnet18", "resnetv2_18d"])
+def test_each_variable_has_timms_init_distribution(name):
+    """A fresh model's every variable against timm's own init of it (one per block kind: SE's and
+    split attention's conv biases, which timm leaves at torch's default uniform, ECA, SK, v2):
+    the same distribution by the KS test above (a constant must be equal)."""
+    timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
+    theirs = {k: v.numpy() for k, v in timm.create_model(name).state_dict().items() if v.is_floating_point()}
+    model, variables = rj.create_model(name, rng=jax.random.PRNGKey(1))
+    ours = rj.export_timm_state_dict(model, variables)
+    for key, t in theirs.items():
+        o = np.asarray(ours[key], np.float32)
+        if t.std() == 0 or o.std() == 0:
+            np.testing.assert_array_equal(o, t, err_msg=key)
+            continue
+        bound = KS_C * np.sqrt(2 / t.size)
+        assert _ks_statistic(o, t) <= bound, key

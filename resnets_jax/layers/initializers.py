@@ -74,3 +74,11 @@ class Uniform:
 
 # timm's ResNet / ResNetV2 init of every conv: kaiming_normal_(mode='fan_out', nonlinearity='relu')
 kaiming_normal_fan_out = Normal(math.sqrt(2.0), "fan_out")
+
+
+def torch_conv_bias_init(fan_in: int) -> Uniform:
+    """torch's default ``nn.Conv2d`` bias init, U(+-1/sqrt(fan_in)) with ``fan_in`` = input
+    channels per group x kernel area: what timm's v1 ResNet init leaves a conv's bias at (SE's and
+    split attention's ``fc1``/``fc2``; its ``_init_weights`` draws only the kernels)."""
+    return Uniform(1.0 / math.sqrt(fan_in))
+

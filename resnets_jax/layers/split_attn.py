@@ -18,6 +18,7 @@ from flax import linen as nn
 
 from .conv import Conv2d
 from .helpers import make_divisible, per_branch_weights
+from .initializers import torch_conv_bias_init
 from .norm import BatchNormAct2d, stats_dtype
 
 Dtype = Any
@@ -98,9 +99,11 @@ class SplitAttn(nn.Module):
         b = splits[0].shape[0]
         x_gap = reduce(operator.add, splits)
         x_gap = x_gap.mean(axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
-        x_gap = conv(attn_chs, 1, groups=card, use_bias=True, name="fc1")(x_gap)
+        x_gap = conv(attn_chs, 1, groups=card, use_bias=True, bias_init=torch_conv_bias_init(x_gap.shape[-1] // card),
+                     name="fc1")(x_gap)
         x_gap, = self._norm_act([x_gap], "bn1", train)
-        x_attn = conv(mid_chs, 1, groups=card, use_bias=True, name="fc2")(x_gap)
+        x_attn = conv(mid_chs, 1, groups=card, use_bias=True, bias_init=torch_conv_bias_init(attn_chs // card),
+                      name="fc2")(x_gap)
 
         # (B, radix, C) weights; the softmax/sigmoid at least in float32 whatever the compute dtype
         attn = radix_softmax(x_attn.reshape(b, x_attn.shape[-1]).astype(stats_dtype(x_attn.dtype)), radix, card)
