@@ -49,7 +49,7 @@ def resolve_pretrained_cfg(model_name: str, cache_dir: Optional[str] = None, ove
         model_name, pretrained_cfg = f"{split_model_name(model_name)[0]}.{pretrained_cfg}", None
     if pretrained_cfg:
         arch = split_model_name(model_name)[0]
-        model_entrypoint(arch)
+        model_entrypoint(arch)  # an unknown architecture: UnknownModelError, as for a name
         cfg = {**PRETRAINED_CFG_DEFAULTS, "architecture": arch, **pretrained_cfg}
     elif model_id:
         try:
@@ -136,8 +136,8 @@ def create_model(
     ``scriptable``, ``exportable``, ``no_jit``: timm's switches of layers for TorchScript and
     ONNX, accepted so that timm's calls run unchanged; a JAX model has nothing to switch.
     Returns ``(model, variables)``; ``model.apply(variables, x)`` gives logits in eval mode.
-    Raises ``UnknownModelError`` (a ``ValueError`` and, as timm's, a ``RuntimeError``) for an unknown name, ``CheckpointError`` for a file that is not a
-    checkpoint or does not fit the model.
+    Raises ``UnknownModelError`` (a ``ValueError`` and, as timm's, a ``RuntimeError``) for an
+    unknown name, ``CheckpointError`` for a file that is not a checkpoint or does not fit the model.
     """
     cfg = resolve_pretrained_cfg(model_name, cache_dir, pretrained_cfg_overlay, pretrained_cfg)
     if checkpoint_path is not None:

@@ -67,19 +67,18 @@ def test_predict_json_matches_timm(tmp_path, capsys):
 def test_predict_lists_unreadable_files_and_says_when_none_could_be_read(kind, tmp_path, capsys):
     """Every batch made of unreadable files only (the first, or one after a readable image) is
     left out with its files listed; when no image at all could be read, that is the one error."""
-    from safetensors.torch import save_file
-    path = tmp_path / "model.safetensors"
-    save_file(timm.create_model("resnetv2_18").state_dict(), str(path))
+    model, variables = rj.create_model("test_resnet")
+    path = rj.save_checkpoint(model, variables, tmp_path / "model.safetensors")
     bad = [tmp_path / "cat.png", tmp_path / "dog.jpg"]
     if kind == "not an image":
         for b in bad:
             b.write_text("not an image")
     why = "not an image" if kind == "not an image" else "no such image file"
     weights = ["--weights", str(path), "--batch-size", "1"]
-    assert cli.main(["predict", "resnetv2_18", *map(str, bad), *weights]) == 2
+    assert cli.main(["predict", "test_resnet", *map(str, bad), *weights]) == 2
     err = capsys.readouterr().err
     assert err.count(why) == 2 and "error: none of the 2 images could be read" in err
-    assert cli.main(["predict", "resnetv2_18", sample_image_path(), *map(str, bad), *weights, "--json"]) == 0
+    assert cli.main(["predict", "test_resnet", sample_image_path(), *map(str, bad), *weights, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out[0]["top_k"]) == 5 and [o["image"] for o in out[1:]] == list(map(str, bad))
     assert all(why in o["error"] for o in out[1:])
@@ -104,7 +103,8 @@ def test_every_output_in_a_place_that_cannot_be_written_fails_before_any_work(co
         parent.write_text("a file")
     out = f"{parent}/out"
     args = {"convert": ["convert", "resnet18", "--checkpoint", str(weights), "-o", out + ".safetensors"],
-            "validate": ["validate", "resnet18", str(images), "--weights", str(weights), "--results-file", out + ".json"],
+            "validate": ["validate", "resnet18", str(images), "--weights", str(weights),
+                         "--results-file", out + ".json"],
             "embed": ["embed", str(images), "--model", "resnet18", "--weights", str(weights), "--output", out + ".npz"],
             "export": ["export", "resnet18", "--weights", str(weights), "--output", out + ".stablehlo"],
             "finetune": ["finetune", "resnet18", str(images), "--output", out, "--checkpoint", str(weights)],

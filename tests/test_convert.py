@@ -228,7 +228,8 @@ def test_output_that_is_not_a_file_name(tmp_path, capsys, ckpt, out, match):
 
 @pytest.mark.parametrize("out, fmt, match", [
     ("out.npz", [], r"out\.npz: a safetensors checkpoint named \.npz .*; name it \.safetensors$"),
-    ("out.safetensors", ["--format", "msgpack"], r"a msgpack checkpoint named \.safetensors .* or --format safetensors"),
+    ("out.safetensors", ["--format", "msgpack"],
+     r"a msgpack checkpoint named \.safetensors .* or --format safetensors"),
     ("out.msgpack", ["--format", "safetensors"], r"a safetensors checkpoint named \.msgpack .* or --format msgpack"),
     ("out.json", [], r"a safetensors checkpoint named \.json")])
 def test_output_name_that_says_another_format(tmp_path, capsys, ckpt, out, fmt, match):

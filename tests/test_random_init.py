@@ -196,14 +196,16 @@ def test_import_turns_the_compile_cache_on_unless_told_or_set(tmp_path, monkeypa
             jax.config.update(n, v)
 
 
-@pytest.mark.parametrize("name", ["seresnext26d_32x4d", "resnest14d", "ecaresnet26t", "skresnet18", "resnetv2_18d"])
+@pytest.mark.parametrize("name", ["seresnext26d_32x4d", "resnest14d"])
 def test_each_variable_has_timms_init_distribution(name):
-    """A fresh model's every variable against timm's own init of it (one per block kind: SE's and
-    split attention's conv biases, which timm leaves at torch's default uniform, ECA, SK, v2):
-    the same distribution by the KS test above (a constant must be equal)."""
+    """A fresh model's every variable against timm's own init of it, on the blocks with biased
+    convs (SE's and split attention's fc1/fc2, which timm leaves at torch's default uniform), at
+    depth (1, 1, 1, 1) on both sides: the same distribution by the KS test above (a constant must
+    be equal). The other initializers are held to model.init's above."""
     timm = pytest.importorskip("timm")  # the reference (the [dev] extra; make test installs it)
-    theirs = {k: v.numpy() for k, v in timm.create_model(name).state_dict().items() if v.is_floating_point()}
-    model, variables = rj.create_model(name, rng=jax.random.PRNGKey(1))
+    theirs = {k: v.numpy() for k, v in timm.create_model(name, layers=[1, 1, 1, 1]).state_dict().items()
+              if v.is_floating_point()}
+    model, variables = rj.create_model(name, layers=(1, 1, 1, 1), rng=jax.random.PRNGKey(1))
     ours = rj.export_timm_state_dict(model, variables)
     for key, t in theirs.items():
         o = np.asarray(ours[key], np.float32)

@@ -1,6 +1,7 @@
 """timm's API where we mirror it, held against timm on the same inputs: ``list_models`` /
 ``list_pretrained``, ``resolve_data_config`` / ``resolve_model_data_config``, a model's
-``pretrained_cfg`` (and ``create_model``'s ``pretrained_cfg`` / ``pretrained_cfg_overlay``), and ``create_transform`` (signature, eval, no-aug and training transforms)."""
+``pretrained_cfg`` (and ``create_model``'s ``pretrained_cfg`` / ``pretrained_cfg_overlay``), and
+``create_transform`` (signature, eval, no-aug and training transforms)."""
 import inspect
 import random
 

@@ -21,8 +21,9 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pth.tar", ".bin", ".ckpt")
 def check_output(output: str, force: bool = False) -> str:
     """The absolute output path, after the checks a write must pass: its name does not promise a
     PyTorch pickle (``PICKLE_SUFFIXES``: every file the package writes is safetensors, msgpack,
-    npz or JSON, never a pickle), its directory can be written in (``check_writable_dir``), it is not a directory, and it does not
-    exist unless ``force``, nor does its name end in a separator (a folder meant, e.g. ``-o new/``).
+    npz or JSON, never a pickle), its directory can be written in (``check_writable_dir``), it
+    is not a directory, and it does not exist unless ``force``, nor does its name end in a
+    separator (a folder meant, e.g. ``-o new/``).
     Raises ``ValueError`` naming the path and the reason."""
     given = os.fspath(output)
     if given.endswith((os.sep, "/")) or (os.altsep and given.endswith(os.altsep)):

@@ -81,4 +81,3 @@ def torch_conv_bias_init(fan_in: int) -> Uniform:
     channels per group x kernel area: what timm's v1 ResNet init leaves a conv's bias at (SE's and
     split attention's ``fc1``/``fc2``; its ``_init_weights`` draws only the kernels)."""
     return Uniform(1.0 / math.sqrt(fan_in))
-

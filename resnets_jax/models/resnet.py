@@ -140,7 +140,8 @@ class ResNet(Trunk, nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
-    pretrained_cfg_overlay: Tuple[Tuple[str, Any], ...] = ()  # what create_model's pretrained_cfg(_overlay) changed in it (registry.cfg_changes)
+    # what create_model's pretrained_cfg / pretrained_cfg_overlay changed in its config (registry.cfg_changes)
+    pretrained_cfg_overlay: Tuple[Tuple[str, Any], ...] = ()
 
     def stage_plan(self):
         """``(planes, stride, dilation, reduction)`` per stage (timm's ``make_blocks``)."""

@@ -211,7 +211,8 @@ class ResNetV2(Trunk, nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     variant: str = ""  # 'arch.tag' this model was created as (for its pretrained/data config)
-    pretrained_cfg_overlay: Tuple[Tuple[str, Any], ...] = ()  # what create_model's pretrained_cfg(_overlay) changed in it (registry.cfg_changes)
+    # what create_model's pretrained_cfg / pretrained_cfg_overlay changed in its config (registry.cfg_changes)
+    pretrained_cfg_overlay: Tuple[Tuple[str, Any], ...] = ()
 
     def stage_plan(self):
         """``(out_chs, stride, dilation, reduction)`` per stage, as timm's ``ResNetV2``."""

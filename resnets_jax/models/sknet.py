@@ -112,5 +112,5 @@ def skresnet50d(**kwargs):
 @register_model
 def skresnext50_32x4d(**kwargs):
     """SK-ResNeXt-50 32x4d: the paper's SKNet-50 (grouped branches over the whole input)."""
-    return _skresnet(kwargs, SelectiveKernelBottleneck, (3, 4, 6, 3), dict(rd_ratio=1 / 16, rd_divisor=32, split_input=False),
-                     cardinality=32, base_width=4)
+    return _skresnet(kwargs, SelectiveKernelBottleneck, (3, 4, 6, 3),
+                     dict(rd_ratio=1 / 16, rd_divisor=32, split_input=False), cardinality=32, base_width=4)
