@@ -5,7 +5,7 @@ from .conv import Conv2d, StdConv2d, get_padding
 from .conv_norm_act import ConvNormAct
 from .create_attn import ATTN_LAYERS, get_attn
 from .helpers import make_divisible, select_relu
-from .initializers import Normal, Uniform, kaiming_normal_fan_out
+from .initializers import Normal, Uniform, kaiming_normal_fan_out, torch_default_uniform
 from .eca import EcaModule, eca_kernel_size
 from .drop import DropBlock2d, DropPath, drop_block_layers, drop_path_rates
 from .norm import BatchNormAct2d, EvoNorm2dS0, FilterResponseNormTlu2d, GroupNormAct
@@ -21,6 +21,6 @@ __all__ = [
     "SplitAttn", "radix_softmax", "split_attn_channels",
     "SEModule", "se_channels", "EcaModule", "eca_kernel_size", "ATTN_LAYERS", "get_attn",
     "anti_alias", "blur_filter", "blur_pool2d", "normalize_aa_layer",
-    "Normal", "Uniform", "kaiming_normal_fan_out",
+    "Normal", "Uniform", "kaiming_normal_fan_out", "torch_default_uniform",
     "ConvNormAct", "SelectiveKernel", "SelectiveKernelAttn", "sk_attn_channels", "sk_kernel_plan",
 ]

@@ -76,8 +76,9 @@ class Uniform:
 kaiming_normal_fan_out = Normal(math.sqrt(2.0), "fan_out")
 
 
-def torch_conv_bias_init(fan_in: int) -> Uniform:
-    """torch's default ``nn.Conv2d`` bias init, U(+-1/sqrt(fan_in)) with ``fan_in`` = input
-    channels per group x kernel area: what timm's v1 ResNet init leaves a conv's bias at (SE's and
-    split attention's ``fc1``/``fc2``; its ``_init_weights`` draws only the kernels)."""
+def torch_default_uniform(fan_in: int) -> Uniform:
+    """torch's default init of an ``nn.Linear`` (weight and bias) and of an ``nn.Conv2d``'s bias,
+    U(+-1/sqrt(fan_in)), ``fan_in`` = inputs (a conv's: channels per group x kernel area): what
+    timm's v1 ResNet init leaves the ``fc`` and the conv biases at (SE's and split attention's
+    ``fc1``/``fc2``; its ``_init_weights`` draws only the conv kernels)."""
     return Uniform(1.0 / math.sqrt(fan_in))

@@ -18,7 +18,7 @@ from flax import linen as nn
 
 from .conv import Conv2d
 from .helpers import make_divisible, per_branch_weights
-from .initializers import torch_conv_bias_init
+from .initializers import torch_default_uniform
 from .norm import BatchNormAct2d, stats_dtype
 
 Dtype = Any
@@ -99,10 +99,10 @@ class SplitAttn(nn.Module):
         b = splits[0].shape[0]
         x_gap = reduce(operator.add, splits)
         x_gap = x_gap.mean(axis=(1, 2), keepdims=True)  # (B, 1, 1, C)
-        x_gap = conv(attn_chs, 1, groups=card, use_bias=True, bias_init=torch_conv_bias_init(x_gap.shape[-1] // card),
+        x_gap = conv(attn_chs, 1, groups=card, use_bias=True, bias_init=torch_default_uniform(x_gap.shape[-1] // card),
                      name="fc1")(x_gap)
         x_gap, = self._norm_act([x_gap], "bn1", train)
-        x_attn = conv(mid_chs, 1, groups=card, use_bias=True, bias_init=torch_conv_bias_init(attn_chs // card),
+        x_attn = conv(mid_chs, 1, groups=card, use_bias=True, bias_init=torch_default_uniform(attn_chs // card),
                       name="fc2")(x_gap)
 
         # (B, radix, C) weights; the softmax/sigmoid at least in float32 whatever the compute dtype

@@ -12,7 +12,7 @@ from flax import linen as nn
 
 from .conv import Conv2d
 from .helpers import make_divisible
-from .initializers import torch_conv_bias_init
+from .initializers import torch_default_uniform
 
 Dtype = Any
 
@@ -44,7 +44,7 @@ class SEModule(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
         rd = self.rd_channels or se_channels(c, self.rd_ratio, self.rd_divisor)
-        conv = lambda n, fan_in, name: Conv2d(n, 1, use_bias=True, bias_init=torch_conv_bias_init(fan_in),  # noqa: E731
+        conv = lambda n, fan_in, name: Conv2d(n, 1, use_bias=True, bias_init=torch_default_uniform(fan_in),  # noqa: E731
                                               dtype=self.dtype, param_dtype=self.param_dtype, name=name)
         x_se = jnp.mean(x, axis=(1, 2), keepdims=True)
         x_se = conv(c, rd, "fc2")(self.act(conv(rd, c, "fc1")(x_se)))

@@ -14,7 +14,6 @@ here. Submodules carry timm's attribute names so checkpoint conversion is struct
 blocks are direct children of the model), ``layer1_0/downsample_1`` and ``fc``.
 """
 import dataclasses
-import math
 from functools import partial
 from typing import Any, ClassVar, List, Optional, Sequence, Tuple
 
@@ -26,7 +25,6 @@ from ..layers import (
     BatchNormAct2d,
     Conv2d,
     GroupNormAct,
-    Uniform,
     anti_alias,
     avg_down_pool,
     avg_pool2d,
@@ -34,6 +32,7 @@ from ..layers import (
     max_pool2d,
     normalize_aa_layer,
     select_global_pool,
+    torch_default_uniform,
 )
 from ._common import Trunk, check_input, stride_plan
 
@@ -82,13 +81,6 @@ class ResNetBlock(nn.Module):
     zero_init_last: bool = True
     conv_layer: ModuleDef = None
     norm_layer: ModuleDef = None
-
-
-def _torch_linear_init(fan_in: int):
-    """``nn.Linear``'s default init (timm leaves the ResNet ``fc`` at it): weight and bias
-    uniform in +-1/sqrt(fan_in)."""
-    uniform = Uniform(1.0 / math.sqrt(fan_in))
-    return uniform, uniform
 
 
 # timm's norm_layer names for the v1 trunk -> (our norm(+act) layer, its fixed arguments)
@@ -250,8 +242,8 @@ class ResNet(Trunk, nn.Module):
         if not self.features_only:
             self.head_drop = nn.Dropout(self.drop_rate)  # timm's F.dropout before fc ('dropout' RNG stream)
             if self.num_classes > 0:
-                k_init, b_init = _torch_linear_init(self.head_hidden_size)
-                self.fc = nn.Dense(self.num_classes, kernel_init=k_init, bias_init=b_init, dtype=self.dtype,
+                init = torch_default_uniform(self.head_hidden_size)  # nn.Linear's: timm leaves fc at it
+                self.fc = nn.Dense(self.num_classes, kernel_init=init, bias_init=init, dtype=self.dtype,
                                    param_dtype=self.param_dtype)
 
     def stages(self):
